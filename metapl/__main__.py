@@ -1,0 +1,5 @@
+import sys
+
+from metapl.cli import main
+
+sys.exit(main())

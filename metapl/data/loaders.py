@@ -1,0 +1,97 @@
+"""In-memory data for a run, and the stream of training batches with the labeled/unlabeled ratio μ."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from metapl.data.augment import Augment, identity
+from metapl.data.splits import Split
+from metapl.methods.base import Batch
+
+
+@dataclass
+class DataBundle:
+    """Everything a run needs from its dataset: the split tensors, the augmentations and the split indices."""
+
+    x_labeled: torch.Tensor
+    y_labeled: torch.Tensor
+    x_unlabeled: torch.Tensor
+    y_unlabeled: torch.Tensor | None  # true labels, for metrics only
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    split: Split
+    labeled_augment: Augment = identity
+    weak_augment: Augment = identity
+    strong_augment: Augment = identity
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_labeled.shape[1:])
+
+
+class _EpochSampler:
+    """Indices without replacement, reshuffled every pass; a batch may span two passes."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.order = torch.empty(0, dtype=torch.long)
+        self.position = 0
+
+    def take(self, count: int, generator: torch.Generator) -> torch.Tensor:
+        parts = []
+        while count > 0:
+            if self.position >= len(self.order):
+                self.order = torch.randperm(self.size, generator=generator)
+                self.position = 0
+            chunk = self.order[self.position : self.position + count]
+            self.position += len(chunk)
+            count -= len(chunk)
+            parts.append(chunk)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"order": self.order.clone(), "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.position = state["order"].clone(), int(state["position"])
+
+
+class BatchStream:
+    """Endless training batches: B labeled examples and μB unlabeled ones in a weak and a strong view."""
+
+    def __init__(self, data: DataBundle, batch_size: int, mu: int, seed: int, labeled_only: bool = False):
+        self.data, self.batch_size, self.mu, self.labeled_only = data, batch_size, mu, labeled_only
+        self.generator = torch.Generator().manual_seed(seed)
+        self.labeled = _EpochSampler(len(data.y_labeled))
+        self.unlabeled = _EpochSampler(len(data.x_unlabeled))
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        data, gen = self.data, self.generator
+        idx_l = self.labeled.take(self.batch_size, gen)
+        x_l = data.labeled_augment(data.x_labeled[idx_l], gen)
+        if self.labeled_only:
+            return Batch(x_l, data.y_labeled[idx_l])
+        idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
+        x_u = data.x_unlabeled[idx_u]
+        y_u = data.y_unlabeled[idx_u] if data.y_unlabeled is not None else None
+        return Batch(x_l, data.y_labeled[idx_l], data.weak_augment(x_u, gen), data.strong_augment(x_u, gen), y_u)
+
+    def state_dict(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "labeled": self.labeled.state_dict(),
+            "unlabeled": self.unlabeled.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.labeled.load_state_dict(state["labeled"])
+        self.unlabeled.load_state_dict(state["unlabeled"])

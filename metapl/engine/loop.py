@@ -1,0 +1,97 @@
+"""The training loop: time, data, evaluation and logs. It never knows which method it runs."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from metapl.engine.logger import RunLogger
+from metapl.errors import TrainingError
+from metapl.methods.base import Batch, Method
+
+Evaluator = Callable[[nn.Module], dict[str, float]]  # model -> {"val_top1": ..., "test_top1": ...}
+
+_SHOWN = ("loss", "teacher_loss", "student_loss", "h")
+
+
+@dataclass
+class FitResult:
+    """What a phase ended with: the last and the best-on-validation evaluation, and the best model's weights."""
+
+    final: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+    best_step: int = -1
+    best_state: dict | None = None
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def fit(
+    method: Method,
+    batches: Iterator[Batch],
+    steps: int,
+    *,
+    evaluate: Evaluator,
+    logger: RunLogger | None = None,
+    device: torch.device | str = "cpu",
+    eval_every: int = 0,
+    log_every: int = 10,
+    phase: str = "train",
+    progress: bool = True,
+    select_on: str = "val_top1",
+) -> FitResult:
+    """Run `steps` method steps; evaluate every `eval_every` steps and at the end; keep the best on `select_on`."""
+    result = FitResult()
+    start = time.perf_counter()
+    last_log_time, last_log_step = start, 0
+    bar = tqdm(total=steps, desc=phase, disable=not progress, dynamic_ncols=True, leave=False)
+    postfix: dict[str, str] = {}
+    for step in range(steps):
+        batch = next(batches).to(device, non_blocking=True)
+        metrics = method.step(batch, step)
+        is_last = step == steps - 1
+        if logger is not None and ((step + 1) % log_every == 0 or is_last):
+            now = time.perf_counter()
+            images = (step + 1 - last_log_step) * _batch_size(batch)
+            metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
+            last_log_time, last_log_step = now, step + 1
+            values = logger.log(step + 1, metrics, phase)
+            _check_finite(values, step + 1)
+            postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
+        if (eval_every and (step + 1) % eval_every == 0) or is_last:
+            scores = evaluate(method.eval_model())
+            result.final = scores
+            if logger is not None:
+                logger.log(step + 1, scores, f"{phase}_eval")
+            key = select_on if select_on in scores else "test_top1"
+            if not result.best or scores.get(key, 0.0) > result.best.get(key, 0.0):
+                result.best, result.best_step = scores, step + 1
+                result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.eval_model().state_dict().items()})
+            postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k.endswith("top1")})
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+    bar.close()
+    result.seconds = time.perf_counter() - start
+    result.steps = steps
+    return result
+
+
+def _batch_size(batch: Batch) -> int:
+    size = batch.x_l.shape[0]
+    if batch.x_u_strong is not None:
+        size += 2 * batch.x_u_strong.shape[0]
+    return size
+
+
+def _check_finite(values: dict[str, float], step: int) -> None:
+    bad = {k: v for k, v in values.items() if "loss" in k and not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        raise TrainingError(f"{name} became {value} at step {step}; lower the learning rates or check the data")

@@ -1,0 +1,21 @@
+"""Errors a user can cause; the CLI prints them on one line and exits with code 2."""
+
+
+class MetaplError(Exception):
+    """Base class: the message names the bad value and the fix."""
+
+
+class ConfigError(MetaplError):
+    """A preset, key, type or value in the configuration is wrong."""
+
+
+class DataError(MetaplError):
+    """A dataset is missing, corrupt, or too small for the requested split."""
+
+
+class CheckpointError(MetaplError):
+    """A checkpoint or run directory cannot be read or does not fit the model."""
+
+
+class TrainingError(MetaplError):
+    """Training cannot go on (a loss became NaN or infinite)."""

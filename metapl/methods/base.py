@@ -1,0 +1,179 @@
+"""What every method shares: the batch, the interface, and small helpers for train-mode forwards."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from metapl.ema import ModelEMA
+from metapl.optim import OptimSettings, Updater
+
+
+@dataclass
+class Batch:
+    """One training step's data: B labeled examples and μB unlabeled ones in a weak and a strong view.
+
+    `y_u` holds the unlabeled examples' true labels when they are known; it is used only for metrics.
+    """
+
+    x_l: torch.Tensor
+    y_l: torch.Tensor
+    x_u_weak: torch.Tensor | None = None
+    x_u_strong: torch.Tensor | None = None
+    y_u: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch on `device`."""
+        moved = {
+            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking))
+            for f in fields(self)
+        }
+        return Batch(**moved)
+
+
+class Method(Protocol):
+    """One semi-supervised algorithm: it owns its models, optimisers, schedules and EMA."""
+
+    def step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimisation step; returns scalar metrics."""
+
+    def eval_model(self) -> nn.Module:
+        """The network that evaluation and export use (the EMA student when EMA is on)."""
+
+    def state_dict(self) -> dict:
+        """Models, optimisers, EMA, baselines, counters."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict returned."""
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
+    """Run train-mode forwards without changing BN running statistics (spec §3.3: forward 2 and lookaheads).
+
+    The forwards update scratch copies swapped in for the statistics; the originals are put back untouched.
+    (Restoring them in place instead would bump the version of tensors that BN's autograd node saved, and a
+    backward taken after the block, e.g. ∇L_l(θ'_S), would fail.)
+    """
+    saved = []
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and _is_norm_stat(name):
+                saved.append((module, name, buf))
+                module._buffers[name] = buf.clone()
+    try:
+        yield
+    finally:
+        for module, name, buf in saved:
+            module._buffers[name] = buf
+
+
+def _is_norm_stat(name: str) -> bool:
+    return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+@contextlib.contextmanager
+def same_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the RNG for a forward so that a second forward under the same seed draws the same dropout mask."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy as a Python float (a host sync: call only when logging)."""
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+def module_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class SingleModelMethod:
+    """State handling for the one-network methods (supervised, UDA): model, optimiser, optional EMA."""
+
+    def __init__(self, model: nn.Module, num_classes: int, optim: OptimSettings | None, ema_decay: float | None):
+        self.model = model
+        self.num_classes = num_classes
+        self.updater = Updater(model, optim or OptimSettings())
+        self.ema = ModelEMA(model, ema_decay) if ema_decay else None
+
+    def _finish_update(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+        grad_norm = self.updater.apply(list(grads))
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return grad_norm
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.updater.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updater.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+
+class TwoModelMethod:
+    """State handling for teacher–student methods (pseudo-label, MPL): two models, two optimisers, student EMA."""
+
+    teacher: nn.Module
+    student: nn.Module
+    teacher_updater: Updater
+    student_updater: Updater
+    ema: ModelEMA | None
+
+    def _init_models(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        teacher_optim: OptimSettings | None,
+        student_optim: OptimSettings | None,
+        ema_decay: float | None,
+    ) -> None:
+        if teacher is student:
+            raise ValueError("teacher and student must be two separate modules")
+        self.teacher, self.student = teacher, student
+        self.teacher_updater = Updater(teacher, teacher_optim or OptimSettings())
+        self.student_updater = Updater(student, student_optim or OptimSettings())
+        self.ema = ModelEMA(student, ema_decay) if ema_decay else None
+
+    def _update_student(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+        """Apply the student's gradient (left untouched for the caller), then update its EMA."""
+        grad_norm = self.student_updater.apply(list(grads))
+        if self.ema is not None:
+            self.ema.update(self.student, step)
+        return grad_norm
+
+    def _student_eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.student
+
+    def state_dict(self) -> dict:
+        return {
+            "teacher": self.teacher.state_dict(),
+            "student": self.student.state_dict(),
+            "teacher_optimizer": self.teacher_updater.state_dict(),
+            "student_optimizer": self.student_updater.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.student.load_state_dict(state["student"])
+        self.teacher_updater.load_state_dict(state["teacher_optimizer"])
+        self.student_updater.load_state_dict(state["student_optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])

@@ -1,0 +1,267 @@
+"""Meta Pseudo Labels (Pham et al., CVPR 2021): one step, in the order of the paper (spec §3).
+
+Symbols: θ_T teacher, θ_S student, θ'_S the student after its update, η_S the student's LR,
+g_u = ∇_θS CE(ŷ, S(x_u; θ_S)) the student's raw pseudo-label gradient, h the teacher's feedback,
+b its moving-average baseline.
+
+    1. teacher forward at θ_T on [x_l; x_u_weak; x_u_strong]          (train mode)
+    2. teacher auxiliary losses: L_sup on x_l, L_UDA(weak → strong)
+    3. pseudo labels from T(x_u_strong), the view the student sees
+    4. student update θ'_S = θ_S − η_S·g_u (+ weight decay, clipping, Nesterov), then its EMA
+    5. the student's labeled loss at θ'_S → the teacher's feedback (hard: h, soft: exact gradient)
+    6. teacher update θ'_T from L_sup + λ·L_UDA + the MPL term, all taken at the old θ_T
+
+Feedback modes (spec §14a):
+    hard      ŷ ~ T(x_u_strong); the student learns that ŷ; MPL term = stop_grad(h − b)·CE(ŷ, T(x_u_strong))
+              with h = η_S·⟨∇L_l(θ'_S), g_u⟩ (dot), cos(∇L_l(θ'_S), g_u) (cosine) or L_l(θ_S) − L_l(θ'_S) (taylor)
+    soft      the student learns T(x_u_strong); the MPL term is the exact ∇_θT L_l(θ_S − η_S∇L_u(θ_T, θ_S))
+              through one SGD step, via a forward-mode JVP of the student (spec §2.5)
+    official  the released code: soft smoothed targets, d = L_new − L_old, and an MPL term whose gradient is 0
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+
+from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
+from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, same_randomness
+from metapl.methods.supervised import Supervised, finetuner
+from metapl.methods.uda import AuxLossSettings, auxiliary_losses
+from metapl.optim import OptimSettings
+
+FEEDBACKS = ("hard", "soft", "official")
+H_ESTIMATORS = ("dot", "cosine", "taylor")
+
+
+class MetaPseudoLabels(TwoModelMethod):
+    """A teacher that learns from how much its pseudo labels help the student on labeled data."""
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        num_classes: int,
+        feedback: str = "hard",
+        h: str = "dot",
+        *,
+        teacher_optim: OptimSettings | None = None,
+        student_optim: OptimSettings | None = None,
+        teacher_losses: AuxLossSettings | None = None,
+        student_label_smoothing: float = 0.0,
+        sampling: str = "sample",
+        h_sign: int = 1,
+        baseline: bool = True,
+        baseline_decay: float = 0.99,
+        ema_decay: float | None = None,
+    ):
+        if feedback not in FEEDBACKS:
+            raise ValueError(f"feedback={feedback!r}; use one of {', '.join(FEEDBACKS)}")
+        if h not in H_ESTIMATORS:
+            raise ValueError(f"h={h!r}; use one of {', '.join(H_ESTIMATORS)}")
+        if sampling not in ("sample", "argmax"):
+            raise ValueError(f"sampling={sampling!r}; use 'sample' or 'argmax'")
+        if h_sign not in (1, -1):
+            raise ValueError(f"h_sign={h_sign!r}; use 1 (paper: h > 0 when the student improved) or -1")
+        self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
+        self.num_classes = num_classes
+        self.feedback, self.h_estimator, self.sampling, self.h_sign = feedback, h, sampling, h_sign
+        self.teacher_losses = teacher_losses or AuxLossSettings()
+        self.student_label_smoothing = student_label_smoothing
+        self.use_baseline, self.baseline_decay = baseline, baseline_decay
+        names = {id(p): name for name, p in student.named_parameters()}
+        self._student_param_names = [names[id(p)] for p in self.student_updater.params]
+        self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (§14b)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+        """One MPL step: student update on the teacher's pseudo labels, then the teacher update."""
+        x_l, y_l, u_weak, u_strong = batch.x_l, batch.y_l, batch.x_u_weak, batch.x_u_strong
+        b, bu = x_l.shape[0], u_strong.shape[0]
+        lr_teacher = self.teacher_updater.set_step(step)
+        lr_student = self.student_updater.set_step(step)  # η_S in force now (0 during the wait, §14c)
+        self.teacher.train()
+        self.student.train()
+
+        # 1–2. Teacher forward at θ_T (BN statistics over the whole concatenation) and its auxiliary losses.
+        logits_l, logits_weak, logits_strong = self.teacher(torch.cat([x_l, u_weak, u_strong])).split([b, bu, bu])
+        aux_loss, metrics = auxiliary_losses(logits_l, y_l, logits_weak, logits_strong, step, self.teacher_losses)
+        metrics = {f"teacher_{k}": v for k, v in metrics.items()}
+
+        # 3–5. Student update and the teacher's feedback term.
+        feedback_step = {"hard": self._hard_feedback, "soft": self._soft_feedback, "official": self._official_feedback}
+        mpl_loss, feedback_metrics = feedback_step[self.feedback](batch, logits_strong, step, lr_student)
+        metrics.update(feedback_metrics)
+
+        # 6. Teacher update, every term's gradient taken at the old θ_T.
+        teacher_loss = aux_loss + mpl_loss
+        metrics["teacher_grad_norm"] = self.teacher_updater.apply(
+            torch.autograd.grad(teacher_loss, self.teacher_updater.params)
+        )
+        metrics.update(
+            teacher_loss=teacher_loss.detach(),
+            teacher_mpl_loss=mpl_loss.detach(),
+            teacher_labeled_acc=(logits_l.detach().argmax(-1) == y_l).float().mean(),
+            lr_teacher=lr_teacher,
+            lr_student=lr_student,
+        )
+        if batch.y_u is not None:
+            metrics["teacher_unlabeled_acc"] = (logits_strong.detach().argmax(-1) == batch.y_u).float().mean()
+        return metrics
+
+    # ------------------------------------------------------------------ hard labels (paper, App. A)
+    def _hard_feedback(
+        self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
+    ) -> tuple[torch.Tensor, dict]:
+        """Student learns a sampled ŷ; teacher term stop_grad(h − b)·CE(ŷ, T(x_u_strong)) for that same ŷ."""
+        with torch.no_grad():
+            teacher_probs = F.softmax(logits_strong.detach().float(), dim=-1)
+            if self.sampling == "sample":
+                pseudo = torch.multinomial(teacher_probs, 1).squeeze(1)  # ŷ ~ T(x_u_strong; θ_T)
+            else:
+                pseudo = teacher_probs.argmax(dim=-1)
+
+        # taylor: L_l(θ_S) and L_l(θ'_S) on one labeled batch, same BN mode and dropout mask, so h = 0 iff θ'_S = θ_S.
+        dropout_seed = int(torch.randint(0, 2**62, ()))
+        if self.h_estimator == "taylor":
+            loss_before = self._labeled_loss_no_grad(batch, dropout_seed)
+
+        # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
+        student_logits = self.student(batch.x_u_strong)
+        student_loss = smoothed_cross_entropy(student_logits, pseudo, self.student_label_smoothing)
+        g_u = torch.autograd.grad(student_loss, self.student_updater.params)
+        student_grad_norm = self._update_student(g_u, step)
+
+        # h: how much the step on ŷ helped the student on labeled data.
+        if self.h_estimator == "taylor":
+            loss_after = self._labeled_loss_no_grad(batch, dropout_seed)
+            h = loss_before - loss_after
+        else:
+            with frozen_bn_stats(self.student):
+                loss_after = F.cross_entropy(self.student(batch.x_l), batch.y_l)
+            v = torch.autograd.grad(loss_after, self.student_updater.params)  # ∇L_l(θ'_S); not into .grad
+            dot = _flat_dot(v, g_u)
+            if self.h_estimator == "dot":
+                h = lr_student * dot
+            else:  # cosine has no η_S factor: zero it while the student waits (§14c)
+                h = dot / (_flat_norm(v) * _flat_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
+            loss_after = loss_after.detach()
+        h = self.h_sign * h.detach()
+
+        coefficient = self._baseline_coefficient(h)  # stop_grad(h − b)
+        mpl_loss = coefficient * F.cross_entropy(logits_strong, pseudo)  # CE(ŷ, T(x_u_strong; θ_T)), batch mean
+        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
+        if batch.y_u is not None:
+            metrics["pseudo_label_acc"] = (pseudo == batch.y_u).float().mean()
+        return mpl_loss, metrics
+
+    # ------------------------------------------------------------------ soft labels: exact gradient (spec §2.5)
+    def _soft_feedback(
+        self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
+    ) -> tuple[torch.Tensor, dict]:
+        """Exact ∇_θT L_l(θ'_S) through one SGD step: (η_S/B_u)·∇_θT Σ_ik T_ik·J_ik, J = JVP of log S at θ_S along v."""
+        teacher_probs = F.softmax(logits_strong, dim=-1)  # T(x_u_strong; θ_T), with gradient
+        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.student_label_smoothing)
+        theta_old = [p.detach().clone() for p in self.student_updater.params]  # θ_S, kept until v is known
+        buffers_old = {name: buf.detach().clone() for name, buf in self.student.named_buffers()}
+        dropout_seed = int(torch.randint(0, 2**62, ()))
+
+        with same_randomness(dropout_seed, batch.x_u_strong.device):
+            student_logits = self.student(batch.x_u_strong)
+        student_loss = soft_cross_entropy(student_logits, target)
+        g_u = torch.autograd.grad(student_loss, self.student_updater.params)
+        student_grad_norm = self._update_student(g_u, step)
+
+        with frozen_bn_stats(self.student):
+            loss_after = F.cross_entropy(self.student(batch.x_l), batch.y_l)
+        v = torch.autograd.grad(loss_after, self.student_updater.params)  # ∇L_l(θ'_S)
+
+        def student_log_probs(*params: torch.Tensor) -> torch.Tensor:
+            # The same function the student's loss used: batch, BN batch statistics, dropout mask, old θ_S.
+            state = dict(zip(self._student_param_names, params))
+            state.update({name: buf.clone() for name, buf in buffers_old.items()})
+            with same_randomness(dropout_seed, batch.x_u_strong.device):
+                return F.log_softmax(functional_call(self.student, state, (batch.x_u_strong,)), dim=-1)
+
+        _, jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))  # J_ik = ⟨∇_θS log S_ik, v⟩
+        bu = batch.x_u_strong.shape[0]
+        scale = lr_student * (1.0 - self.student_label_smoothing) / bu
+        mpl_loss = scale * (teacher_probs * jacobian_v.detach().to(teacher_probs.dtype)).sum()
+        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics.update(student_labeled_loss=loss_after.detach())
+        return mpl_loss, metrics
+
+    # ------------------------------------------------------------------ the released code, for comparison (spec §3.2)
+    def _official_feedback(
+        self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
+    ) -> tuple[torch.Tensor, dict]:
+        """The released code: soft smoothed targets, d = L_new − L_old, MPL term CE(stop_grad(p), p) (zero gradient)."""
+        x_l, y_l, u_strong = batch.x_l, batch.y_l, batch.x_u_strong
+        teacher_probs = F.softmax(logits_strong, dim=-1)
+        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.student_label_smoothing)
+        student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
+        student_loss = soft_cross_entropy(student_logits, target)
+        loss_before = F.cross_entropy(logits_l_old.detach(), y_l)
+        student_grad_norm = self._update_student(torch.autograd.grad(student_loss, self.student_updater.params), step)
+        with torch.no_grad(), frozen_bn_stats(self.student):
+            loss_after = F.cross_entropy(self.student(x_l), y_l)
+        d = self.h_sign * (loss_after - loss_before)  # the code's sign: new − old
+        coefficient = self._baseline_coefficient(d)
+        mpl_loss = coefficient * soft_cross_entropy(logits_strong, teacher_probs.detach())
+        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics.update(h=d, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
+        return mpl_loss, metrics
+
+    # ------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def _labeled_loss_no_grad(self, batch: Batch, dropout_seed: int) -> torch.Tensor:
+        with frozen_bn_stats(self.student), same_randomness(dropout_seed, batch.x_l.device):
+            return F.cross_entropy(self.student(batch.x_l), batch.y_l)
+
+    def _baseline_coefficient(self, h: torch.Tensor) -> torch.Tensor:
+        """b ← decay·b + (1 − decay)·h, updated before use; returns stop_grad(h − b), or h without a baseline."""
+        if not self.use_baseline:
+            return h.detach()
+        self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * h.detach()
+        return (h - self.baseline).detach()
+
+    def _student_metrics(
+        self,
+        batch: Batch,
+        student_logits: torch.Tensor,
+        logits_strong: torch.Tensor,
+        student_loss: torch.Tensor,
+        grad_norm: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        agreement = (student_logits.detach().argmax(-1) == logits_strong.detach().argmax(-1)).float().mean()
+        metrics = {"student_loss": student_loss.detach(), "student_grad_norm": grad_norm, "agreement": agreement}
+        if batch.y_u is not None:
+            metrics["student_unlabeled_acc"] = (student_logits.detach().argmax(-1) == batch.y_u).float().mean()
+        return metrics
+
+    # ------------------------------------------------------------------ interface
+    def eval_model(self) -> nn.Module:
+        """The EMA student when EMA is on, else the student: only the student is used for prediction."""
+        return self._student_eval_model()
+
+    def finetuner(self, optim: OptimSettings | None = None, label_smoothing: float = 0.0) -> Supervised:
+        """The finetuning phase (spec §5): a supervised method on a copy of the evaluated student."""
+        return finetuner(self.eval_model(), self.num_classes, optim, label_smoothing)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "baseline": self.baseline.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.baseline = state["baseline"].to(self.baseline.device)
+
+
+def _flat_dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
+
+
+def _flat_norm(a: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a]))

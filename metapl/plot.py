@@ -1,0 +1,116 @@
+"""Plots of finished runs: metric curves from metrics.jsonl, and decision regions for 2-D data (paper Fig. 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from metapl.config import load_config_file  # noqa: E402
+from metapl.engine.checkpoint import load_weights  # noqa: E402
+from metapl.engine.evaluate import predict_proba  # noqa: E402
+from metapl.engine.logger import read_metrics  # noqa: E402
+from metapl.errors import CheckpointError  # noqa: E402
+
+CURVE_PANELS = (
+    ("accuracy", ("train_eval/val_top1", "train_eval/test_top1", "finetune_eval/test_top1")),
+    ("losses", ("train/loss", "train/teacher_loss", "train/student_loss", "train/teacher_sup_loss", "train/teacher_uda_loss")),
+    ("teacher feedback", ("train/h", "train/baseline")),
+    ("unlabeled data", ("train/uda_mask", "train/teacher_uda_mask", "train/pseudo_label_acc", "train/agreement")),
+)
+
+
+def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> Path:
+    """Write one PNG for the runs and return its path."""
+    runs = [Path(r) for r in runs]
+    for run in runs:
+        if not (run / "config.yaml").is_file():
+            raise CheckpointError(f"{run} is not a run directory (no config.yaml); pass directories written by metapl train")
+    configs = [load_config_file(run / "config.yaml") for run in runs]
+    if kind == "auto":
+        kind = "regions" if all(c.data.name == "twomoon" for c in configs) else "curves"
+    out = Path(out) if out else runs[0] / f"{kind}.png"
+    if kind == "regions":
+        plot_decision_regions(runs, configs, out)
+    else:
+        plot_curves(runs, out)
+    return out
+
+
+def plot_curves(runs: list[Path], out: Path) -> None:
+    """Accuracy, losses, h and b, and unlabeled-data diagnostics over steps, one line per run and metric."""
+    fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.8))
+    for run in runs:
+        series: dict[str, tuple[list[int], list[float]]] = {}
+        for record in read_metrics(run):
+            for key, value in record.items():
+                if key in ("phase", "step") or not isinstance(value, (int, float)):
+                    continue
+                steps, values = series.setdefault(f"{record['phase']}/{key}", ([], []))
+                steps.append(record["step"])
+                values.append(value)
+        label = run.name if len(runs) > 1 else ""
+        for ax, (title, keys) in zip(axes, CURVE_PANELS):
+            for key in keys:
+                if key in series:
+                    ax.plot(*series[key], label=f"{label} {key.split('/')[-1]}".strip(), lw=1.2)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
+    """Side-by-side decision regions of each run's final model on its 2-D data, labeled points as stars."""
+    from metapl.data import build_data
+    from metapl.experiment import build_model
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
+    for ax, run, cfg in zip(axes[0], runs, configs):
+        data = build_data(cfg.data, cfg.train.seed)
+        model = build_model(cfg, data)
+        model.load_state_dict(load_weights(run / "model.pt"))
+        points = torch.cat([data.x_unlabeled, data.x_labeled])
+        lo, hi = points.min(0).values.numpy() - 0.5, points.max(0).values.numpy() + 0.5
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
+        grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
+        prob = predict_proba(model, grid)[:, 1].numpy().reshape(gx.shape)
+        ax.contourf(gx, gy, prob > 0.5, levels=[-0.5, 0.5, 1.5], colors=["#f4c6c6", "#c6d4f4"], alpha=0.9)
+        ax.scatter(*data.x_unlabeled.numpy().T, c=data.y_unlabeled.numpy(), cmap="coolwarm_r", s=3, alpha=0.6)
+        ax.scatter(*data.x_labeled.numpy().T, c=data.y_labeled.numpy(), cmap="coolwarm_r", marker="*", s=320,
+                   edgecolors="black", linewidths=1.2)
+        test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
+        name = cfg.method.name if cfg.method.name != "mpl" else f"mpl ({cfg.method.feedback})"
+        ax.set_title(f"{name}: test accuracy {test_acc:.1%}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_bars(results: dict[str, list[float]], out: Path, title: str) -> None:
+    """Mean ± std bars of test accuracy per method."""
+    names = list(results)
+    means = [float(np.mean(results[n])) for n in names]
+    stds = [float(np.std(results[n])) for n in names]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.8))
+    ax.bar(names, means, yerr=stds, capsize=4, color="#5b8bd0")
+    for i, mean in enumerate(means):
+        ax.text(i, mean + 0.01, f"{mean:.1%}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)

@@ -25,8 +25,14 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names())}")
     parser.add_argument("--method", choices=METHODS, help="override method.name")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.steps=500 (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="plot runs: training curves, or decision regions for 2-D data")
     plot.add_argument("runs", nargs="+", type=Path, help="run directories written by metapl train")
     plot.add_argument("--out", type=Path, help="output PNG (default: in the first run directory)")
-    plot.add_argument("--kind", choices=("auto", "curves", "regions"), default="auto",
-                      help="curves of the metrics, or decision regions side by side (2-D data); auto picks")
+    plot.add_argument(
+        "--kind",
+        choices=("auto", "curves", "regions"),
+        default="auto",
+        help="curves of the metrics, or decision regions side by side (2-D data); auto picks",
+    )
 
     demo = commands.add_parser("demo", help="supervised vs UDA vs MPL on scikit-learn's digits (5 labels/class)")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="directory for the runs, table and plot")

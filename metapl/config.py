@@ -121,7 +121,9 @@ _CHOICES = {
 
 # ---------------------------------------------------------------------------------------------- presets
 def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in resources.files("metapl.presets").iterdir() if p.name.endswith(".yaml"))
+    return sorted(
+        p.name[: -len(".yaml")] for p in resources.files("metapl.presets").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_preset(name: str) -> dict:
@@ -267,7 +269,9 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         if value not in choices:
             shown = ", ".join(str(c) for c in choices)
-            raise ConfigError(f"{key}={value!r} is not allowed{_suggest(str(value), [str(c) for c in choices])}; use one of: {shown}")
+            raise ConfigError(
+                f"{key}={value!r} is not allowed{_suggest(str(value), [str(c) for c in choices])}; use one of: {shown}"
+            )
     checks = [
         ("data.labeled_per_class", cfg.data.labeled_per_class >= 1, "at least 1"),
         ("data.val_per_class", cfg.data.val_per_class >= 0, "0 or more"),
@@ -277,7 +281,11 @@ def validate(cfg: Config) -> None:
         ("data.noise", cfg.data.noise >= 0, "0 or more"),
         ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "in [0, 1)"),
-        ("model.hidden", len(cfg.model.hidden) >= 1 and all(h >= 1 for h in cfg.model.hidden), "a list of positive sizes"),
+        (
+            "model.hidden",
+            len(cfg.model.hidden) >= 1 and all(h >= 1 for h in cfg.model.hidden),
+            "a list of positive sizes",
+        ),
         ("model.init_range", cfg.model.init_range >= 0, "0 (default init) or more"),
         ("model.width", cfg.model.width >= 1, "at least 1"),
         ("method.baseline_decay", 0 <= cfg.method.baseline_decay < 1, "in [0, 1)"),

@@ -26,8 +26,11 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
     print(table)
     (out / "table.md").write_text(table + "\n")
     atomic_write_json(summaries, out / "table.json")
-    plot_bars({m: [s["test_top1_selected"]] for m, s in summaries.items()}, out / "demo_accuracy.png",
-              "digits, 5 labels/class: validation-selected test accuracy")
+    plot_bars(
+        {m: [s["test_top1_selected"]] for m, s in summaries.items()},
+        out / "demo_accuracy.png",
+        "digits, 5 labels/class: validation-selected test accuracy",
+    )
     plot_curves([out / m for m in DEMO_METHODS], out / "demo_curves.png")
     print(f"wrote {out / 'table.md'}, {out / 'demo_accuracy.png'} and {out / 'demo_curves.png'}")
     return summaries

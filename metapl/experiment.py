@@ -78,7 +78,10 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
     if m.name == "pseudo_label":
         teacher_steps = max(1, int(round(steps * m.teacher_fraction)))
         return PseudoLabel(
-            teacher, student, k, teacher_steps,
+            teacher,
+            student,
+            k,
+            teacher_steps,
             teacher_optim=_optim(cfg.teacher, teacher_steps),
             student_optim=_optim(cfg.student, steps - teacher_steps),
             label_smoothing=m.label_smoothing,
@@ -86,7 +89,11 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
             ema_decay=ema,
         )
     return MetaPseudoLabels(
-        teacher, student, k, feedback=m.feedback, h=m.h,
+        teacher,
+        student,
+        k,
+        feedback=m.feedback,
+        h=m.h,
         teacher_optim=_optim(cfg.teacher, steps),
         student_optim=_optim(cfg.student, steps),
         teacher_losses=losses,
@@ -121,12 +128,21 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
 
     method = build_method(cfg, data, device)
     evaluator = make_evaluator(data, cfg.train.eval_batch_size)
-    stream = BatchStream(data, cfg.data.batch_size, cfg.data.mu, seed=cfg.train.seed, labeled_only=cfg.method.name == "supervised")
+    stream = BatchStream(
+        data, cfg.data.batch_size, cfg.data.mu, seed=cfg.train.seed, labeled_only=cfg.method.name == "supervised"
+    )
     logger = RunLogger(out_dir, tensorboard=tensorboard)
     try:
         result = fit(
-            method, stream, cfg.train.steps, evaluate=evaluator, logger=logger, device=device,
-            eval_every=cfg.train.eval_every, log_every=cfg.train.log_every, progress=progress,
+            method,
+            stream,
+            cfg.train.steps,
+            evaluate=evaluator,
+            logger=logger,
+            device=device,
+            eval_every=cfg.train.eval_every,
+            log_every=cfg.train.log_every,
+            progress=progress,
         )
         phases = {"train": result}
         final_model = method.eval_model()
@@ -153,7 +169,9 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     return summary
 
 
-def _finetune(cfg: Config, method, data: DataBundle, evaluator, logger, device, progress) -> tuple[FitResult, nn.Module]:
+def _finetune(
+    cfg: Config, method, data: DataBundle, evaluator, logger, device, progress
+) -> tuple[FitResult, nn.Module]:
     """The student's finetuning phase on labeled data (spec §5), on a copy of the evaluated model."""
     ft = cfg.finetune
     settings = OptimSettings(
@@ -163,8 +181,16 @@ def _finetune(cfg: Config, method, data: DataBundle, evaluator, logger, device, 
     batch = min(ft.batch_size, len(data.y_labeled))
     stream = BatchStream(data, batch, 1, seed=cfg.train.seed + 1, labeled_only=True)
     result = fit(
-        tuner, stream, ft.steps, evaluate=evaluator, logger=logger, device=device,
-        eval_every=cfg.train.eval_every, log_every=cfg.train.log_every, phase="finetune", progress=progress,
+        tuner,
+        stream,
+        ft.steps,
+        evaluate=evaluator,
+        logger=logger,
+        device=device,
+        eval_every=cfg.train.eval_every,
+        log_every=cfg.train.log_every,
+        phase="finetune",
+        progress=progress,
     )
     return result, tuner.eval_model()
 

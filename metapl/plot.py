@@ -19,7 +19,10 @@ from metapl.errors import CheckpointError  # noqa: E402
 
 CURVE_PANELS = (
     ("accuracy", ("train_eval/val_top1", "train_eval/test_top1", "finetune_eval/test_top1")),
-    ("losses", ("train/loss", "train/teacher_loss", "train/student_loss", "train/teacher_sup_loss", "train/teacher_uda_loss")),
+    (
+        "losses",
+        ("train/loss", "train/teacher_loss", "train/student_loss", "train/teacher_sup_loss", "train/teacher_uda_loss"),
+    ),
     ("teacher feedback", ("train/h", "train/baseline")),
     ("unlabeled data", ("train/uda_mask", "train/teacher_uda_mask", "train/pseudo_label_acc", "train/agreement")),
 )
@@ -30,7 +33,9 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
     runs = [Path(r) for r in runs]
     for run in runs:
         if not (run / "config.yaml").is_file():
-            raise CheckpointError(f"{run} is not a run directory (no config.yaml); pass directories written by metapl train")
+            raise CheckpointError(
+                f"{run} is not a run directory (no config.yaml); pass directories written by metapl train"
+            )
     configs = [load_config_file(run / "config.yaml") for run in runs]
     if kind == "auto":
         kind = "regions" if all(c.data.name == "twomoon" for c in configs) else "curves"
@@ -87,8 +92,15 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
         prob = predict_proba(model, grid)[:, 1].numpy().reshape(gx.shape)
         ax.contourf(gx, gy, prob > 0.5, levels=[-0.5, 0.5, 1.5], colors=["#f4c6c6", "#c6d4f4"], alpha=0.9)
         ax.scatter(*data.x_unlabeled.numpy().T, c=data.y_unlabeled.numpy(), cmap="coolwarm_r", s=3, alpha=0.6)
-        ax.scatter(*data.x_labeled.numpy().T, c=data.y_labeled.numpy(), cmap="coolwarm_r", marker="*", s=320,
-                   edgecolors="black", linewidths=1.2)
+        ax.scatter(
+            *data.x_labeled.numpy().T,
+            c=data.y_labeled.numpy(),
+            cmap="coolwarm_r",
+            marker="*",
+            s=320,
+            edgecolors="black",
+            linewidths=1.2,
+        )
         test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
         name = cfg.method.name if cfg.method.name != "mpl" else f"mpl ({cfg.method.feedback})"
         ax.set_title(f"{name}: test accuracy {test_acc:.1%}")

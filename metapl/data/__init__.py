@@ -37,15 +37,24 @@ def build_data(cfg, seed: int) -> DataBundle:
 
 
 def bundle_from_split(dataset: ArrayDataset, split: Split, labeled_aug, weak, strong) -> DataBundle:
-    idx = {name: torch.as_tensor(getattr(split, name), dtype=torch.long) for name in ("labeled", "unlabeled", "validation")}
+    idx = {
+        name: torch.as_tensor(getattr(split, name), dtype=torch.long) for name in ("labeled", "unlabeled", "validation")
+    }
     x, y = dataset.x_train, dataset.y_train
     return DataBundle(
-        x_labeled=x[idx["labeled"]], y_labeled=y[idx["labeled"]],
-        x_unlabeled=x[idx["unlabeled"]], y_unlabeled=y[idx["unlabeled"]],
-        x_val=x[idx["validation"]], y_val=y[idx["validation"]],
-        x_test=dataset.x_test, y_test=dataset.y_test,
-        num_classes=dataset.num_classes, split=split,
-        labeled_augment=labeled_aug, weak_augment=weak, strong_augment=strong,
+        x_labeled=x[idx["labeled"]],
+        y_labeled=y[idx["labeled"]],
+        x_unlabeled=x[idx["unlabeled"]],
+        y_unlabeled=y[idx["unlabeled"]],
+        x_val=x[idx["validation"]],
+        y_val=y[idx["validation"]],
+        x_test=dataset.x_test,
+        y_test=dataset.y_test,
+        num_classes=dataset.num_classes,
+        split=split,
+        labeled_augment=labeled_aug,
+        weak_augment=weak,
+        strong_augment=strong,
     )
 
 
@@ -53,7 +62,9 @@ def _check_split(split: Split, pool_size: int, path: str) -> None:
     for name in ("labeled", "unlabeled", "validation"):
         bad = [i for i in getattr(split, name) if not 0 <= i < pool_size]
         if bad:
-            raise DataError(f"split file {path}: {name} index {bad[0]} is outside the pool of {pool_size}; use a split of this dataset")
+            raise DataError(
+                f"split file {path}: {name} index {bad[0]} is outside the pool of {pool_size}; use a split of this dataset"
+            )
     if not split.labeled or not split.unlabeled:
         raise DataError(f"split file {path} has an empty labeled or unlabeled set; use a split written by metapl train")
 

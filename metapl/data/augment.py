@@ -47,8 +47,11 @@ def random_affine(
     shear_x = _uniform(n, -shear, shear, generator, x.device)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack(
-        [torch.stack([cos, -sin + shear_x * cos, torch.zeros_like(cos)], 1),
-         torch.stack([sin, cos + shear_x * sin, torch.zeros_like(cos)], 1)], 1
+        [
+            torch.stack([cos, -sin + shear_x * cos, torch.zeros_like(cos)], 1),
+            torch.stack([sin, cos + shear_x * sin, torch.zeros_like(cos)], 1),
+        ],
+        1,
     ).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -30,7 +30,9 @@ class Split:
             data = json.loads(Path(path).read_text())
             return cls(labeled=data["labeled"], unlabeled=data["unlabeled"], validation=data["validation"])
         except (OSError, ValueError, KeyError, TypeError) as err:
-            raise DataError(f"cannot read split file {path}: {err}; pass a splits.json written by metapl train") from None
+            raise DataError(
+                f"cannot read split file {path}: {err}; pass a splits.json written by metapl train"
+            ) from None
 
 
 def per_class_sample(labels: np.ndarray, per_class: int, rng: np.random.Generator, what: str) -> np.ndarray:
@@ -56,7 +58,9 @@ def make_split(
     """
     rng = np.random.default_rng(seed)
     all_indices = np.arange(len(labels))
-    validation = per_class_sample(labels, val_per_class, rng, "validation split") if val_per_class else np.array([], int)
+    validation = (
+        per_class_sample(labels, val_per_class, rng, "validation split") if val_per_class else np.array([], int)
+    )
     train = np.setdiff1d(all_indices, validation)
     labeled = train[per_class_sample(labels[train], labeled_per_class, rng, "labeled split")]
     unlabeled = train if unlabeled_includes_labeled else np.setdiff1d(train, labeled)

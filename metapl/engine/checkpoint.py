@@ -38,4 +38,6 @@ def load_weights(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}; re-run training or pass another run") from None
+        raise CheckpointError(
+            f"cannot load checkpoint {path}: {first_line}; re-run training or pass another run"
+        ) from None

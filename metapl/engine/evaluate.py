@@ -38,6 +38,8 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    parts = [torch.softmax(model(x[i : i + batch_size].to(device)).float(), -1).cpu() for i in range(0, len(x), batch_size)]
+    parts = [
+        torch.softmax(model(x[i : i + batch_size].to(device)).float(), -1).cpu() for i in range(0, len(x), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(parts)

@@ -73,7 +73,9 @@ def fit(
             key = select_on if select_on in scores else "test_top1"
             if not result.best or scores.get(key, 0.0) > result.best.get(key, 0.0):
                 result.best, result.best_step = scores, step + 1
-                result.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in method.eval_model().state_dict().items()})
+                result.best_state = copy.deepcopy(
+                    {k: v.detach().cpu() for k, v in method.eval_model().state_dict().items()}
+                )
             postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k.endswith("top1")})
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)

@@ -30,7 +30,9 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """The same batch on `device`."""
         moved = {
-            f.name: (None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking))
+            f.name: (
+                None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking)
+            )
             for f in fields(self)
         }
         return Batch(**moved)

@@ -61,7 +61,9 @@ class PseudoLabel(TwoModelMethod):
         self.student.train()
         logits = self.student(batch.x_u_strong)
         if self.soft:
-            loss = soft_cross_entropy(logits, smooth_targets(teacher_probs, self.num_classes, self.student_label_smoothing))
+            loss = soft_cross_entropy(
+                logits, smooth_targets(teacher_probs, self.num_classes, self.student_label_smoothing)
+            )
         else:
             loss = smoothed_cross_entropy(logits, teacher_probs.argmax(-1), self.student_label_smoothing)
         grad_norm = self._update_student(torch.autograd.grad(loss, self.student_updater.params), step)

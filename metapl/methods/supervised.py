@@ -40,7 +40,9 @@ class Supervised(SingleModelMethod):
         }
 
 
-def finetuner(model: nn.Module, num_classes: int, optim: OptimSettings | None = None, label_smoothing: float = 0.0) -> Supervised:
+def finetuner(
+    model: nn.Module, num_classes: int, optim: OptimSettings | None = None, label_smoothing: float = 0.0
+) -> Supervised:
     """The finetuning phase (spec §5): supervised training of a copy of `model` (default SGD, LR 1e-5, constant)."""
     settings = optim or OptimSettings(lr=1e-5, schedule="constant", total_steps=1000)
     return Supervised(copy.deepcopy(model).requires_grad_(True), num_classes, settings, label_smoothing)

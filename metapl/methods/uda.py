@@ -79,7 +79,9 @@ class UDA(SingleModelMethod):
         logits_l, logits_w, logits_s = logits.split([b, bu, bu])
         loss, metrics = auxiliary_losses(logits_l, batch.y_l, logits_w, logits_s, step, self.losses)
         metrics["grad_norm"] = self._finish_update(torch.autograd.grad(loss, self.updater.params), step)
-        metrics.update(loss=loss.detach(), lr=lr, labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean())
+        metrics.update(
+            loss=loss.detach(), lr=lr, labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean()
+        )
         if batch.y_u is not None:
             metrics["unlabeled_acc"] = (logits_w.detach().argmax(-1) == batch.y_u).float().mean()
         return metrics

@@ -107,10 +107,19 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
 
 
 def make_evaluator(data: DataBundle, batch_size: int):
-    def run(model: nn.Module) -> dict[str, float]:
+    """Validation and test scores of the method's evaluated model (the EMA student), and the teacher's, if any."""
+
+    def score(model: nn.Module, prefix: str) -> dict[str, float]:
         scores = {}
         for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            scores.update({f"{split}_{k}": v for k, v in evaluate(model, x, y, batch_size).items()})
+            scores.update({f"{prefix}{split}_{k}": v for k, v in evaluate(model, x, y, batch_size).items()})
+        return scores
+
+    def run(method) -> dict[str, float]:
+        scores = score(method.eval_model(), "")
+        teacher = getattr(method, "teacher", None)
+        if teacher is not None and teacher is not method.eval_model():
+            scores.update(score(teacher, "teacher_"))
         return scores
 
     return run

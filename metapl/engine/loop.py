@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from metapl.engine.logger import RunLogger
 from metapl.errors import TrainingError
 from metapl.methods.base import Batch, Method
 
-Evaluator = Callable[[nn.Module], dict[str, float]]  # model -> {"val_top1": ..., "test_top1": ...}
+Evaluator = Callable[[Method], dict[str, float]]  # method -> {"val_top1": ..., "test_top1": ...}
 
 _SHOWN = ("loss", "teacher_loss", "student_loss", "h")
 
@@ -66,16 +64,15 @@ def fit(
             _check_finite(values, step + 1)
             postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
         if (eval_every and (step + 1) % eval_every == 0) or is_last:
-            scores = evaluate(method.eval_model())
+            scores = evaluate(method)
             result.final = scores
             if logger is not None:
                 logger.log(step + 1, scores, f"{phase}_eval")
-            key = select_on if select_on in scores else "test_top1"
-            if not result.best or scores.get(key, 0.0) > result.best.get(key, 0.0):
+            # No validation split: nothing may select on the test set, so the "best" is the last evaluation.
+            improved = select_on not in scores or not result.best or scores[select_on] > result.best[select_on]
+            if improved:
                 result.best, result.best_step = scores, step + 1
-                result.best_state = copy.deepcopy(
-                    {k: v.detach().cpu() for k, v in method.eval_model().state_dict().items()}
-                )
+                result.best_state = {k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()}
             postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k.endswith("top1")})
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)

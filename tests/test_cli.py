@@ -1,0 +1,78 @@
+"""The command line: a tiny run writes every output; bad input ends in one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def metapl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "metapl", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=300
+    )
+
+
+def test_train_writes_config_metrics_tensorboard_and_summary(tmp_path):
+    out = tmp_path / "run"
+    result = metapl(
+        "train", "--preset", "digits", "--set", "train.steps=30", "--set", "train.eval_every=10",
+        "--set", "train.log_every=5", "--out", str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["train"]["steps"] == 30 and config["method"]["name"] == "mpl"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["phase"] == "train"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    for key in ("teacher_loss", "student_loss", "h", "baseline", "teacher_uda_mask", "agreement", "pseudo_label_acc"):
+        assert key in train[-1], key
+    assert [r["step"] for r in records if r["phase"] == "train_eval"] == [10, 20, 30]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["test_top1_selected"] <= 1.0
+    splits = json.loads((out / "splits.json").read_text())
+    assert len(splits["labeled"]) == 50 and len(splits["validation"]) == 100
+    assert (out / "model.pt").is_file()
+
+    plot = metapl("plot", str(out))
+    assert plot.returncode == 0, plot.stderr
+    assert (out / "curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--preset", "digits", "--set", "train.stepz=3"], "did you mean 'train.steps'"),
+        (["train", "--preset", "digits", "--set", "train.steps=x"], "must be an integer"),
+        (["train", "--preset", "digits", "--set", "data.mu=0"], "data.mu=0 is impossible"),
+        (["train", "--preset", "digits", "--set", "data.labeled_per_class=500"], "fewer than the 500 requested"),
+        (["train", "--preset", "digits", "--method", "mlp"], "invalid choice: 'mlp'"),
+        (["train", "--preset", "digits", "--bogus"], "unrecognized arguments: --bogus"),
+        (["fly"], "invalid choice: 'fly'"),
+        (["plot", "/nonexistent/run"], "is not a run directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
+    result = metapl(*args, "--out", str(tmp_path / "x")) if args[0] == "train" else metapl(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_presets_and_config_commands():
+    listed = metapl("presets")
+    assert listed.returncode == 0 and "digits" in listed.stdout.split()
+    shown = metapl("config", "--preset", "twomoon", "--set", "train.steps=9")
+    assert shown.returncode == 0
+    assert yaml.safe_load(shown.stdout)["train"]["steps"] == 9

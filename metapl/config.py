@@ -56,6 +56,7 @@ class MethodConfig:
     h_sign: int = 1
     baseline: bool = True
     baseline_decay: float = 0.99
+    reinforce_reduction: str = "mean"  # mpl, hard: CE(ŷ, T) averaged (the code's scale) or summed (unbiased, §2.2)
     label_smoothing: float = 0.0  # the (teacher's) supervised CE
     student_label_smoothing: float = 0.0
     supervised_loss: bool = True  # teacher auxiliary loss (mpl)
@@ -113,6 +114,7 @@ _CHOICES = {
     "method.sampling": ("sample", "argmax"),
     "method.h_sign": (1, -1),
     "method.tsa": ("none", "linear", "log", "exp"),
+    "method.reinforce_reduction": ("mean", "sum"),
     "train.device": ("auto", "cpu", "cuda"),
     "teacher.schedule": ("cosine", "constant"),
     "student.schedule": ("cosine", "constant"),
@@ -198,7 +200,9 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         if dataclasses.is_dataclass(section) and not name:
             example = dataclasses.fields(section)[0].name
             raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{example}=...")
-        raise ConfigError(f"unknown config key {key!r}{_suggest(key, _all_keys())}; see metapl presets for the keys")
+        raise ConfigError(
+            f"unknown config key {key!r}{_suggest(key, _all_keys())}; list the keys with: metapl config --preset NAME"
+        )
     expected = typing.get_type_hints(type(section))[name]
     setattr(section, name, _coerce(key, value, expected))
 

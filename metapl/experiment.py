@@ -102,6 +102,7 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
         h_sign=m.h_sign,
         baseline=m.baseline,
         baseline_decay=m.baseline_decay,
+        reinforce_reduction=m.reinforce_reduction,
         ema_decay=ema,
     )
 

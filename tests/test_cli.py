@@ -23,8 +23,17 @@ def metapl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def test_train_writes_config_metrics_tensorboard_and_summary(tmp_path):
     out = tmp_path / "run"
     result = metapl(
-        "train", "--preset", "digits", "--set", "train.steps=30", "--set", "train.eval_every=10",
-        "--set", "train.log_every=5", "--out", str(out),
+        "train",
+        "--preset",
+        "digits",
+        "--set",
+        "train.steps=30",
+        "--set",
+        "train.eval_every=10",
+        "--set",
+        "train.log_every=5",
+        "--out",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((out / "config.yaml").read_text())

@@ -18,7 +18,9 @@ def test_presets_load_and_validate():
 
 
 def test_overrides_are_typed_and_applied():
-    cfg = build_config("digits", ["train.steps=7", "teacher.lr=0.2", "model.hidden=[16, 8]", "method.baseline=false"], "uda")
+    cfg = build_config(
+        "digits", ["train.steps=7", "teacher.lr=0.2", "model.hidden=[16, 8]", "method.baseline=false"], "uda"
+    )
     assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
     assert cfg.teacher.lr == 0.2
     assert cfg.model.hidden == [16, 8]

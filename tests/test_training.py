@@ -46,8 +46,19 @@ def test_each_method_learns_digits(method, loss_key, overrides):
 
 def test_mpl_reports_every_diagnostic():
     _, _, scores, metrics = _train("mpl", 3)
-    for key in ("teacher_loss", "student_loss", "h", "baseline", "teacher_uda_mask", "agreement", "pseudo_label_acc",
-                "teacher_sup_loss", "teacher_uda_loss", "lr_teacher", "lr_student"):
+    for key in (
+        "teacher_loss",
+        "student_loss",
+        "h",
+        "baseline",
+        "teacher_uda_mask",
+        "agreement",
+        "pseudo_label_acc",
+        "teacher_sup_loss",
+        "teacher_uda_loss",
+        "lr_teacher",
+        "lr_student",
+    ):
         assert key in metrics[-1], key
     assert "teacher_test_top1" in scores and "val_top1" in scores
 
@@ -70,7 +81,9 @@ def test_validation_selects_and_test_is_only_reported(tmp_path):
 
 
 def test_finetune_phase_runs_after_mpl(tmp_path):
-    cfg = build_config("digits", ["train.steps=20", "finetune.steps=10", "finetune.lr=0.01", "train.eval_every=0"], "mpl")
+    cfg = build_config(
+        "digits", ["train.steps=20", "finetune.steps=10", "finetune.lr=0.01", "train.eval_every=0"], "mpl"
+    )
     summary = run_experiment(cfg, tmp_path, progress=False, tensorboard=False)
     assert summary["finetune_steps"] == 10
     assert "finetune_final_test_top1" in summary

@@ -55,6 +55,7 @@ class MetaPseudoLabels(TwoModelMethod):
         h_sign: int = 1,
         baseline: bool = True,
         baseline_decay: float = 0.99,
+        reinforce_reduction: str = "mean",
         ema_decay: float | None = None,
     ):
         if feedback not in FEEDBACKS:
@@ -63,6 +64,10 @@ class MetaPseudoLabels(TwoModelMethod):
             raise ValueError(f"h={h!r}; use one of {', '.join(H_ESTIMATORS)}")
         if sampling not in ("sample", "argmax"):
             raise ValueError(f"sampling={sampling!r}; use 'sample' or 'argmax'")
+        if reinforce_reduction not in ("mean", "sum"):
+            raise ValueError(
+                f"reinforce_reduction={reinforce_reduction!r}; use 'mean' (the code's) or 'sum' (unbiased)"
+            )
         if h_sign not in (1, -1):
             raise ValueError(f"h_sign={h_sign!r}; use 1 (paper: h > 0 when the student improved) or -1")
         self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
@@ -71,6 +76,7 @@ class MetaPseudoLabels(TwoModelMethod):
         self.teacher_losses = teacher_losses or AuxLossSettings()
         self.student_label_smoothing = student_label_smoothing
         self.use_baseline, self.baseline_decay = baseline, baseline_decay
+        self.reinforce_reduction = reinforce_reduction
         names = {id(p): name for name, p in student.named_parameters()}
         self._student_param_names = [names[id(p)] for p in self.student_updater.params]
         self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (§14b)
@@ -124,8 +130,8 @@ class MetaPseudoLabels(TwoModelMethod):
                 pseudo = teacher_probs.argmax(dim=-1)
 
         # taylor: L_l(θ_S) and L_l(θ'_S) on one labeled batch, same BN mode and dropout mask, so h = 0 iff θ'_S = θ_S.
-        dropout_seed = int(torch.randint(0, 2**62, ()))
         if self.h_estimator == "taylor":
+            dropout_seed = int(torch.randint(0, 2**62, ()))
             loss_before = self._labeled_loss_no_grad(batch, dropout_seed)
 
         # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
@@ -151,7 +157,9 @@ class MetaPseudoLabels(TwoModelMethod):
         h = self.h_sign * h.detach()
 
         coefficient = self._baseline_coefficient(h)  # stop_grad(h − b)
-        mpl_loss = coefficient * F.cross_entropy(logits_strong, pseudo)  # CE(ŷ, T(x_u_strong; θ_T)), batch mean
+        # CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the unbiased
+        # REINFORCE estimate for the batch as one compound action (spec §2.2), which matches `soft` to first order.
+        mpl_loss = coefficient * F.cross_entropy(logits_strong, pseudo, reduction=self.reinforce_reduction)
         metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
         metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
         if batch.y_u is not None:

@@ -102,7 +102,9 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
             linewidths=1.2,
         )
         test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
-        name = cfg.method.name if cfg.method.name != "mpl" else f"mpl ({cfg.method.feedback})"
+        name = cfg.method.name
+        if name == "mpl":
+            name = f"mpl ({cfg.method.feedback}{'' if cfg.method.uda else ', no teacher UDA'})"
         ax.set_title(f"{name}: test accuracy {test_acc:.1%}")
         ax.set_xticks([])
         ax.set_yticks([])

@@ -160,10 +160,8 @@ class MetaPseudoLabels(TwoModelMethod):
         # CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the unbiased
         # REINFORCE estimate for the batch as one compound action (spec §2.2), which matches `soft` to first order.
         mpl_loss = coefficient * F.cross_entropy(logits_strong, pseudo, reduction=self.reinforce_reduction)
-        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics = self._student_metrics(batch, student_logits, logits_strong, pseudo, student_loss, student_grad_norm)
         metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
-        if batch.y_u is not None:
-            metrics["pseudo_label_acc"] = (pseudo == batch.y_u).float().mean()
         return mpl_loss, metrics
 
     # ------------------------------------------------------------------ soft labels: exact gradient (spec §2.5)
@@ -198,7 +196,7 @@ class MetaPseudoLabels(TwoModelMethod):
         bu = batch.x_u_strong.shape[0]
         scale = lr_student * (1.0 - self.student_label_smoothing) / bu
         mpl_loss = scale * (teacher_probs * jacobian_v.detach().to(teacher_probs.dtype)).sum()
-        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)
         metrics.update(student_labeled_loss=loss_after.detach())
         return mpl_loss, metrics
 
@@ -219,7 +217,7 @@ class MetaPseudoLabels(TwoModelMethod):
         d = self.h_sign * (loss_after - loss_before)  # the code's sign: new − old
         coefficient = self._baseline_coefficient(d)
         mpl_loss = coefficient * soft_cross_entropy(logits_strong, teacher_probs.detach())
-        metrics = self._student_metrics(batch, student_logits, logits_strong, student_loss, student_grad_norm)
+        metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)
         metrics.update(h=d, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
         return mpl_loss, metrics
 
@@ -240,14 +238,23 @@ class MetaPseudoLabels(TwoModelMethod):
         self,
         batch: Batch,
         student_logits: torch.Tensor,
-        logits_strong: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        pseudo_labels: torch.Tensor | None,
         student_loss: torch.Tensor,
         grad_norm: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        agreement = (student_logits.detach().argmax(-1) == logits_strong.detach().argmax(-1)).float().mean()
-        metrics = {"student_loss": student_loss.detach(), "student_grad_norm": grad_norm, "agreement": agreement}
+        """Teacher–student agreement (argmax vs argmax) and, when the true labels are known, the accuracy of the
+        pseudo labels (the sampled ŷ in hard mode, the teacher's argmax otherwise) and of the student."""
+        student_pred, teacher_pred = student_logits.detach().argmax(-1), teacher_logits.detach().argmax(-1)
+        pseudo_labels = teacher_pred if pseudo_labels is None else pseudo_labels
+        metrics = {
+            "student_loss": student_loss.detach(),
+            "student_grad_norm": grad_norm,
+            "agreement": (student_pred == teacher_pred).float().mean(),
+        }
         if batch.y_u is not None:
-            metrics["student_unlabeled_acc"] = (student_logits.detach().argmax(-1) == batch.y_u).float().mean()
+            metrics["pseudo_label_acc"] = (pseudo_labels == batch.y_u).float().mean()
+            metrics["student_unlabeled_acc"] = (student_pred == batch.y_u).float().mean()
         return metrics
 
     # ------------------------------------------------------------------ interface

@@ -49,7 +49,9 @@ def fit(
     result = FitResult()
     start = time.perf_counter()
     last_log_time, last_log_step = start, 0
-    bar = tqdm(total=steps, desc=phase, disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=steps, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
+    )  # None: off without a TTY
     postfix: dict[str, str] = {}
     for step in range(steps):
         batch = next(batches).to(device, non_blocking=True)
@@ -73,7 +75,7 @@ def fit(
             if improved:
                 result.best, result.best_step = scores, step + 1
                 result.best_state = {k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()}
-            postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k.endswith("top1")})
+            postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
     bar.close()

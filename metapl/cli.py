@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one run from a preset")
     _add_config_args(train)
-    train.add_argument("--out", type=Path, help="run directory (default runs/PRESET-METHOD-seedN)")
+    train.add_argument(
+        "--out", type=Path, help="run directory (default runs/PRESET-METHOD-seedN); resumed if it holds a checkpoint"
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
 
@@ -81,10 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metapl.experiment import run_experiment
+    from metapl.experiment import CHECKPOINT, run_experiment
 
     cfg = build_config(args.preset, args.overrides, args.method)
     out = args.out or Path("runs") / f"{cfg.preset}-{cfg.method.name}-seed{cfg.train.seed}"
+    if (out / CHECKPOINT).exists():
+        print(f"resuming the run in {out} from its last checkpoint", flush=True)
     summary = run_experiment(cfg, out, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
     shown = {k: v for k, v in summary.items() if k in ("method", "test_top1", "test_top1_selected", "train_seconds")}
     print(f"run directory: {out}")

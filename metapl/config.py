@@ -78,6 +78,8 @@ class TrainConfig:
     eval_every: int = 100
     log_every: int = 10
     eval_batch_size: int = 1024
+    checkpoint_every: int = 500  # also at the end of each phase; 0: only at the end
+    keep_checkpoints: int = 0  # besides checkpoint.pt (the last), keep this many earlier ones
 
 
 @dataclass
@@ -173,17 +175,18 @@ def from_dict(raw: dict) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     cfg = Config()
-    for key, value in _flatten(raw):
+    for key, value in flatten(raw):
         set_value(cfg, key, value)
     return cfg
 
 
-def _flatten(raw: dict, prefix: str = "") -> list[tuple[str, Any]]:
+def flatten(raw: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """[('section.key', value), ...] in the mapping's order."""
     items = []
     for key, value in raw.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            items.extend(_flatten(value, name + "."))
+            items.extend(flatten(value, name + "."))
         else:
             items.append((name, value))
     return items
@@ -305,6 +308,8 @@ def validate(cfg: Config) -> None:
         ("train.eval_every", cfg.train.eval_every >= 0, "0 (only at the end) or more"),
         ("train.log_every", cfg.train.log_every >= 1, "at least 1"),
         ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "at least 1"),
+        ("train.checkpoint_every", cfg.train.checkpoint_every >= 0, "0 (only at the end) or more"),
+        ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 0, "0 or more"),
         ("finetune.steps", cfg.finetune.steps >= 0, "0 (off) or more"),
         ("finetune.lr", cfg.finetune.lr > 0, "above 0"),
         ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),

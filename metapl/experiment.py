@@ -10,10 +10,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from metapl.config import Config, save_config
+from metapl.config import Config, flatten, load_config_file, save_config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle
-from metapl.engine.checkpoint import atomic_save, atomic_write_json
+from metapl.engine.checkpoint import (
+    CheckpointKeeper,
+    atomic_save,
+    atomic_write_json,
+    load_weights,
+    rng_state,
+    set_rng_state,
+)
 from metapl.engine.evaluate import evaluate
 from metapl.engine.logger import RunLogger
 from metapl.engine.loop import FitResult, fit
@@ -126,43 +133,106 @@ def make_evaluator(data: DataBundle, batch_size: int):
     return run
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
 def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboard: bool = True) -> dict:
-    """Train as `cfg` says and write the run directory; returns the summary (also in summary.json)."""
+    """Train as `cfg` says and write the run directory; returns the summary (also in summary.json).
+
+    When `out_dir` holds a checkpoint of the same config, training resumes from it and ends with the same
+    weights as an uninterrupted run.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
+    saved = load_resume_state(cfg, out_dir)
     seed_everything(cfg.train.seed)
-    data = build_data(cfg.data, cfg.train.seed)
-    save_config(cfg, out_dir / "config.yaml")
-    data.split.save(out_dir / "splits.json")
+    data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if saved is None:
+        save_config(cfg, out_dir / "config.yaml")
+        data.split.save(out_dir / "splits.json")
 
     method = build_method(cfg, data, device)
     evaluator = make_evaluator(data, cfg.train.eval_batch_size)
-    stream = BatchStream(
-        data, cfg.data.batch_size, cfg.data.mu, seed=cfg.train.seed, labeled_only=cfg.method.name == "supervised"
+    results: dict[str, FitResult] = {}
+    phase = "train"
+    if saved is not None:
+        method.load_state_dict(saved["method"])
+        results = {name: FitResult.from_state(state) for name, state in saved["results"].items()}
+        phase = saved["phase"]
+    keeper = CheckpointKeeper(out_dir / CHECKPOINT, cfg.train.keep_checkpoints)
+
+    def checkpointer(phase_name: str, stream: BatchStream, tuner=None):
+        def save(step: int, result: FitResult) -> None:
+            results[phase_name] = result
+            state = {
+                "format": 1,
+                "phase": phase_name,
+                "step": step,
+                "method": method.state_dict(),
+                "finetune": tuner.state_dict() if tuner is not None else None,
+                "stream": stream.state_dict(),
+                "results": {name: r.state_dict() for name, r in results.items()},
+                "rng": rng_state(),
+            }
+            keeper.save(state, step if phase_name == "train" else cfg.train.steps + step)
+
+        return save
+
+    resume_step = None
+    if saved is not None:
+        resume_step = saved["step"] + (cfg.train.steps if phase == "finetune" else 0)
+    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step)
+    common = dict(
+        evaluate=evaluator,
+        logger=logger,
+        device=device,
+        eval_every=cfg.train.eval_every,
+        log_every=cfg.train.log_every,
+        progress=progress,
+        checkpoint_every=cfg.train.checkpoint_every,
     )
-    logger = RunLogger(out_dir, tensorboard=tensorboard)
     try:
-        result = fit(
-            method,
-            stream,
-            cfg.train.steps,
-            evaluate=evaluator,
-            logger=logger,
-            device=device,
-            eval_every=cfg.train.eval_every,
-            log_every=cfg.train.log_every,
-            progress=progress,
-        )
-        phases = {"train": result}
+        if phase == "train":
+            labeled_only = cfg.method.name == "supervised"
+            stream = BatchStream(data, cfg.data.batch_size, cfg.data.mu, cfg.train.seed, labeled_only=labeled_only)
+            if saved is not None:
+                stream.load_state_dict(saved["stream"])
+                set_rng_state(saved["rng"])
+            checkpoint = checkpointer("train", stream)
+            results["train"] = fit(
+                method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
+            )
         final_model = method.eval_model()
         if cfg.finetune.steps > 0:
-            phases["finetune"], final_model = _finetune(cfg, method, data, evaluator, logger, device, progress)
+            ft = cfg.finetune
+            settings = OptimSettings(
+                lr=ft.lr, momentum=ft.momentum, nesterov=ft.momentum > 0, schedule="constant", total_steps=ft.steps
+            )
+            tuner = finetuner(method.eval_model(), data.num_classes, settings, ft.label_smoothing)
+            batch_size = min(ft.batch_size, len(data.y_labeled))
+            ft_stream = BatchStream(data, batch_size, 1, cfg.train.seed + 1, labeled_only=True)
+            if phase == "finetune":
+                tuner.load_state_dict(saved["finetune"])
+                ft_stream.load_state_dict(saved["stream"])
+                set_rng_state(saved["rng"])
+            checkpoint = checkpointer("finetune", ft_stream, tuner)
+            results["finetune"] = fit(
+                tuner,
+                ft_stream,
+                ft.steps,
+                phase="finetune",
+                step_offset=cfg.train.steps,
+                resume=results.get("finetune"),
+                checkpoint=checkpoint,
+                **common,
+            )
+            final_model = tuner.eval_model()
     finally:
         logger.close()
 
     atomic_save(_cpu_state(final_model), out_dir / "model.pt")
-    last = phases.get("finetune", result)
+    last = results.get("finetune", results["train"])
     if last.best_state is not None:
         atomic_save(last.best_state, out_dir / "best_model.pt")
     summary = {
@@ -171,7 +241,8 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
         "feedback": cfg.method.feedback if cfg.method.name == "mpl" else None,
         "seed": cfg.train.seed,
         "device": str(device),
-        **{f"{name}_{key}": value for name, phase in phases.items() for key, value in _phase_summary(phase).items()},
+        "resumed_from_step": resume_step,
+        **{f"{name}_{key}": value for name, r in results.items() for key, value in _phase_summary(r).items()},
     }
     summary["test_top1"] = last.final.get("test_top1")
     summary["test_top1_selected"] = last.best.get("test_top1")
@@ -179,30 +250,19 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     return summary
 
 
-def _finetune(
-    cfg: Config, method, data: DataBundle, evaluator, logger, device, progress
-) -> tuple[FitResult, nn.Module]:
-    """The student's finetuning phase on labeled data (spec §5), on a copy of the evaluated model."""
-    ft = cfg.finetune
-    settings = OptimSettings(
-        lr=ft.lr, momentum=ft.momentum, nesterov=ft.momentum > 0, schedule="constant", total_steps=ft.steps
-    )
-    tuner = finetuner(method.eval_model(), data.num_classes, settings, ft.label_smoothing)
-    batch = min(ft.batch_size, len(data.y_labeled))
-    stream = BatchStream(data, batch, 1, seed=cfg.train.seed + 1, labeled_only=True)
-    result = fit(
-        tuner,
-        stream,
-        ft.steps,
-        evaluate=evaluator,
-        logger=logger,
-        device=device,
-        eval_every=cfg.train.eval_every,
-        log_every=cfg.train.log_every,
-        phase="finetune",
-        progress=progress,
-    )
-    return result, tuner.eval_model()
+def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
+    """The checkpoint in `out_dir` when there is one; refuses one written with a different config."""
+    path = out_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    saved_cfg = load_config_file(out_dir / "config.yaml")
+    saved_cfg.preset = cfg.preset
+    for (key, old), (_, new) in zip(flatten(saved_cfg.to_dict()), flatten(cfg.to_dict())):
+        if old != new:
+            raise ConfigError(
+                f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
+            )
+    return load_weights(path)
 
 
 def _phase_summary(result: FitResult) -> dict:

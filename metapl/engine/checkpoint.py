@@ -1,11 +1,15 @@
-"""Atomic writes of tensors and JSON: a temporary file in the same directory, then a rename."""
+"""Checkpoint files: atomic writes (a temporary file in the same directory, then a rename), loading with
+weights_only=True, and the RNG states a bit-exact resume needs."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from metapl.errors import CheckpointError
@@ -41,3 +45,53 @@ def load_weights(path: Path) -> dict:
         raise CheckpointError(
             f"cannot load checkpoint {path}: {first_line}; re-run training or pass another run"
         ) from None
+
+
+def rng_state() -> dict:
+    """The RNG states of Python, NumPy, torch (CPU) and CUDA, in types that load with weights_only=True."""
+    version, mt_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": {"version": version, "state": list(mt_state), "gauss": gauss},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() returned."""
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
+    )
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointKeeper:
+    """Writes `path` (the last checkpoint) atomically and keeps the `keep` previous ones as path-STEP files."""
+
+    def __init__(self, path: Path, keep: int = 0):
+        self.path, self.keep = Path(path), keep
+
+    def save(self, state: dict, step: int) -> None:
+        atomic_save(state, self.path)
+        if self.keep > 0:
+            numbered = self.path.with_name(f"{self.path.stem}-{step:08d}{self.path.suffix}")
+            numbered.unlink(missing_ok=True)
+            try:
+                os.link(self.path, numbered)  # a second name for the same bytes; atomic_save replaces, never edits
+            except OSError:
+                shutil.copyfile(self.path, numbered)
+            for old in sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))[: -self.keep]:
+                old.unlink()

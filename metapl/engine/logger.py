@@ -17,14 +17,22 @@ def to_float(value: torch.Tensor | float | int) -> float:
 class RunLogger:
     """Appends metrics to `metrics.jsonl` and, when tensorboard is installed and enabled, to TensorBoard."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None):
+        """With `resume_step`, records after that step (written by an interrupted run) are dropped first."""
         self.run_dir = Path(run_dir)
-        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        path = self.run_dir / "metrics.jsonl"
+        if resume_step is not None and path.exists():
+            kept = [json.dumps(r) + "\n" for r in read_metrics(self.run_dir) if r["step"] <= resume_step]
+            tmp = path.with_name(".metrics.jsonl.tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            tmp.replace(path)
+        self.jsonl = open(path, "a", encoding="utf-8")
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def log(self, step: int, metrics: dict, phase: str = "train") -> dict[str, float]:
         """Write one record {'phase', 'step', metric: value, ...}; returns the floats written."""
@@ -49,6 +57,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
     records = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            if line.strip():
+            try:
                 records.append(json.loads(line))
+            except ValueError:  # a line cut short by a killed process
+                continue
     return records

@@ -28,7 +28,24 @@ class FitResult:
     best_step: int = -1
     best_state: dict | None = None
     seconds: float = 0.0
-    steps: int = 0
+    steps: int = 0  # steps completed
+
+    def state_dict(self) -> dict:
+        return {
+            "final": self.final,
+            "best": self.best,
+            "best_step": self.best_step,
+            "best_state": self.best_state,
+            "seconds": self.seconds,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> FitResult:
+        return cls(**state)
+
+
+Checkpointer = Callable[[int, FitResult], None]  # (steps completed, result so far) -> writes a checkpoint
 
 
 def fit(
@@ -44,16 +61,28 @@ def fit(
     phase: str = "train",
     progress: bool = True,
     select_on: str = "val_top1",
+    resume: FitResult | None = None,
+    checkpoint: Checkpointer | None = None,
+    checkpoint_every: int = 0,
+    step_offset: int = 0,
 ) -> FitResult:
-    """Run `steps` method steps; evaluate every `eval_every` steps and at the end; keep the best on `select_on`."""
-    result = FitResult()
-    start = time.perf_counter()
-    last_log_time, last_log_step = start, 0
+    """Run method steps up to `steps`; evaluate every `eval_every` steps and at the end; keep the best on
+    `select_on`; call `checkpoint` every `checkpoint_every` steps and at the end.
+
+    With `resume` (a result saved by an earlier, interrupted call) the loop goes on from `resume.steps`; the
+    method and the batch stream must have been restored to that step by the caller. Logs use step + step_offset
+    so that a later phase continues the curves of an earlier one.
+    """
+    result = resume or FitResult()
+    first = result.steps
+    start = time.perf_counter() - result.seconds
+    last_log_time, last_log_step = time.perf_counter(), first
+    # disable=None turns the bar off when stderr is not a terminal.
     bar = tqdm(
-        total=steps, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
-    )  # None: off without a TTY
+        total=steps, initial=first, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
+    )
     postfix: dict[str, str] = {}
-    for step in range(steps):
+    for step in range(first, steps):
         batch = next(batches).to(device, non_blocking=True)
         metrics = method.step(batch, step)
         is_last = step == steps - 1
@@ -62,25 +91,26 @@ def fit(
             images = (step + 1 - last_log_step) * _batch_size(batch)
             metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
             last_log_time, last_log_step = now, step + 1
-            values = logger.log(step + 1, metrics, phase)
+            values = logger.log(step_offset + step + 1, metrics, phase)
             _check_finite(values, step + 1)
             postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
         if (eval_every and (step + 1) % eval_every == 0) or is_last:
             scores = evaluate(method)
             result.final = scores
             if logger is not None:
-                logger.log(step + 1, scores, f"{phase}_eval")
+                logger.log(step_offset + step + 1, scores, f"{phase}_eval")
             # No validation split: nothing may select on the test set, so the "best" is the last evaluation.
             improved = select_on not in scores or not result.best or scores[select_on] > result.best[select_on]
             if improved:
                 result.best, result.best_step = scores, step + 1
                 result.best_state = {k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()}
             postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
+        result.steps, result.seconds = step + 1, time.perf_counter() - start
+        if checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or is_last):
+            checkpoint(step + 1, result)
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
     bar.close()
-    result.seconds = time.perf_counter() - start
-    result.steps = steps
     return result
 
 

@@ -80,3 +80,10 @@ class PseudoLabel(TwoModelMethod):
     def eval_model(self) -> nn.Module:
         """The teacher while it trains, then the (EMA) student."""
         return self.teacher if self.steps_done <= self.teacher_steps else self._student_eval_model()
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.steps_done = int(state["steps_done"])

@@ -1,0 +1,162 @@
+"""Exact resume: a run killed with SIGKILL and restarted ends with the same weights, bit for bit, as one that was
+never interrupted; a run directory is never resumed with a different config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ARGS = [
+    "train",
+    "--preset",
+    "digits",
+    "--method",
+    "mpl",
+    "--no-progress",
+    "--set",
+    "train.steps=240",
+    "--set",
+    "train.checkpoint_every=20",
+    "--set",
+    "train.eval_every=40",
+    "--set",
+    "train.log_every=10",
+    "--set",
+    "model.batch_norm=true",
+    "--set",
+    "finetune.steps=60",
+    "--set",
+    "finetune.lr=0.01",
+    "--set",
+    "finetune.batch_size=32",
+]
+
+
+def _command(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "metapl", *ARGS, *extra, "--out", str(out)]
+
+
+def _checkpoint(out: Path) -> dict | None:
+    try:
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
+def _kill_when(out: Path, reached) -> int:
+    """Start a run and SIGKILL it as soon as its checkpoint satisfies `reached`; returns the step it had saved."""
+    process = subprocess.Popen(_command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            state = _checkpoint(out)
+            if state is not None and reached(state):
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return state["step"] if state["phase"] == "train" else 240 + state["step"]
+            time.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    pytest.fail(f"the run ended (code {process.returncode}) before it could be killed mid-run")
+
+
+def _finish(out: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(out), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _tensors(tree, prefix=""):
+    """Every tensor of a nested state, by path."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}/{key}")
+    elif isinstance(tree, (list, tuple)):
+        for i, value in enumerate(tree):
+            yield from _tensors(value, f"{prefix}/{i}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    _finish(out)
+    return out
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    final_a, final_b = _checkpoint(a), _checkpoint(b)
+    tensors_a, tensors_b = dict(_tensors(final_a["method"])), dict(_tensors(final_b["method"]))
+    tensors_a.update(_tensors(final_a["finetune"], "ft"))
+    tensors_b.update(_tensors(final_b["finetune"], "ft"))
+    assert tensors_a.keys() == tensors_b.keys()
+    different = [k for k in tensors_a if not torch.equal(tensors_a[k], tensors_b[k])]
+    assert not different, different[:5]
+    model_a, model_b = torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True)
+    assert all(torch.equal(model_a[k], model_b[k]) for k in model_a)
+    summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert summary_a["test_top1"] == summary_b["test_top1"]
+    assert summary_a["test_top1_selected"] == summary_b["test_top1_selected"]
+
+
+def test_sigkill_in_training_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    saved_step = _kill_when(tmp_path, lambda s: s["phase"] == "train" and s["step"] >= 60)
+    assert 60 <= saved_step < 240
+    result = _finish(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["resumed_from_step"] == saved_step, result.stdout
+    _assert_same_run(uninterrupted, tmp_path)
+    steps = [
+        r["step"]
+        for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        if r["phase"] == "train"
+    ]
+    assert steps == sorted(set(steps)) and steps[-1] == 240  # no record twice after the resume
+
+
+def test_sigkill_in_finetuning_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    saved_step = _kill_when(tmp_path, lambda s: s["phase"] == "finetune" and s["step"] >= 20)
+    assert saved_step >= 260
+    _finish(tmp_path)
+    _assert_same_run(uninterrupted, tmp_path)
+
+
+def test_resume_with_another_config_is_refused(uninterrupted):
+    before = (uninterrupted / "checkpoint.pt").read_bytes()
+    result = subprocess.run(
+        _command(uninterrupted, "--set", "teacher.lr=0.2"), env=ENV, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"metapl: error: {uninterrupted} holds a run with teacher.lr=0.05, not 0.2; "
+        "resume with the same settings or pass a new --out"
+    ]
+    assert (uninterrupted / "checkpoint.pt").read_bytes() == before
+
+
+def test_keep_last_k_checkpoints(tmp_path):
+    from metapl.config import build_config
+    from metapl.experiment import run_experiment
+
+    cfg = build_config(
+        "twomoon", ["train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=2"], "supervised"
+    )
+    run_experiment(cfg, tmp_path, progress=False, tensorboard=False)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint*.pt")) == [
+        "checkpoint-00000040.pt",
+        "checkpoint-00000050.pt",
+        "checkpoint.pt",
+    ]
+    assert torch.load(tmp_path / "checkpoint-00000040.pt", weights_only=True)["step"] == 40

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from metapl.distributed import averaged
+
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -24,6 +26,7 @@ class OptimSettings:
     warmup_steps: int = 0
     wait_steps: int = 0  # LR 0 for this many steps (the student's wait period, spec §7)
     total_steps: int = 1000
+    fp16_loss_scale: bool = False  # dynamic loss scaling for float16 autocast (set by train.precision=fp16)
 
 
 def lr_at(settings: OptimSettings, step: int) -> float:
@@ -61,6 +64,15 @@ class Updater:
             self.params, lr=settings.lr, momentum=momentum, nesterov=settings.nesterov and momentum > 0
         )
         self.lr = 0.0
+        self.loss_scale = 2.0**16 if settings.fp16_loss_scale else None
+        self._good_steps = 0
+
+    def gradients(self, loss: torch.Tensor) -> list[torch.Tensor]:
+        """∇loss for self.params (not accumulated into .grad), unscaled, averaged over data-parallel ranks."""
+        if self.loss_scale is None:
+            return averaged(list(torch.autograd.grad(loss, self.params)))
+        grads = torch.autograd.grad(loss * self.loss_scale, self.params)
+        return averaged([g / self.loss_scale for g in grads])
 
     def set_step(self, step: int) -> float:
         """Set the scheduled LR for `step` and return it."""
@@ -78,6 +90,8 @@ class Updater:
             n = self._num_decay
             torch._foreach_add_(grads[:n], self.params[:n], alpha=wd)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        if self.loss_scale is not None and not self._scaled_step_ok(norm):
+            return norm  # float16 overflow: skip this update, as torch.amp.GradScaler does
         if clip > 0:
             torch._foreach_mul_(grads, torch.clamp(clip / (norm + 1e-6), max=1.0))
         for p, g in zip(self.params, grads):
@@ -87,8 +101,20 @@ class Updater:
             p.grad = None
         return norm
 
+    def _scaled_step_ok(self, norm: torch.Tensor) -> bool:
+        """Dynamic loss scale: halve it after an overflow, double it after 2,000 finite steps in a row."""
+        if not torch.isfinite(norm):  # a host sync, paid only under float16
+            self.loss_scale /= 2.0
+            self._good_steps = 0
+            return False
+        self._good_steps += 1
+        if self._good_steps % 2000 == 0:
+            self.loss_scale *= 2.0
+        return True
+
     def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
+        return {"optimizer": self.optimizer.state_dict(), "loss_scale": self.loss_scale, "good_steps": self._good_steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss_scale, self._good_steps = state["loss_scale"], int(state["good_steps"])

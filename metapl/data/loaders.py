@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -62,10 +62,27 @@ class _EpochSampler:
 
 
 class BatchStream:
-    """Endless training batches: B labeled examples and μB unlabeled ones in a weak and a strong view."""
+    """Endless training batches: B labeled examples and μB unlabeled ones in a weak and a strong view.
 
-    def __init__(self, data: DataBundle, batch_size: int, mu: int, seed: int, labeled_only: bool = False):
+    `batch_size` is the global B. With `world_size` > 1 every rank draws the same global batch (one shared
+    permutation per pass, like DistributedSampler with set_epoch) and keeps its contiguous slice of B/world
+    labeled and μB/world unlabeled examples, so the ranks together see exactly a single process's batch.
+    """
+
+    def __init__(
+        self,
+        data: DataBundle,
+        batch_size: int,
+        mu: int,
+        seed: int,
+        labeled_only: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.data, self.batch_size, self.mu, self.labeled_only = data, batch_size, mu, labeled_only
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
         self.labeled = _EpochSampler(len(data.y_labeled))
         self.unlabeled = _EpochSampler(len(data.x_unlabeled))
@@ -78,11 +95,25 @@ class BatchStream:
         idx_l = self.labeled.take(self.batch_size, gen)
         x_l = data.labeled_augment(data.x_labeled[idx_l], gen)
         if self.labeled_only:
-            return Batch(x_l, data.y_labeled[idx_l])
+            return self._slice(Batch(x_l, data.y_labeled[idx_l]))
         idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
         x_u = data.x_unlabeled[idx_u]
         y_u = data.y_unlabeled[idx_u] if data.y_unlabeled is not None else None
-        return Batch(x_l, data.y_labeled[idx_l], data.weak_augment(x_u, gen), data.strong_augment(x_u, gen), y_u)
+        batch = Batch(x_l, data.y_labeled[idx_l], data.weak_augment(x_u, gen), data.strong_augment(x_u, gen), y_u)
+        return self._slice(batch)
+
+    def _slice(self, batch: Batch) -> Batch:
+        """This rank's contiguous share of every tensor of the global batch."""
+        if self.world_size == 1:
+            return batch
+        parts = {}
+        for f in fields(batch):
+            value = getattr(batch, f.name)
+            if value is not None:
+                share = len(value) // self.world_size
+                value = value[self.rank * share : (self.rank + 1) * share]
+            parts[f.name] = value
+        return Batch(**parts)
 
     def state_dict(self) -> dict:
         return {

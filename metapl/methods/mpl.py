@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
+from metapl import distributed
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, same_randomness
 from metapl.methods.supervised import Supervised, finetuner
@@ -103,9 +104,7 @@ class MetaPseudoLabels(TwoModelMethod):
 
         # 6. Teacher update, every term's gradient taken at the old θ_T.
         teacher_loss = aux_loss + mpl_loss
-        metrics["teacher_grad_norm"] = self.teacher_updater.apply(
-            torch.autograd.grad(teacher_loss, self.teacher_updater.params)
-        )
+        metrics["teacher_grad_norm"] = self.teacher_updater.apply(self.teacher_updater.gradients(teacher_loss))
         metrics.update(
             teacher_loss=teacher_loss.detach(),
             teacher_mpl_loss=mpl_loss.detach(),
@@ -137,24 +136,24 @@ class MetaPseudoLabels(TwoModelMethod):
         # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
         student_logits = self.student(batch.x_u_strong)
         student_loss = smoothed_cross_entropy(student_logits, pseudo, self.student_label_smoothing)
-        g_u = torch.autograd.grad(student_loss, self.student_updater.params)
+        g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
 
         # h: how much the step on ŷ helped the student on labeled data.
         if self.h_estimator == "taylor":
             loss_after = self._labeled_loss_no_grad(batch, dropout_seed)
-            h = loss_before - loss_after
+            h = distributed.mean(loss_before - loss_after)  # the global batch's losses, as dot and cosine use
         else:
             with frozen_bn_stats(self.student):
                 loss_after = F.cross_entropy(self.student(batch.x_l), batch.y_l)
-            v = torch.autograd.grad(loss_after, self.student_updater.params)  # ∇L_l(θ'_S); not into .grad
+            v = self.student_updater.gradients(loss_after)  # ∇L_l(θ'_S); not into .grad
             dot = _flat_dot(v, g_u)
             if self.h_estimator == "dot":
                 h = lr_student * dot
             else:  # cosine has no η_S factor: zero it while the student waits (§14c)
                 h = dot / (_flat_norm(v) * _flat_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
             loss_after = loss_after.detach()
-        h = self.h_sign * h.detach()
+        h = self.h_sign * torch.nan_to_num(h.detach(), nan=0.0, posinf=0.0, neginf=0.0)  # fp16 overflow: no feedback
 
         coefficient = self._baseline_coefficient(h)  # stop_grad(h − b)
         # CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the unbiased
@@ -178,12 +177,12 @@ class MetaPseudoLabels(TwoModelMethod):
         with same_randomness(dropout_seed, batch.x_u_strong.device):
             student_logits = self.student(batch.x_u_strong)
         student_loss = soft_cross_entropy(student_logits, target)
-        g_u = torch.autograd.grad(student_loss, self.student_updater.params)
+        g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
 
         with frozen_bn_stats(self.student):
             loss_after = F.cross_entropy(self.student(batch.x_l), batch.y_l)
-        v = torch.autograd.grad(loss_after, self.student_updater.params)  # ∇L_l(θ'_S)
+        v = self.student_updater.gradients(loss_after)  # ∇L_l(θ'_S)
 
         def student_log_probs(*params: torch.Tensor) -> torch.Tensor:
             # The same function the student's loss used: batch, BN batch statistics, dropout mask, old θ_S.
@@ -211,10 +210,10 @@ class MetaPseudoLabels(TwoModelMethod):
         student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
         student_loss = soft_cross_entropy(student_logits, target)
         loss_before = F.cross_entropy(logits_l_old.detach(), y_l)
-        student_grad_norm = self._update_student(torch.autograd.grad(student_loss, self.student_updater.params), step)
+        student_grad_norm = self._update_student(self.student_updater.gradients(student_loss), step)
         with torch.no_grad(), frozen_bn_stats(self.student):
             loss_after = F.cross_entropy(self.student(x_l), y_l)
-        d = self.h_sign * (loss_after - loss_before)  # the code's sign: new − old
+        d = self.h_sign * distributed.mean(loss_after - loss_before)  # the code's sign: new − old
         coefficient = self._baseline_coefficient(d)
         mpl_loss = coefficient * soft_cross_entropy(logits_strong, teacher_probs.detach())
         metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)

@@ -45,7 +45,7 @@ class PseudoLabel(TwoModelMethod):
         self.teacher.train()
         logits = self.teacher(batch.x_l)
         loss = smoothed_cross_entropy(logits, batch.y_l, self.label_smoothing)
-        grad_norm = self.teacher_updater.apply(list(torch.autograd.grad(loss, self.teacher_updater.params)))
+        grad_norm = self.teacher_updater.apply(self.teacher_updater.gradients(loss))
         return {
             "teacher_loss": loss.detach(),
             "teacher_labeled_acc": (logits.detach().argmax(-1) == batch.y_l).float().mean(),
@@ -66,7 +66,7 @@ class PseudoLabel(TwoModelMethod):
             )
         else:
             loss = smoothed_cross_entropy(logits, teacher_probs.argmax(-1), self.student_label_smoothing)
-        grad_norm = self._update_student(torch.autograd.grad(loss, self.student_updater.params), step)
+        grad_norm = self._update_student(self.student_updater.gradients(loss), step)
         metrics = {
             "student_loss": loss.detach(),
             "student_grad_norm": grad_norm,

@@ -31,7 +31,7 @@ class Supervised(SingleModelMethod):
         self.model.train()
         logits = self.model(batch.x_l)
         loss = smoothed_cross_entropy(logits, batch.y_l, self.label_smoothing)
-        grad_norm = self._finish_update(torch.autograd.grad(loss, self.updater.params), step)
+        grad_norm = self._finish_update(self.updater.gradients(loss), step)
         return {
             "loss": loss.detach(),
             "labeled_acc": (logits.detach().argmax(-1) == batch.y_l).float().mean(),

@@ -78,7 +78,7 @@ class UDA(SingleModelMethod):
         logits = self.model(torch.cat([batch.x_l, batch.x_u_weak, batch.x_u_strong]))
         logits_l, logits_w, logits_s = logits.split([b, bu, bu])
         loss, metrics = auxiliary_losses(logits_l, batch.y_l, logits_w, logits_s, step, self.losses)
-        metrics["grad_norm"] = self._finish_update(torch.autograd.grad(loss, self.updater.params), step)
+        metrics["grad_norm"] = self._finish_update(self.updater.gradients(loss), step)
         metrics.update(
             loss=loss.detach(), lr=lr, labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean()
         )

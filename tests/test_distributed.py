@@ -1,0 +1,98 @@
+"""Data parallelism: two gloo processes, each on half of every global batch, give the same h, b and weights on
+both ranks, equal to one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from metapl import AuxLossSettings, Batch, MetaPseudoLabels, OptimSettings
+
+STEPS = 6
+FEEDBACKS = [("hard", "dot"), ("hard", "taylor"), ("soft", "dot")]
+
+
+def _models() -> tuple[nn.Module, nn.Module]:
+    torch.manual_seed(0)
+    make = lambda: nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 4))  # noqa: E731
+    return make(), make()
+
+
+def _method(teacher: nn.Module, student: nn.Module, feedback: str, h: str) -> MetaPseudoLabels:
+    optim = OptimSettings(lr=0.3, momentum=0.9, weight_decay=1e-3, total_steps=STEPS)
+    return MetaPseudoLabels(
+        teacher, student, 4, feedback=feedback, h=h, sampling="argmax", teacher_optim=optim, student_optim=optim,
+        teacher_losses=AuxLossSettings(label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0),
+    )
+
+
+def _global_batches() -> list[Batch]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        Batch(torch.randn(8, 3, generator=g), torch.randint(0, 4, (8,), generator=g),
+              torch.randn(24, 3, generator=g), torch.randn(24, 3, generator=g))
+        for _ in range(STEPS)
+    ]
+
+
+def _share(batch: Batch, rank: int, world: int) -> Batch:
+    def part(t: torch.Tensor) -> torch.Tensor:
+        n = len(t) // world
+        return t[rank * n : (rank + 1) * n]
+
+    return Batch(part(batch.x_l), part(batch.y_l), part(batch.x_u_weak), part(batch.x_u_strong))
+
+
+def _run(method: MetaPseudoLabels, rank: int, world: int) -> dict:
+    hs, bs = [], []
+    for step, batch in enumerate(_global_batches()):
+        metrics = method.step(_share(batch, rank, world), step)
+        hs.append(float(metrics.get("h", 0.0)))
+        bs.append(float(metrics.get("baseline", 0.0)))
+    return {"h": hs, "b": bs, "student": method.student.state_dict(), "teacher": method.teacher.state_dict()}
+
+
+def _worker(rank: int, world: int, port: int, feedback: str, h: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        result = _run(_method(*_models(), feedback, h), rank, world)
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("feedback, h", FEEDBACKS)
+def test_two_gloo_ranks_match_one_process(tmp_path, feedback, h):
+    mp.spawn(_worker, args=(2, _free_port(), feedback, h, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        single = _run(_method(*_models(), feedback, h), 0, 1)
+    finally:
+        torch.set_default_dtype(previous)
+    assert ranks[0]["h"] == ranks[1]["h"] and ranks[0]["b"] == ranks[1]["b"]  # identical on every rank
+    assert any(abs(x) > 1e-8 for x in single["h"]) or feedback == "soft"
+    torch.testing.assert_close(torch.tensor(ranks[0]["h"]), torch.tensor(single["h"]), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.tensor(ranks[0]["b"]), torch.tensor(single["b"]), rtol=1e-9, atol=1e-12)
+    for net in ("student", "teacher"):
+        for key, value in single[net].items():
+            assert torch.equal(ranks[0][net][key], ranks[1][net][key])
+            torch.testing.assert_close(ranks[0][net][key], value, rtol=1e-9, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Command line: metapl train | plot | demo | presets | config.
+"""Command line: metapl train | eval | predict | export | plot | demo | presets | config.
 
 Every error a user can cause ends in one line on stderr that names the bad value and the fix, and exit code 2.
 """
@@ -6,6 +6,7 @@ Every error a user can cause ends in one line on stderr that names the bad value
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -67,6 +68,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("config", help="print the resolved config of a preset with overrides")
     _add_config_args(show)
+
+    weights_help = "final: model.pt, the evaluated model (EMA student); best: best_model.pt, best on validation"
+    evaluate = commands.add_parser("eval", help="score a run's weights on its validation and test sets again")
+    evaluate.add_argument("run", type=Path, help="run directory written by metapl train")
+    evaluate.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    evaluate.add_argument(
+        "--batch-size", type=int, default=None, help="evaluation batch (default: train.eval_batch_size)"
+    )
+
+    predict = commands.add_parser("predict", help="class probabilities for image files or CSV rows")
+    predict.add_argument("run", type=Path, help="run directory written by metapl train")
+    predict.add_argument(
+        "input",
+        type=Path,
+        help="an image file, a folder of images, or a CSV with one image path or the flattened input values per row",
+    )
+    predict.add_argument("--out", type=Path, help="output CSV (default RUN/predictions.csv)")
+    predict.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    predict.add_argument(
+        "--invert",
+        action="store_true",
+        help="map image pixels x to 1-x (digits store ink as high values: use it for dark ink on white)",
+    )
+
+    export = commands.add_parser("export", help="export a run's model to safetensors or ONNX, checked against PyTorch")
+    export.add_argument("run", type=Path, help="run directory written by metapl train")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=("safetensors", "onnx"),
+        dest="export_format",
+        help="safetensors: the state dict; onnx: the network with a dynamic batch dimension, output = logits",
+    )
+    export.add_argument("--out", type=Path, help="output file (default RUN/model.safetensors or RUN/model.onnx)")
+    export.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
     return parser
 
 
@@ -87,9 +123,12 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = build_config(args.preset, args.overrides, args.method)
     out = args.out or Path("runs") / f"{cfg.preset}-{cfg.method.name}-seed{cfg.train.seed}"
-    if (out / CHECKPOINT).exists():
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+    if main_rank and (out / CHECKPOINT).exists():
         print(f"resuming the run in {out} from its last checkpoint", flush=True)
     summary = run_experiment(cfg, out, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+    if not main_rank:
+        return 0
     shown = {k: v for k, v in summary.items() if k in ("method", "test_top1", "test_top1_selected", "train_seconds")}
     print(f"run directory: {out}")
     print(" ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
@@ -123,11 +162,46 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from metapl.inference import evaluate_run, format_eval_table
+
+    result = evaluate_run(args.run, args.weights, args.batch_size)
+    print(format_eval_table(result))
+    print(f"wrote {args.run / 'eval.json'}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from metapl.inference import predict_run
+
+    out, rows = predict_run(args.run, args.input, args.out, args.weights, args.invert)
+    print(f"wrote {rows} prediction{'s' if rows != 1 else ''} to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from metapl.inference import export_run
+
+    result = export_run(args.run, args.export_format, args.out, args.weights)
+    print(f"wrote {result.path}")
+    print(f"checked on {result.checked_examples} test inputs: max abs difference to PyTorch {result.max_abs_diff:.3g}")
+    return 0
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-_COMMANDS = {"train": _train, "plot": _plot, "demo": _demo, "presets": _presets, "config": _config}
+_COMMANDS = {
+    "train": _train,
+    "plot": _plot,
+    "demo": _demo,
+    "presets": _presets,
+    "config": _config,
+    "eval": _eval,
+    "predict": _predict,
+    "export": _export,
+}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -78,6 +78,11 @@ class TrainConfig:
     eval_every: int = 100
     log_every: int = 10
     eval_batch_size: int = 1024
+    scale_lr: bool = False  # peak LR = lr × data.batch_size / 256, as the official code does
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with dynamic loss scaling)
+    channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs)
+    compile: bool = False  # torch.compile every network (not with method.feedback=soft)
+    sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (CUDA only)
     checkpoint_every: int = 500  # also at the end of each phase; 0: only at the end
     keep_checkpoints: int = 0  # besides checkpoint.pt (the last), keep this many earlier ones
 
@@ -118,6 +123,7 @@ _CHOICES = {
     "method.tsa": ("none", "linear", "log", "exp"),
     "method.reinforce_reduction": ("mean", "sum"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.precision": ("fp32", "bf16", "fp16"),
     "teacher.schedule": ("cosine", "constant"),
     "student.schedule": ("cosine", "constant"),
 }

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metapl import distributed
 from metapl.config import Config, flatten, load_config_file, save_config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle
@@ -57,8 +58,11 @@ def build_model(cfg: Config, data: DataBundle) -> nn.Module:
     return create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
 
 
-def _optim(settings: OptimSettings, total_steps: int) -> OptimSettings:
-    return dataclasses.replace(settings, total_steps=total_steps)
+def _optim(cfg: Config, settings: OptimSettings, total_steps: int) -> OptimSettings:
+    """The run's settings for one network: its step budget, the batch-scaled LR and fp16 loss scaling."""
+    lr = settings.lr * cfg.data.batch_size / 256 if cfg.train.scale_lr else settings.lr
+    fp16 = cfg.train.precision == "fp16"
+    return dataclasses.replace(settings, lr=lr, total_steps=total_steps, fp16_loss_scale=fp16)
 
 
 def build_method(cfg: Config, data: DataBundle, device: torch.device):
@@ -77,10 +81,10 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
         uda_ramp_steps=m.uda_ramp_steps,
     )
     if m.name == "supervised":
-        return Supervised(build_model(cfg, data).to(device), k, _optim(cfg.student, steps), m.label_smoothing, ema)
+        return Supervised(build_model(cfg, data).to(device), k, _optim(cfg, cfg.student, steps), m.label_smoothing, ema)
     if m.name == "uda":
         losses = dataclasses.replace(losses, supervised=True, uda=True)
-        return UDA(build_model(cfg, data).to(device), k, _optim(cfg.student, steps), losses, ema)
+        return UDA(build_model(cfg, data).to(device), k, _optim(cfg, cfg.student, steps), losses, ema)
     teacher, student = build_model(cfg, data).to(device), build_model(cfg, data).to(device)
     if m.name == "pseudo_label":
         teacher_steps = max(1, int(round(steps * m.teacher_fraction)))
@@ -89,8 +93,8 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
             student,
             k,
             teacher_steps,
-            teacher_optim=_optim(cfg.teacher, teacher_steps),
-            student_optim=_optim(cfg.student, steps - teacher_steps),
+            teacher_optim=_optim(cfg, cfg.teacher, teacher_steps),
+            student_optim=_optim(cfg, cfg.student, steps - teacher_steps),
             label_smoothing=m.label_smoothing,
             student_label_smoothing=m.student_label_smoothing,
             ema_decay=ema,
@@ -101,8 +105,8 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
         k,
         feedback=m.feedback,
         h=m.h,
-        teacher_optim=_optim(cfg.teacher, steps),
-        student_optim=_optim(cfg.student, steps),
+        teacher_optim=_optim(cfg, cfg.teacher, steps),
+        student_optim=_optim(cfg, cfg.student, steps),
         teacher_losses=losses,
         student_label_smoothing=m.student_label_smoothing,
         sampling=m.sampling,
@@ -112,6 +116,38 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
         reinforce_reduction=m.reinforce_reduction,
         ema_decay=ema,
     )
+
+
+def networks(method) -> list[nn.Module]:
+    """The trained networks of a method (model, or teacher and student), whatever the method."""
+    return [m for m in (getattr(method, n, None) for n in ("model", "teacher", "student")) if isinstance(m, nn.Module)]
+
+
+def _apply_speed_switches(cfg: Config, method, data: DataBundle, device: torch.device) -> None:
+    """channels_last, SyncBatchNorm and torch.compile, as the config asks (after the EMA copied the student)."""
+    t = cfg.train
+    if t.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU (CPUs emulate float16, very slowly); use bf16 or fp32")
+    if t.sync_bn and (device.type != "cuda" or distributed.world_size() == 1):
+        raise ConfigError("train.sync_bn=true needs torchrun with several CUDA processes; set train.sync_bn=false")
+    if t.compile and cfg.method.name == "mpl" and cfg.method.feedback == "soft":
+        raise ConfigError("train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false")
+    for net in networks(method):
+        if t.channels_last and len(data.input_shape) == 3:
+            net.to(memory_format=torch.channels_last)
+        if t.sync_bn:
+            _convert_sync_bn(net)
+        if t.compile:
+            net.compile()
+
+
+def _convert_sync_bn(net: nn.Module) -> None:
+    """Swap BatchNorm layers for SyncBatchNorm in place (the parameters stay the same objects)."""
+    for name, child in net.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(net, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            _convert_sync_bn(child)
 
 
 def make_evaluator(data: DataBundle, batch_size: int):
@@ -143,16 +179,27 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     weights as an uninterrupted run.
     """
     out_dir = Path(out_dir)
-    device = resolve_device(cfg.train.device)
+    rank_device = distributed.setup_from_env()  # under torchrun: join the group, one device per rank
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    if cfg.data.batch_size % world:
+        raise ConfigError(
+            f"data.batch_size={cfg.data.batch_size} is the global labeled batch and must be divisible by the "
+            f"{world} processes; use a multiple of {world}"
+        )
+    device = rank_device if rank_device is not None and cfg.train.device == "auto" else resolve_device(cfg.train.device)
     saved = load_resume_state(cfg, out_dir)
     seed_everything(cfg.train.seed)
     data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if saved is None:
-        save_config(cfg, out_dir / "config.yaml")
-        data.split.save(out_dir / "splits.json")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            save_config(cfg, out_dir / "config.yaml")
+            data.split.save(out_dir / "splits.json")
 
-    method = build_method(cfg, data, device)
+    method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
+    _apply_speed_switches(cfg, method, data, device)
+    if world > 1:
+        torch.manual_seed(cfg.train.seed + 1_000_003 * rank)  # but each rank its own dropout masks and samples
     evaluator = make_evaluator(data, cfg.train.eval_batch_size)
     results: dict[str, FitResult] = {}
     phase = "train"
@@ -182,24 +229,28 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     resume_step = None
     if saved is not None:
         resume_step = saved["step"] + (cfg.train.steps if phase == "finetune" else 0)
-    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step)
+    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step) if main else None
     common = dict(
         evaluate=evaluator,
         logger=logger,
         device=device,
         eval_every=cfg.train.eval_every,
         log_every=cfg.train.log_every,
-        progress=progress,
+        progress=progress and main,
+        autocast_dtype={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision],
+        channels_last=cfg.train.channels_last,
         checkpoint_every=cfg.train.checkpoint_every,
     )
     try:
         if phase == "train":
             labeled_only = cfg.method.name == "supervised"
-            stream = BatchStream(data, cfg.data.batch_size, cfg.data.mu, cfg.train.seed, labeled_only=labeled_only)
+            stream = BatchStream(
+                data, cfg.data.batch_size, cfg.data.mu, cfg.train.seed, labeled_only, rank=rank, world_size=world
+            )
             if saved is not None:
                 stream.load_state_dict(saved["stream"])
                 set_rng_state(saved["rng"])
-            checkpoint = checkpointer("train", stream)
+            checkpoint = checkpointer("train", stream) if main else None
             results["train"] = fit(
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
             )
@@ -210,13 +261,13 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
                 lr=ft.lr, momentum=ft.momentum, nesterov=ft.momentum > 0, schedule="constant", total_steps=ft.steps
             )
             tuner = finetuner(method.eval_model(), data.num_classes, settings, ft.label_smoothing)
-            batch_size = min(ft.batch_size, len(data.y_labeled))
-            ft_stream = BatchStream(data, batch_size, 1, cfg.train.seed + 1, labeled_only=True)
+            batch_size = min(ft.batch_size, len(data.y_labeled)) // world * world
+            ft_stream = BatchStream(data, batch_size, 1, cfg.train.seed + 1, True, rank=rank, world_size=world)
             if phase == "finetune":
                 tuner.load_state_dict(saved["finetune"])
                 ft_stream.load_state_dict(saved["stream"])
                 set_rng_state(saved["rng"])
-            checkpoint = checkpointer("finetune", ft_stream, tuner)
+            checkpoint = checkpointer("finetune", ft_stream, tuner) if main else None
             results["finetune"] = fit(
                 tuner,
                 ft_stream,
@@ -229,8 +280,12 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
             )
             final_model = tuner.eval_model()
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
+        distributed.cleanup()
 
+    if not main:
+        return {}
     atomic_save(_cpu_state(final_model), out_dir / "model.pt")
     last = results.get("finetune", results["train"])
     if last.best_state is not None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -29,7 +27,14 @@ def _models() -> tuple[nn.Module, nn.Module]:
 def _method(teacher: nn.Module, student: nn.Module, feedback: str, h: str) -> MetaPseudoLabels:
     optim = OptimSettings(lr=0.3, momentum=0.9, weight_decay=1e-3, total_steps=STEPS)
     return MetaPseudoLabels(
-        teacher, student, 4, feedback=feedback, h=h, sampling="argmax", teacher_optim=optim, student_optim=optim,
+        teacher,
+        student,
+        4,
+        feedback=feedback,
+        h=h,
+        sampling="argmax",
+        teacher_optim=optim,
+        student_optim=optim,
         teacher_losses=AuxLossSettings(label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0),
     )
 
@@ -37,8 +42,12 @@ def _method(teacher: nn.Module, student: nn.Module, feedback: str, h: str) -> Me
 def _global_batches() -> list[Batch]:
     g = torch.Generator().manual_seed(1)
     return [
-        Batch(torch.randn(8, 3, generator=g), torch.randint(0, 4, (8,), generator=g),
-              torch.randn(24, 3, generator=g), torch.randn(24, 3, generator=g))
+        Batch(
+            torch.randn(8, 3, generator=g),
+            torch.randint(0, 4, (8,), generator=g),
+            torch.randn(24, 3, generator=g),
+            torch.randn(24, 3, generator=g),
+        )
         for _ in range(STEPS)
     ]
 

@@ -65,14 +65,19 @@ def fit(
     checkpoint: Checkpointer | None = None,
     checkpoint_every: int = 0,
     step_offset: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> FitResult:
     """Run method steps up to `steps`; evaluate every `eval_every` steps and at the end; keep the best on
     `select_on`; call `checkpoint` every `checkpoint_every` steps and at the end.
 
     With `resume` (a result saved by an earlier, interrupted call) the loop goes on from `resume.steps`; the
     method and the batch stream must have been restored to that step by the caller. Logs use step + step_offset
-    so that a later phase continues the curves of an earlier one.
+    so that a later phase continues the curves of an earlier one. `autocast_dtype` runs each step under
+    torch.autocast (bf16, or fp16 with the methods' loss scaling).
     """
+    device = torch.device(device)
+    pin = device.type == "cuda"
     result = resume or FitResult()
     first = result.steps
     start = time.perf_counter() - result.seconds
@@ -83,8 +88,10 @@ def fit(
     )
     postfix: dict[str, str] = {}
     for step in range(first, steps):
-        batch = next(batches).to(device, non_blocking=True)
-        metrics = method.step(batch, step)
+        batch = next(batches)
+        batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=True, channels_last=channels_last)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            metrics = method.step(batch, step)
         is_last = step == steps - 1
         if logger is not None and ((step + 1) % log_every == 0 or is_last):
             now = time.perf_counter()

@@ -27,15 +27,21 @@ class Batch:
     x_u_strong: torch.Tensor | None = None
     y_u: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """The same batch on `device`."""
-        moved = {
-            f.name: (
-                None if getattr(self, f.name) is None else getattr(self, f.name).to(device, non_blocking=non_blocking)
-            )
-            for f in fields(self)
-        }
-        return Batch(**moved)
+    def to(self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False) -> Batch:
+        """The same batch on `device`; image tensors in NHWC memory format with `channels_last`."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking, memory_format=_format(t, channels_last)))
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked host memory, so that copies to the GPU can overlap compute."""
+        return self._map(lambda t: t.pin_memory())
+
+    def _map(self, fn) -> Batch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{name: (None if t is None else fn(t)) for name, t in values.items()})
+
+
+def _format(t: torch.Tensor, channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last and t.dim() == 4 else torch.preserve_format
 
 
 class Method(Protocol):

@@ -1,0 +1,234 @@
+"""metapl eval | predict | export on a tiny run: the evaluator's numbers again, predictions on PNGs, folders and CSVs,
+exports that reproduce the model, and bad input ending in one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metapl.config import build_config, load_config_file
+from metapl.data import build_data
+from metapl.engine.evaluate import predict_proba
+from metapl.errors import CheckpointError
+from metapl.experiment import build_model, make_evaluator, run_experiment
+from metapl.inference import evaluate_run, export_run, load_image, load_run, predict_run
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def metapl(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metapl", *args], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A 30-step MPL run on digits (EMA student, 10 validation images per class): every file eval needs."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("inference") / "run"
+    cfg = build_config("digits", ["train.steps=30", "train.eval_every=10", "train.log_every=10"])
+    run_experiment(cfg, out, progress=False, tensorboard=False)
+    return out
+
+
+def _model_and_data(run: Path, weights: str = "model.pt"):
+    """The run's model rebuilt the way training built it (split re-drawn from the seed), outside metapl.inference."""
+    cfg = load_config_file(run / "config.yaml")
+    data = build_data(cfg.data, cfg.train.seed)
+    model = build_model(cfg, data)
+    model.load_state_dict(torch.load(run / weights, weights_only=True))
+    return model.eval(), data, cfg
+
+
+def _png(path: Path, image: np.ndarray) -> Path:
+    """Save an (H, W) or (H, W, C) array in [0, 1] as an 8-bit PNG."""
+    Image.fromarray(np.round(image * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return list(rows[0]), rows
+
+
+def _check_prediction_rows(rows: list[dict], num_classes: int) -> torch.Tensor:
+    proba = torch.tensor([[float(r[f"prob_{k}"]) for k in range(num_classes)] for r in rows])
+    assert torch.allclose(proba.sum(1), torch.ones(len(rows)), atol=1e-5)
+    assert [int(r["class"]) for r in rows] == proba.argmax(1).tolist()
+    return proba
+
+
+# ---------------------------------------------------------------------------------------------- eval
+def test_eval_gives_the_evaluators_numbers_and_writes_eval_json(run):
+    model, data, cfg = _model_and_data(run)
+    expected = make_evaluator(data, cfg.train.eval_batch_size)(SimpleNamespace(eval_model=lambda: model))
+    result = evaluate_run(run)
+    for key, value in expected.items():
+        assert result[key] == value, key
+    assert {"val_top1", "val_top5", "val_loss", "test_top1", "test_top5", "test_loss"} <= set(result)
+    assert json.loads((run / "eval.json").read_text()) == result
+
+    # The same numbers the run logged at its end, for the final and the best-on-validation weights.
+    summary = json.loads((run / "summary.json").read_text())
+    last_eval = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last_eval["phase"] == "train_eval"
+    for key in ("val_top1", "val_top5", "test_top1", "test_top5"):
+        assert result[key] == last_eval[key] == summary[f"train_final_{key}"], key
+    for key in ("val_loss", "test_loss"):
+        assert result[key] == pytest.approx(last_eval[key], rel=1e-6), key
+    assert evaluate_run(run, "best", batch_size=7)["test_top1"] == summary["test_top1_selected"]
+
+
+def test_eval_command_prints_a_table(run):
+    result = metapl("eval", str(run), "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    header, val, test = result.stdout.splitlines()[1:4]
+    assert header.split() == ["split", "examples", "top1", "top5", "loss"]
+    assert val.split()[:2] == ["val", "100"] and test.split()[:2] == ["test", "500"]
+    assert json.loads((run / "eval.json").read_text())["batch_size"] == 64
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def test_load_image_converts_resizes_scales_and_inverts(tmp_path):
+    ink = np.zeros((8, 8))
+    ink[2:6, 3] = 1.0
+    grey = _png(tmp_path / "grey.png", ink)
+    assert torch.allclose(load_image(grey, (1, 8, 8))[0], torch.from_numpy(ink).float(), atol=1 / 255)
+    assert torch.allclose(load_image(grey, (1, 8, 8), invert=True)[0], 1 - torch.from_numpy(ink).float(), atol=1 / 255)
+    big_rgb = _png(tmp_path / "rgb.png", np.ones((40, 30, 3)) * 0.5)
+    assert load_image(big_rgb, (1, 8, 8)).shape == (1, 8, 8)
+    assert load_image(big_rgb, (3, 5, 7)).shape == (3, 5, 7)
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert torch.equal(load_image(tmp_path / "clear.png", (1, 8, 8)), torch.ones(1, 8, 8))  # transparent is paper
+
+
+def test_predict_png_folder_and_csv_of_paths(run, tmp_path):
+    model, data, _ = _model_and_data(run)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(4):  # dark ink on white, as scanned: --invert turns them into digits' ink-high convention
+        _png(folder / f"digit{i}.png", 1 - data.x_test[i, 0].numpy())
+    (folder / "notes.txt").write_text("not an image")
+
+    out, count = predict_run(run, folder / "digit0.png", tmp_path / "one.csv", invert=True)
+    columns, rows = _read_csv(out)
+    assert count == 1 and columns == ["input", "class", *(f"prob_{k}" for k in range(10))]
+    expected = predict_proba(model, load_image(folder / "digit0.png", (1, 8, 8), invert=True)[None])
+    assert torch.allclose(_check_prediction_rows(rows, 10), expected, atol=1e-6)
+
+    out, count = predict_run(run, folder, invert=True)
+    assert out == run / "predictions.csv" and count == 4
+    _, folder_rows = _read_csv(out)
+    assert [Path(r["input"]).name for r in folder_rows] == [f"digit{i}.png" for i in range(4)]
+    folder_proba = _check_prediction_rows(folder_rows, 10)
+    assert torch.allclose(folder_proba[0], expected[0], atol=1e-6)
+
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + "".join(f"scans/digit{i}.png\n" for i in (2, 0)))
+    out, count = predict_run(run, listing, tmp_path / "from_paths.csv", invert=True)
+    _, rows = _read_csv(out)
+    assert count == 2 and [r["input"] for r in rows] == ["scans/digit2.png", "scans/digit0.png"]
+    assert torch.allclose(_check_prediction_rows(rows, 10), folder_proba[[2, 0]], atol=1e-6)
+
+
+def test_predict_csv_of_test_values_gives_the_models_classes(run, tmp_path):
+    model, data, _ = _model_and_data(run)
+    x = data.x_test[:50]
+    values = tmp_path / "values.csv"
+    values.write_text("\n".join(",".join(repr(v) for v in row) for row in x.flatten(1).tolist()) + "\n")
+    out, count = predict_run(run, values, tmp_path / "pred.csv")
+    _, rows = _read_csv(out)
+    assert count == 50 and rows[0]["input"] == "values.csv:1"
+    _check_prediction_rows(rows, 10)
+    assert [int(r["class"]) for r in rows] == predict_proba(model, x).argmax(1).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- export
+def test_export_safetensors_and_onnx_reproduce_the_model(run, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    model, data, cfg = _model_and_data(run)
+    x = data.x_test[100:103]  # a batch size the export never saw: the batch dimension must be dynamic
+
+    result = metapl("export", str(run), "--format", "safetensors", "--out", str(tmp_path / "m.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert "max abs difference to PyTorch 0" in result.stdout
+    fresh = build_model(cfg, data)
+    fresh.load_state_dict(load_file(tmp_path / "m.safetensors"))
+    assert torch.equal(fresh.eval()(x), model(x))
+    with safe_open(tmp_path / "m.safetensors", "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["num_classes"] == "10" and json.loads(metadata["input_shape"]) == [1, 8, 8]
+
+    import onnx
+    import onnxruntime
+
+    exported = export_run(run, "onnx")
+    assert exported.path == run / "model.onnx" and exported.max_abs_diff <= 1e-4
+    onnx.checker.check_model(str(exported.path))
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert np.abs(logits - model(x).detach().numpy()).max() <= 1e-4
+    assert not list(run.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _broken_run(run: Path, tmp_path: Path, damage: str) -> Path:
+    copy = tmp_path / "broken"
+    copy.mkdir()
+    for name in ("config.yaml", "splits.json", "model.pt"):
+        shutil.copy(run / name, copy / name)
+    if damage == "truncated":
+        data = (copy / "model.pt").read_bytes()
+        (copy / "model.pt").write_bytes(data[: len(data) // 2])
+    elif damage == "classes":  # the same network with a 3-class head, as another dataset's run would have
+        state = torch.load(copy / "model.pt", weights_only=True)
+        head = [k for k in state if k.endswith(".weight")][-1]
+        state[head], state[head.replace("weight", "bias")] = state[head][:3], state[head.replace("weight", "bias")][:3]
+        torch.save(state, copy / "model.pt")
+    return copy
+
+
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("missing run", "no run directory at"),
+        ("truncated", "model.pt"),
+        ("classes", "has shape (3, 256) where the model needs (10, 256)"),
+        ("csv count", "row 2 of"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(run, tmp_path, case, fragment):
+    if case == "missing run":
+        result = metapl("eval", str(tmp_path / "nope"))
+    elif case == "csv count":
+        bad = tmp_path / "bad.csv"
+        bad.write_text(",".join(["0.5"] * 64) + "\n" + ",".join(["0.5"] * 63) + "\n")
+        result = metapl("predict", str(run), str(bad), "--out", str(tmp_path / "p.csv"))
+        assert not (tmp_path / "p.csv").exists()
+    else:
+        broken = _broken_run(run, tmp_path, case)
+        result = metapl("eval", str(broken))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0] and lines[0].startswith("metapl: error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_load_run_reports_missing_best_weights(run, tmp_path):
+    broken = _broken_run(run, tmp_path, "none")
+    with pytest.raises(CheckpointError, match="use --weights final"):
+        load_run(broken, "best")

@@ -89,7 +89,7 @@ class TrainConfig:
 
 @dataclass
 class FinetuneConfig:
-    steps: int = 0  # 0 turns finetuning off
+    steps: int = 1000  # after MPL only (the student's finetuning, spec §5); 0 turns it off
     lr: float = 1e-5
     batch_size: int = 512
     momentum: float = 0.9

@@ -255,7 +255,7 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
             )
         final_model = method.eval_model()
-        if cfg.finetune.steps > 0:
+        if cfg.finetune.steps > 0 and cfg.method.name == "mpl":
             ft = cfg.finetune
             settings = OptimSettings(
                 lr=ft.lr, momentum=ft.momentum, nesterov=ft.momentum > 0, schedule="constant", total_steps=ft.steps

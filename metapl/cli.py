@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -107,11 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch.func.jvp (soft feedback) triggers a torch-internal deprecation warning that users cannot act on.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
     except MetaplError as err:
         print(f"metapl: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be written or read: the OS names it and why
+        where = f": {err.filename}" if err.filename else ""
+        print(f"metapl: error: {err.strerror or err}{where}; check the path and its permissions", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metapl: interrupted", file=sys.stderr)

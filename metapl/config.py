@@ -129,6 +129,15 @@ _CHOICES = {
 }
 
 
+_DERIVED = {
+    "preset": "choose the preset with --preset",
+    "teacher.total_steps": "it is train.steps; set that",
+    "student.total_steps": "it is train.steps; set that",
+    "teacher.fp16_loss_scale": "set train.precision=fp16",
+    "student.fp16_loss_scale": "set train.precision=fp16",
+}
+
+
 # ---------------------------------------------------------------------------------------------- presets
 def preset_names() -> list[str]:
     return sorted(
@@ -152,9 +161,12 @@ def build_config(preset: str, overrides: list[str] = (), method: str | None = No
         set_value(cfg, "method.name", method)
     for item in overrides:
         key, sep, text = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value; write e.g. --set train.steps=500")
-        set_value(cfg, key.strip(), _parse_scalar(text))
+        if key in _DERIVED:
+            raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
+        set_value(cfg, key, _parse_scalar(text))
     validate(cfg)
     return cfg
 
@@ -164,7 +176,10 @@ def load_config_file(path: Path) -> Config:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read config {path}: {err}; pass a run directory written by metapl train") from None
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"cannot read config {path}: {first_line}; pass a run directory written by metapl train"
+        ) from None
     cfg = from_dict(raw)
     validate(cfg)
     return cfg
@@ -232,6 +247,15 @@ def _suggest(word: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text) if text.strip() else ""
@@ -257,6 +281,8 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key}={value!r} must be true or false")
+    if expected in (int, float) and isinstance(value, str):
+        value = _number(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
     if expected is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
@@ -310,6 +336,7 @@ def validate(cfg: Config) -> None:
         ("method.uda_ramp_steps", cfg.method.uda_ramp_steps >= 0, "0 or more"),
         ("method.teacher_fraction", 0 < cfg.method.teacher_fraction < 1, "in (0, 1)"),
         ("train.steps", cfg.train.steps >= 1, "at least 1"),
+        ("train.seed", 0 <= cfg.train.seed < 2**32, "in [0, 2**32)"),
         ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "in [0, 1) (0 turns EMA off)"),
         ("train.eval_every", cfg.train.eval_every >= 0, "0 (only at the end) or more"),
         ("train.log_every", cfg.train.log_every >= 1, "at least 1"),

@@ -18,7 +18,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
     for method in DEMO_METHODS:
-        overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps else [])
+        overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps is not None else [])
         cfg = build_config("digits", overrides, method)
         print(f"training {method} ({cfg.train.steps} steps) ...", flush=True)
         summaries[method] = run_experiment(cfg, out / method, progress=progress)

@@ -55,7 +55,10 @@ def build_model(cfg: Config, data: DataBundle) -> nn.Module:
             options["init_range"] = m.init_range
     elif m.name == "small_cnn":
         options = {"width": m.width}
-    return create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
+    try:
+        return create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
+    except ValueError as err:  # the model cannot take this data's inputs
+        raise ConfigError(f"model.name={m.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
 
 
 def _optim(cfg: Config, settings: OptimSettings, total_steps: int) -> OptimSettings:

@@ -66,6 +66,7 @@ class Updater:
         self.lr = 0.0
         self.loss_scale = 2.0**16 if settings.fp16_loss_scale else None
         self._good_steps = 0
+        self.skipped = False  # whether the last apply() dropped its update (float16 overflow)
 
     def gradients(self, loss: torch.Tensor) -> list[torch.Tensor]:
         """∇loss for self.params (not accumulated into .grad), unscaled, averaged over data-parallel ranks."""
@@ -90,7 +91,8 @@ class Updater:
             n = self._num_decay
             torch._foreach_add_(grads[:n], self.params[:n], alpha=wd)
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-        if self.loss_scale is not None and not self._scaled_step_ok(norm):
+        self.skipped = self.loss_scale is not None and not self._scaled_step_ok(norm)
+        if self.skipped:
             return norm  # float16 overflow: skip this update, as torch.amp.GradScaler does
         if clip > 0:
             torch._foreach_mul_(grads, torch.clamp(clip / (norm + 1e-6), max=1.0))

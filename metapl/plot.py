@@ -15,7 +15,7 @@ from metapl.config import load_config_file  # noqa: E402
 from metapl.engine.checkpoint import load_weights  # noqa: E402
 from metapl.engine.evaluate import predict_proba  # noqa: E402
 from metapl.engine.logger import read_metrics  # noqa: E402
-from metapl.errors import CheckpointError  # noqa: E402
+from metapl.errors import CheckpointError, ConfigError  # noqa: E402
 
 CURVE_PANELS = (
     ("accuracy", ("train_eval/val_top1", "train_eval/test_top1", "finetune_eval/test_top1")),
@@ -37,8 +37,15 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
                 f"{run} is not a run directory (no config.yaml); pass directories written by metapl train"
             )
     configs = [load_config_file(run / "config.yaml") for run in runs]
+    two_d = all(c.data.name == "twomoon" for c in configs)
     if kind == "auto":
-        kind = "regions" if all(c.data.name == "twomoon" for c in configs) else "curves"
+        kind = "regions" if two_d else "curves"
+    if kind == "regions" and not two_d:
+        raise ConfigError("--kind regions needs runs on 2-D data (the twomoon preset); use --kind curves")
+    if kind == "curves":
+        for run in runs:
+            if not (run / "metrics.jsonl").is_file():
+                raise CheckpointError(f"{run} has no metrics.jsonl; pass a run directory written by metapl train")
     out = Path(out) if out else runs[0] / f"{kind}.png"
     if kind == "regions":
         plot_decision_regions(runs, configs, out)

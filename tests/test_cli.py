@@ -68,10 +68,17 @@ def test_train_writes_config_metrics_tensorboard_and_summary(tmp_path):
         (["train", "--preset", "digits", "--bogus"], "unrecognized arguments: --bogus"),
         (["fly"], "invalid choice: 'fly'"),
         (["plot", "/nonexistent/run"], "is not a run directory"),
+        (["train", "--preset", "digits", "--set", "preset=twomoon"], "choose the preset with --preset"),
+        (["train", "--preset", "digits", "--set", "teacher.total_steps=5"], "it is train.steps"),
+        (["train", "--preset", "digits", "--set", "train.seed=-1"], "train.seed=-1 is impossible"),
+        (["train", "--preset", "twomoon", "--set", "model.name=small_cnn"], "model.name='small_cnn' does not fit"),
+        (["train", "--preset", "twomoon", "--set", "data.labeled_per_class=1000"], "0 unlabeled examples"),
+        (["train", "--preset", "digits", "--set", "teacher.lr=1e6", "--set", "train.steps=40"], "lower teacher.lr"),
+        (["demo", "--steps", "0"], "train.steps=0 is impossible"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
-    result = metapl(*args, "--out", str(tmp_path / "x")) if args[0] == "train" else metapl(*args)
+    result = metapl(*args, "--out", str(tmp_path / "x")) if args[0] in ("train", "demo") else metapl(*args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -85,3 +92,36 @@ def test_presets_and_config_commands():
     shown = metapl("config", "--preset", "twomoon", "--set", "train.steps=9")
     assert shown.returncode == 0
     assert yaml.safe_load(shown.stdout)["train"]["steps"] == 9
+
+
+def test_unwritable_or_odd_paths_are_one_line(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("not a directory")
+    for args in (
+        ["train", "--preset", "twomoon", "--set", "train.steps=2", "--out", str(a_file)],
+        ["train", "--preset", "twomoon", "--set", "train.steps=2", "--out", str(a_file / "run")],
+    ):
+        result = metapl(*args)
+        assert result.returncode == 2, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert a_file.read_text() == "not a directory"
+
+
+def test_plot_errors_are_one_line(tmp_path):
+    run = tmp_path / "run"
+    assert (
+        metapl(
+            "train", "--preset", "digits", "--set", "train.steps=2", "--out", str(run), "--no-tensorboard"
+        ).returncode
+        == 0
+    )
+    for args, fragment in (
+        (["plot", str(run), "--kind", "regions"], "needs runs on 2-D data"),
+        (["plot", str(run), "--out", str(tmp_path / "missing" / "x.png")], "No such file or directory"),
+    ):
+        result = metapl(*args)
+        assert result.returncode == 2 and fragment in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    (run / "metrics.jsonl").unlink()
+    result = metapl("plot", str(run))
+    assert result.returncode == 2 and "no metrics.jsonl" in result.stderr

@@ -94,3 +94,32 @@ def test_no_validation_split_means_best_is_last(tmp_path):
     cfg = build_config("twomoon", ["train.steps=30", "train.eval_every=10"], "supervised")
     summary = run_experiment(cfg, tmp_path, progress=False, tensorboard=False)
     assert summary["train_best_step"] == 30
+
+
+def test_finetuning_starts_from_the_evaluated_student_and_moves_it():
+    cfg = build_config("digits", ["train.steps=20", "train.eval_every=0", "train.ema_decay=0.9"], "mpl")
+    seed_everything(0)
+    data = build_data(cfg.data, 0)
+    method = build_method(cfg, data, torch.device("cpu"))
+    stream = BatchStream(data, cfg.data.batch_size, cfg.data.mu, 0)
+    for step in range(20):
+        method.step(next(stream), step)
+    from metapl.optim import OptimSettings
+
+    tuner = method.finetuner(OptimSettings(lr=0.05, schedule="constant", total_steps=5))
+    start = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+    assert all(torch.equal(start[k], v) for k, v in method.eval_model().state_dict().items())  # the EMA student
+    labeled = BatchStream(data, 50, 1, 0, labeled_only=True)
+    for step in range(5):
+        tuner.step(next(labeled), step)
+    assert any(not torch.equal(start[k], v) for k, v in tuner.model.state_dict().items())
+    assert all(torch.equal(start[k], v) for k, v in method.eval_model().state_dict().items())  # a copy was tuned
+
+
+def test_pseudo_label_selection_never_picks_the_teacher(tmp_path):
+    cfg = build_config("digits", ["train.steps=60", "train.eval_every=10"], "pseudo_label")
+    summary = run_experiment(cfg, tmp_path, progress=False, tensorboard=False)
+    evals = [r for r in read_metrics(tmp_path) if r["phase"] == "train_eval"]
+    assert all("teacher_test_top1" in r for r in evals)  # the teacher is reported beside the student
+    assert summary["test_top1_selected"] in [r["test_top1"] for r in evals]
+    assert summary["train_best_step"] > 30  # the first 30 steps train only the teacher (teacher_fraction 0.5)

@@ -8,6 +8,7 @@ import torch
 
 from metapl.data.augment import Augment, identity
 from metapl.data.splits import Split
+from metapl.errors import DataError
 from metapl.methods.base import Batch
 
 
@@ -83,6 +84,11 @@ class BatchStream:
             raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.data, self.batch_size, self.mu, self.labeled_only = data, batch_size, mu, labeled_only
         self.rank, self.world_size = rank, world_size
+        if len(data.y_labeled) == 0 or (not labeled_only and len(data.x_unlabeled) == 0):
+            raise DataError(
+                f"the split has {len(data.y_labeled)} labeled and {len(data.x_unlabeled)} unlabeled examples; "
+                "a semi-supervised method needs both: label fewer examples or set data.unlabeled_includes_labeled=true"
+            )
         self.generator = torch.Generator().manual_seed(seed)
         self.labeled = _EpochSampler(len(data.y_labeled))
         self.unlabeled = _EpochSampler(len(data.x_unlabeled))

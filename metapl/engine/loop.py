@@ -107,7 +107,7 @@ def fit(
             if logger is not None:
                 logger.log(step_offset + step + 1, scores, f"{phase}_eval")
             # No validation split: nothing may select on the test set, so the "best" is the last evaluation.
-            improved = select_on not in scores or not result.best or scores[select_on] > result.best[select_on]
+            improved = select_on not in scores or not result.best or _better(scores, result.best, select_on)
             if improved:
                 result.best, result.best_step = scores, step + 1
                 result.best_state = {k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()}
@@ -133,3 +133,11 @@ def _check_finite(values: dict[str, float], step: int) -> None:
     if bad:
         name, value = next(iter(bad.items()))
         raise TrainingError(f"{name} became {value} at step {step}; lower the learning rates or check the data")
+
+
+def _better(scores: dict[str, float], best: dict[str, float], key: str) -> bool:
+    """Higher validation accuracy wins; a tie (common on small validation sets) goes to the lower validation loss."""
+    if scores[key] != best[key]:
+        return scores[key] > best[key]
+    loss_key = key.replace("top1", "loss")
+    return scores.get(loss_key, math.inf) < best.get(loss_key, math.inf)

@@ -114,7 +114,7 @@ class SingleModelMethod:
 
     def _finish_update(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         grad_norm = self.updater.apply(list(grads))
-        if self.ema is not None:
+        if self.ema is not None and not self.updater.skipped:
             self.ema.update(self.model, step)
         return grad_norm
 
@@ -162,7 +162,7 @@ class TwoModelMethod:
     def _update_student(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
         """Apply the student's gradient (left untouched for the caller), then update its EMA."""
         grad_norm = self.student_updater.apply(list(grads))
-        if self.ema is not None:
+        if self.ema is not None and not self.student_updater.skipped:
             self.ema.update(self.student, step)
         return grad_norm
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl import distributed
+from metapl.errors import TrainingError
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, same_randomness
 from metapl.methods.supervised import Supervised, finetuner
@@ -124,7 +125,12 @@ class MetaPseudoLabels(TwoModelMethod):
         with torch.no_grad():
             teacher_probs = F.softmax(logits_strong.detach().float(), dim=-1)
             if self.sampling == "sample":
-                pseudo = torch.multinomial(teacher_probs, 1).squeeze(1)  # ŷ ~ T(x_u_strong; θ_T)
+                try:
+                    pseudo = torch.multinomial(teacher_probs, 1).squeeze(1)  # ŷ ~ T(x_u_strong; θ_T)
+                except RuntimeError:  # NaN or infinite probabilities: the teacher diverged
+                    raise TrainingError(
+                        f"the teacher's predictions became NaN or infinite at step {step}; lower teacher.lr"
+                    ) from None
             else:
                 pseudo = teacher_probs.argmax(dim=-1)
 
@@ -154,6 +160,8 @@ class MetaPseudoLabels(TwoModelMethod):
                 h = dot / (_flat_norm(v) * _flat_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
             loss_after = loss_after.detach()
         h = self.h_sign * torch.nan_to_num(h.detach(), nan=0.0, posinf=0.0, neginf=0.0)  # fp16 overflow: no feedback
+        if self.student_updater.skipped:  # the student did not move (fp16 overflow): θ'_S = θ_S, nothing to credit
+            h = torch.zeros_like(h)
 
         coefficient = self._baseline_coefficient(h)  # stop_grad(h − b)
         # CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the unbiased
@@ -194,6 +202,8 @@ class MetaPseudoLabels(TwoModelMethod):
         _, jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))  # J_ik = ⟨∇_θS log S_ik, v⟩
         bu = batch.x_u_strong.shape[0]
         scale = lr_student * (1.0 - self.student_label_smoothing) / bu
+        if self.student_updater.skipped:  # fp16 overflow: the student did not take the step being differentiated
+            scale = 0.0
         mpl_loss = scale * (teacher_probs * jacobian_v.detach().to(teacher_probs.dtype)).sum()
         metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)
         metrics.update(student_labeled_loss=loss_after.detach())
@@ -206,7 +216,8 @@ class MetaPseudoLabels(TwoModelMethod):
         """The released code: soft smoothed targets, d = L_new − L_old, MPL term CE(stop_grad(p), p) (zero gradient)."""
         x_l, y_l, u_strong = batch.x_l, batch.y_l, batch.x_u_strong
         teacher_probs = F.softmax(logits_strong, dim=-1)
-        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.student_label_smoothing)
+        # The released code smooths the student's soft target with the teacher's label_smoothing.
+        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.teacher_losses.label_smoothing)
         student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
         student_loss = soft_cross_entropy(student_logits, target)
         loss_before = F.cross_entropy(logits_l_old.detach(), y_l)

@@ -78,8 +78,8 @@ class PseudoLabel(TwoModelMethod):
         return metrics
 
     def eval_model(self) -> nn.Module:
-        """The teacher while it trains, then the (EMA) student."""
-        return self.teacher if self.steps_done <= self.teacher_steps else self._student_eval_model()
+        """The (EMA) student, also while the teacher trains: selection must never pick the teacher."""
+        return self._student_eval_model()
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "steps_done": self.steps_done}

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from metapl.config import METHODS, build_config, preset_names
-from metapl.errors import MetaplError
+from metapl.errors import Interrupted, MetaplError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
+    except Interrupted as stop:
+        print(f"metapl: {stop}", file=sys.stderr)
+        return stop.exit_code
     except MetaplError as err:
         print(f"metapl: error: {err}", file=sys.stderr)
         return 2

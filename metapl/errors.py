@@ -19,3 +19,15 @@ class CheckpointError(MetaplError):
 
 class TrainingError(MetaplError):
     """Training cannot go on (a loss became NaN or infinite)."""
+
+
+class ExportError(MetaplError):
+    """An export could not be written, or the written file does not reproduce the model's outputs."""
+
+
+class Interrupted(MetaplError):
+    """SIGINT or SIGTERM stopped training after a checkpoint was written; the same command resumes."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -16,6 +16,7 @@ from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle
 from metapl.engine.checkpoint import (
     CheckpointKeeper,
+    RunLock,
     atomic_save,
     atomic_write_json,
     load_weights,
@@ -179,26 +180,46 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     """Train as `cfg` says and write the run directory; returns the summary (also in summary.json).
 
     When `out_dir` holds a checkpoint of the same config, training resumes from it and ends with the same
-    weights as an uninterrupted run.
+    weights as an uninterrupted run. A lock file keeps a second process from training into the same directory.
     """
     out_dir = Path(out_dir)
     rank_device = distributed.setup_from_env()  # under torchrun: join the group, one device per rank
-    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    if cfg.data.batch_size % world:
-        raise ConfigError(
-            f"data.batch_size={cfg.data.batch_size} is the global labeled batch and must be divisible by the "
-            f"{world} processes; use a multiple of {world}"
-        )
-    device = rank_device if rank_device is not None and cfg.train.device == "auto" else resolve_device(cfg.train.device)
-    saved = load_resume_state(cfg, out_dir)
-    seed_everything(cfg.train.seed)
-    data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if saved is None:
-            save_config(cfg, out_dir / "config.yaml")
-            data.split.save(out_dir / "splits.json")
+    lock = RunLock(out_dir)
+    try:
+        world = distributed.world_size()
+        if cfg.data.batch_size % world:
+            raise ConfigError(
+                f"data.batch_size={cfg.data.batch_size} is the global labeled batch and must be divisible by the "
+                f"{world} processes; use a multiple of {world}"
+            )
+        use_rank_device = rank_device is not None and cfg.train.device == "auto"
+        device = rank_device if use_rank_device else resolve_device(cfg.train.device)
+        saved = load_resume_state(cfg, out_dir)
+        seed_everything(cfg.train.seed)
+        data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
+        if distributed.is_main():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            if saved is None:
+                save_config(cfg, out_dir / "config.yaml")
+                data.split.save(out_dir / "splits.json")
+        return _train(cfg, out_dir, data, device, saved, progress, tensorboard)
+    finally:
+        lock.release()
+        distributed.cleanup()
 
+
+def _train(
+    cfg: Config,
+    out_dir: Path,
+    data: DataBundle,
+    device: torch.device,
+    saved: dict | None,
+    progress: bool,
+    tensorboard: bool,
+) -> dict:
+    """The phases (training, then finetuning after MPL), resumed from `saved` when given; rank 0 writes."""
+    rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
     method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
     _apply_speed_switches(cfg, method, data, device)
     if world > 1:
@@ -285,7 +306,6 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
     finally:
         if logger is not None:
             logger.close()
-        distributed.cleanup()
 
     if not main:
         return {}

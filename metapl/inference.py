@@ -23,17 +23,13 @@ from metapl.data import build_data
 from metapl.data.loaders import DataBundle
 from metapl.engine.checkpoint import atomic_write_json, load_weights
 from metapl.engine.evaluate import evaluate, predict_proba
-from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError
+from metapl.errors import CheckpointError, ConfigError, DataError, ExportError
 from metapl.experiment import build_model, resolve_device
 
 WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch that an export may show
 CHECK_EXAMPLES = 16  # test inputs an export is checked on
-
-
-class ExportError(MetaplError):
-    """An export could not be written, or the written file does not reproduce the model's outputs."""
 
 
 @dataclass

@@ -16,14 +16,22 @@ from metapl.errors import CheckpointError
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to `path` without ever leaving a half-written file there."""
+    """torch.save to `path` without ever leaving a half-written file there; a failed write leaves the old file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(
+            f"could not write {path}: {reason}; {kept}; free disk space or fix permissions, then run the same command"
+        ) from None
 
 
 def atomic_write_json(obj: object, path: Path) -> None:
@@ -95,3 +103,51 @@ class CheckpointKeeper:
                 shutil.copyfile(self.path, numbered)
             for old in sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))[: -self.keep]:
                 old.unlink()
+
+
+class RunLock:
+    """`RUN/.lock` holds the PID of the process training into RUN; a second process is refused, a stale lock
+    (its process is gone) is taken over."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and holder != os.getpid() and _alive(holder):
+                    raise CheckpointError(
+                        f"{self.path.parent} is in use by process {holder}; wait for it to end or pass another --out"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.held = True
+            return
+        raise CheckpointError(f"cannot lock {self.path}; remove it if no metapl process uses {self.path.parent}")
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

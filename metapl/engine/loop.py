@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -11,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from metapl.engine.logger import RunLogger
-from metapl.errors import TrainingError
+from metapl.errors import Interrupted, TrainingError
 from metapl.methods.base import Batch, Method
 
 Evaluator = Callable[[Method], dict[str, float]]  # method -> {"val_top1": ..., "test_top1": ...}
@@ -87,36 +89,49 @@ def fit(
         total=steps, initial=first, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
     )
     postfix: dict[str, str] = {}
-    for step in range(first, steps):
-        batch = next(batches)
-        batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=True, channels_last=channels_last)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            metrics = method.step(batch, step)
-        is_last = step == steps - 1
-        if logger is not None and ((step + 1) % log_every == 0 or is_last):
-            now = time.perf_counter()
-            images = (step + 1 - last_log_step) * _batch_size(batch)
-            metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
-            last_log_time, last_log_step = now, step + 1
-            values = logger.log(step_offset + step + 1, metrics, phase)
-            _check_finite(values, step + 1)
-            postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
-        if (eval_every and (step + 1) % eval_every == 0) or is_last:
-            scores = evaluate(method)
-            result.final = scores
-            if logger is not None:
-                logger.log(step_offset + step + 1, scores, f"{phase}_eval")
-            # No validation split: nothing may select on the test set, so the "best" is the last evaluation.
-            improved = select_on not in scores or not result.best or _better(scores, result.best, select_on)
-            if improved:
-                result.best, result.best_step = scores, step + 1
-                result.best_state = {k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()}
-            postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
-        result.steps, result.seconds = step + 1, time.perf_counter() - start
-        if checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or is_last):
-            checkpoint(step + 1, result)
-        bar.set_postfix(postfix, refresh=False)
-        bar.update(1)
+    stop = _StopRequest()  # SIGINT / SIGTERM: finish the step, write a checkpoint, then stop
+    try:
+        for step in range(first, steps):
+            batch = next(batches)
+            batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=True, channels_last=channels_last)
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                metrics = method.step(batch, step)
+            is_last = step == steps - 1
+            if logger is not None and ((step + 1) % log_every == 0 or is_last):
+                now = time.perf_counter()
+                images = (step + 1 - last_log_step) * _batch_size(batch)
+                metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_step = now, step + 1
+                values = logger.log(step_offset + step + 1, metrics, phase)
+                _check_finite(values, step + 1)
+                postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
+            if (eval_every and (step + 1) % eval_every == 0) or is_last:
+                scores = evaluate(method)
+                result.final = scores
+                if logger is not None:
+                    logger.log(step_offset + step + 1, scores, f"{phase}_eval")
+                # No validation split: nothing may select on the test set, so the "best" is the last evaluation.
+                improved = select_on not in scores or not result.best or _better(scores, result.best, select_on)
+                if improved:
+                    result.best, result.best_step = scores, step + 1
+                    result.best_state = {
+                        k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()
+                    }
+                postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
+            result.steps, result.seconds = step + 1, time.perf_counter() - start
+            due = checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or is_last)
+            if due or (checkpoint is not None and stop.signum is not None):
+                _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
+                checkpoint(step + 1, result)
+            if stop.signum is not None:
+                bar.close()
+                saved = "a checkpoint was saved: run the same command to resume" if checkpoint else "nothing was saved"
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(f"{name} stopped {phase} after step {step + 1}; {saved}", stop.signum)
+            bar.set_postfix(postfix, refresh=False)
+            bar.update(1)
+    finally:
+        stop.restore()
     bar.close()
     return result
 
@@ -141,3 +156,23 @@ def _better(scores: dict[str, float], best: dict[str, float], key: str) -> bool:
         return scores[key] > best[key]
     loss_key = key.replace("top1", "loss")
     return scores.get(loss_key, math.inf) < best.get(loss_key, math.inf)
+
+
+class _StopRequest:
+    """Records SIGINT/SIGTERM instead of dying mid-step; restores the previous handlers afterwards."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -18,7 +18,7 @@ from metapl.optim import OptimSettings
 
 METHODS = ("supervised", "pseudo_label", "uda", "mpl")
 DATASETS = ("twomoon", "digits")
-MODELS = ("mlp", "small_cnn")
+MODELS = ("mlp", "small_cnn", "wrn28_2", "resnet50")
 
 
 @dataclass

@@ -9,6 +9,7 @@ from torch import nn
 
 from metapl.models.cnn import SmallCNN
 from metapl.models.mlp import MLP
+from metapl.models.wrn import WideResNet
 
 
 def _mlp(num_classes: int, input_shape: tuple[int, ...], dropout: float, **options) -> nn.Module:
@@ -16,12 +17,35 @@ def _mlp(num_classes: int, input_shape: tuple[int, ...], dropout: float, **optio
 
 
 def _small_cnn(num_classes: int, input_shape: tuple[int, ...], dropout: float, **options) -> nn.Module:
+    return SmallCNN(_images("small_cnn", input_shape), num_classes, dropout=dropout, **options)
+
+
+def _images(name: str, input_shape: tuple[int, ...]) -> int:
     if len(input_shape) != 3:
-        raise ValueError(f"small_cnn needs images (C, H, W); got input shape {input_shape}: use model.name=mlp")
-    return SmallCNN(input_shape[0], num_classes, dropout=dropout, **options)
+        raise ValueError(f"{name} needs images (C, H, W); got input shape {input_shape}: use model.name=mlp")
+    return input_shape[0]
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": _mlp, "small_cnn": _small_cnn}
+def _wrn28_2(num_classes: int, input_shape: tuple[int, ...], dropout: float, **options) -> nn.Module:
+    return WideResNet(num_classes, depth=28, widen=2, dropout=dropout, in_channels=_images("wrn28_2", input_shape))
+
+
+def _resnet50(num_classes: int, input_shape: tuple[int, ...], dropout: float, **options) -> nn.Module:
+    """torchvision's ResNet-50 (spec §6.2), randomly initialised, with dropout before the final dense layer."""
+    from torchvision.models import resnet50
+
+    _images("resnet50", input_shape)
+    model = resnet50(weights=None, num_classes=num_classes)
+    model.fc = nn.Sequential(nn.Dropout(dropout), model.fc)
+    return model
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp,
+    "small_cnn": _small_cnn,
+    "wrn28_2": _wrn28_2,
+    "resnet50": _resnet50,
+}
 
 
 def create_model(
@@ -33,4 +57,4 @@ def create_model(
     return MODELS[name](num_classes, tuple(input_shape), dropout, **options)
 
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "create_model"]
+__all__ = ["MLP", "MODELS", "SmallCNN", "WideResNet", "create_model"]

@@ -17,7 +17,7 @@ from metapl.errors import ConfigError
 from metapl.optim import OptimSettings
 
 METHODS = ("supervised", "pseudo_label", "uda", "mpl")
-DATASETS = ("twomoon", "digits")
+DATASETS = ("twomoon", "digits", "fashion_mnist")
 MODELS = ("mlp", "small_cnn", "wrn28_2", "resnet50")
 
 
@@ -34,6 +34,7 @@ class DataConfig:
     noise: float = 0.1  # twomoon: std of the points around the moons
     jitter: float = 0.0  # twomoon: std of the strong view's Gaussian jitter
     split_file: str = ""  # reuse the split of an earlier run (its splits.json)
+    root: str = ""  # fashion_mnist: the IDX files' folder (default /usr/share/datasets/fashion-mnist)
 
 
 @dataclass

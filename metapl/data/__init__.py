@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from metapl.data import augment
-from metapl.data.datasets import ArrayDataset, load_digits, load_twomoon
+from metapl.data.datasets import ArrayDataset, load_digits, load_fashion_mnist, load_twomoon
 from metapl.data.loaders import BatchStream, DataBundle
 from metapl.data.splits import Split, make_split
 from metapl.errors import DataError
@@ -24,8 +24,12 @@ def build_data(cfg, seed: int) -> DataBundle:
         weak = augment.small_image_weak if cfg.augment else augment.identity
         strong = augment.small_image_strong if cfg.augment else augment.identity
         labeled_aug = weak
+    elif cfg.name == "fashion_mnist":
+        dataset = load_fashion_mnist(cfg.root)
+        weak, strong = augment.image_views(flip=True) if cfg.augment else (augment.identity, augment.identity)
+        labeled_aug = weak
     else:
-        raise DataError(f"unknown dataset {cfg.name!r}; use twomoon or digits")
+        raise DataError(f"unknown dataset {cfg.name!r}; use twomoon, digits or fashion_mnist")
     if cfg.split_file:
         split = Split.load(Path(cfg.split_file))
         _check_split(split, len(dataset.y_train), cfg.split_file)

@@ -71,6 +71,27 @@ def cutout(x: torch.Tensor, generator: torch.Generator, size: int, fill: float =
     return torch.where(mask, torch.full_like(x, fill), x)
 
 
+def hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability ½."""
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device)[:, None, None, None]
+    return torch.where(flip, x.flip(-1), x)
+
+
+def image_views(flip: bool) -> tuple[Augment, Augment]:
+    """(weak, strong) views for small grey images: the weak view shifts by up to 1/8 of the side (and flips when
+    `flip`); the strong view adds a random affine warp, contrast jitter and a Cutout square of 3/8 of the side."""
+
+    def weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if flip:
+            x = hflip(x, generator)
+        return translate(x, generator, max_shift=max(1, x.shape[-1] // 8))
+
+    def strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return _strong_tail(weak(x, generator), generator)
+
+    return weak, strong
+
+
 def small_image_weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Weak view for tiny grey images: a random shift of up to 1 pixel."""
     return translate(x, generator, max_shift=1)
@@ -78,7 +99,10 @@ def small_image_weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 def small_image_strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Strong view for tiny grey images: the weak shift, a random affine warp, contrast jitter and a Cutout square."""
-    x = translate(x, generator, max_shift=1)
+    return _strong_tail(translate(x, generator, max_shift=1), generator)
+
+
+def _strong_tail(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     x = random_affine(x, generator, degrees=20.0, scale=(0.85, 1.15), shear=0.3)
     gain = _uniform(x.shape[0], 0.6, 1.4, generator, x.device).to(x.dtype)[:, None, None, None]
     x = (x * gain).clamp(0.0, 1.0)

@@ -1,11 +1,17 @@
-"""Built-in datasets that need no download: TwoMoon (spec §9.6) and scikit-learn's 8×8 digits."""
+"""Datasets that need no download: TwoMoon (spec §9.6), scikit-learn's 8×8 digits, and Fashion-MNIST from the
+IDX files on disk (Debian's dataset-fashion-mnist)."""
 
 from __future__ import annotations
 
+import gzip
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
+from metapl.errors import DataError
 
 
 @dataclass
@@ -53,3 +59,64 @@ def load_digits() -> ArrayDataset:
     return ArrayDataset(
         torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test), 10
     )
+
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist installs it
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzipped or not) as a uint8 array; a DataError names the file and what is wrong with it."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"cannot read {path}: {err}; reinstall the dataset (e.g. apt-get install dataset-fashion-mnist)"
+        ) from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number); reinstall the dataset")
+    dims = raw[3]
+    header = 4 + 4 * dims
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    if len(raw) != header + math.prod(shape):
+        raise DataError(
+            f"{path} is truncated or padded: the header promises {math.prod(shape)} bytes, the file holds "
+            f"{len(raw) - header}; reinstall the dataset"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(
+        f"no {stem}[.gz] in {root}; install Fashion-MNIST (apt-get install dataset-fashion-mnist) or set data.root"
+    )
+
+
+def load_fashion_mnist(root: str = "") -> ArrayDataset:
+    """Fashion-MNIST from its IDX files (gzipped or not): 60,000 training and 10,000 test 28×28 images in [0, 1]."""
+    folder = Path(root or FASHION_MNIST_ROOT)
+    if not folder.is_dir():
+        raise DataError(
+            f"no Fashion-MNIST directory at {folder}; install it (apt-get install dataset-fashion-mnist) or set data.root"
+        )
+    arrays = {}
+    for split, (images_stem, labels_stem) in _IDX_FILES.items():
+        images, labels = read_idx(_find_idx(folder, images_stem)), read_idx(_find_idx(folder, labels_stem))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"{folder}: {split} images {images.shape} and labels {labels.shape} do not match; reinstall the dataset"
+            )
+        arrays[split] = (
+            torch.from_numpy(images.astype(np.float32) / 255.0)[:, None],
+            torch.from_numpy(labels.astype(np.int64)),
+        )
+    classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
+    return ArrayDataset(*arrays["train"], *arrays["test"], classes)

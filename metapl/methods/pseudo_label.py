@@ -32,10 +32,8 @@ class PseudoLabel(TwoModelMethod):
         self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
         self.num_classes, self.teacher_steps = num_classes, teacher_steps
         self.label_smoothing, self.student_label_smoothing, self.soft = label_smoothing, student_label_smoothing, soft
-        self.steps_done = 0
 
     def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
-        self.steps_done = step + 1
         if step < self.teacher_steps:
             return self._teacher_step(batch, step)
         return self._student_step(batch, step - self.teacher_steps)
@@ -80,10 +78,3 @@ class PseudoLabel(TwoModelMethod):
     def eval_model(self) -> nn.Module:
         """The (EMA) student, also while the teacher trains: selection must never pick the teacher."""
         return self._student_eval_model()
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "steps_done": self.steps_done}
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        self.steps_done = int(state["steps_done"])

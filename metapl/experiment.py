@@ -246,13 +246,13 @@ def _train(
                 "results": {name: r.state_dict() for name, r in results.items()},
                 "rng": rng_state(),
             }
-            keeper.save(state, step if phase_name == "train" else cfg.train.steps + step)
+            keeper.save(state, _run_step(cfg, phase_name, step))
 
         return save
 
     resume_step = None
     if saved is not None:
-        resume_step = saved["step"] + (cfg.train.steps if phase == "finetune" else 0)
+        resume_step = _run_step(cfg, phase, saved["step"])
     logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step) if main else None
     common = dict(
         evaluate=evaluator,
@@ -297,7 +297,7 @@ def _train(
                 ft_stream,
                 ft.steps,
                 phase="finetune",
-                step_offset=cfg.train.steps,
+                step_offset=_run_step(cfg, "finetune", 0),
                 resume=results.get("finetune"),
                 checkpoint=checkpoint,
                 **common,
@@ -341,6 +341,11 @@ def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
                 f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
             )
     return load_weights(path)
+
+
+def _run_step(cfg: Config, phase: str, step: int) -> int:
+    """A phase's step on the run's one step axis (logs, checkpoints): finetuning continues after training."""
+    return step if phase == "train" else cfg.train.steps + step
 
 
 def _phase_summary(result: FitResult) -> dict:

@@ -43,6 +43,11 @@ def lr_at(settings: OptimSettings, step: int) -> float:
     return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def global_norm(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """‖(t_1, …, t_n)‖₂ over all elements of all tensors, as one 0-dim tensor (no host sync)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
+
+
 def split_decay_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(decayed, not decayed): parameters of normalisation layers are not decayed, as in the official code."""
     no_decay_ids = {id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)}
@@ -90,7 +95,7 @@ class Updater:
         if wd > 0 and self._num_decay:
             n = self._num_decay
             torch._foreach_add_(grads[:n], self.params[:n], alpha=wd)
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        norm = global_norm(grads)
         self.skipped = self.loss_scale is not None and not self._scaled_step_ok(norm)
         if self.skipped:
             return norm  # float16 overflow: skip this update, as torch.amp.GradScaler does

@@ -97,7 +97,7 @@ def fit(
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 metrics = method.step(batch, step)
             is_last = step == steps - 1
-            if logger is not None and ((step + 1) % log_every == 0 or is_last):
+            if logger is not None and _due(step, log_every, is_last):
                 now = time.perf_counter()
                 images = (step + 1 - last_log_step) * _batch_size(batch)
                 metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
@@ -105,7 +105,7 @@ def fit(
                 values = logger.log(step_offset + step + 1, metrics, phase)
                 _check_finite(values, step + 1)
                 postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
-            if (eval_every and (step + 1) % eval_every == 0) or is_last:
+            if _due(step, eval_every, is_last):
                 scores = evaluate(method)
                 result.final = scores
                 if logger is not None:
@@ -119,8 +119,7 @@ def fit(
                     }
                 postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
             result.steps, result.seconds = step + 1, time.perf_counter() - start
-            due = checkpoint is not None and ((checkpoint_every and (step + 1) % checkpoint_every == 0) or is_last)
-            if due or (checkpoint is not None and stop.signum is not None):
+            if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stop.signum is not None):
                 _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
                 checkpoint(step + 1, result)
             if stop.signum is not None:
@@ -148,6 +147,11 @@ def _check_finite(values: dict[str, float], step: int) -> None:
     if bad:
         name, value = next(iter(bad.items()))
         raise TrainingError(f"{name} became {value} at step {step}; lower the learning rates or check the data")
+
+
+def _due(step: int, every: int, is_last: bool) -> bool:
+    """Every `every` steps (never when 0) and at the last step."""
+    return is_last or (every > 0 and (step + 1) % every == 0)
 
 
 def _better(scores: dict[str, float], best: dict[str, float], key: str) -> bool:

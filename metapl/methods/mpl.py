@@ -32,7 +32,7 @@ from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_ent
 from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, same_randomness
 from metapl.methods.supervised import Supervised, finetuner
 from metapl.methods.uda import AuxLossSettings, auxiliary_losses
-from metapl.optim import OptimSettings
+from metapl.optim import OptimSettings, global_norm
 
 FEEDBACKS = ("hard", "soft", "official")
 H_ESTIMATORS = ("dot", "cosine", "taylor")
@@ -157,7 +157,7 @@ class MetaPseudoLabels(TwoModelMethod):
             if self.h_estimator == "dot":
                 h = lr_student * dot
             else:  # cosine has no η_S factor: zero it while the student waits (§14c)
-                h = dot / (_flat_norm(v) * _flat_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
+                h = dot / (global_norm(v) * global_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
             loss_after = loss_after.detach()
         h = self.h_sign * torch.nan_to_num(h.detach(), nan=0.0, posinf=0.0, neginf=0.0)  # fp16 overflow: no feedback
         if self.student_updater.skipped:  # the student did not move (fp16 overflow): θ'_S = θ_S, nothing to credit
@@ -286,7 +286,3 @@ class MetaPseudoLabels(TwoModelMethod):
 
 def _flat_dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
-
-
-def _flat_norm(a: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(x) for x in a]))

@@ -6,14 +6,16 @@ Every error a user can cause ends in one line on stderr that names the bad value
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
 import yaml
 
-from metapl.config import METHODS, build_config, preset_names
+from metapl.config import METHODS, Config, build_config, flatten, preset_names
 from metapl.errors import Interrupted, MetaplError
 
 
@@ -21,6 +23,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad command line on one line (no usage block) and exits with 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:  # add the closest choice, as config keys and presets do
+            options = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.6)
+            if close:
+                message = f"{message[: choice.start()]}invalid choice: {choice.group(1)!r} (did you mean {close[0]!r}?)"
         self.exit(2, f"metapl: error: {message}; see '{self.prog} --help'\n")
 
 
@@ -45,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument(
         "--out", type=Path, help="run directory (default runs/PRESET-METHOD-seedN); resumed if it holds a checkpoint"
+    )
+    train.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch a missing CIFAR-10/100, SVHN or Fashion-MNIST into data.root (torchvision's download code)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
@@ -104,13 +117,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, help="output file (default RUN/model.safetensors or RUN/model.onnx)")
     export.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    parser.set_defaults(commands=commands.choices)
     return parser
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Exit 2 with one line for arguments the command does not take, with the option or config key meant."""
+    command = args.commands[args.command]
+    message = f"unrecognized arguments: {' '.join(extra)}"
+    option = next((a.split("=")[0] for a in extra if a.startswith("--")), None)
+    if option is not None:
+        name = option[2:].replace("-", "_")
+        keys = [k for k, _ in flatten(Config().to_dict()) if k.rpartition(".")[2] == name]
+        known = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(option, known, n=1, cutoff=0.75)
+        if keys and "--set" in known:
+            message += f" (a config value: use --set {keys[0]}=...)"
+        elif close:
+            message += f" (did you mean {close[0]}?)"
+    command.error(message)
 
 
 def main(argv: list[str] | None = None) -> int:
     # torch.func.jvp (soft feedback) triggers a torch-internal deprecation warning that users cannot act on.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(parser, args, extra)
     try:
         return _COMMANDS[args.command](args)
     except Interrupted as stop:
@@ -134,6 +168,10 @@ def _train(args: argparse.Namespace) -> int:
     cfg = build_config(args.preset, args.overrides, args.method)
     out = args.out or Path("runs") / f"{cfg.preset}-{cfg.method.name}-seed{cfg.train.seed}"
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
+    if args.download and main_rank:
+        from metapl.data import download_dataset
+
+        download_dataset(cfg.data)
     if main_rank and (out / CHECKPOINT).exists():
         print(f"resuming the run in {out} from its last checkpoint", flush=True)
     summary = run_experiment(cfg, out, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
@@ -146,8 +184,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from metapl.inference import check_output
     from metapl.plot import plot_runs
 
+    if args.out is not None:
+        check_output(args.out, args.runs)
     path = plot_runs(args.runs, args.out, args.kind)
     print(f"wrote {path}")
     return 0

@@ -17,7 +17,7 @@ from metapl.errors import ConfigError
 from metapl.optim import OptimSettings
 
 METHODS = ("supervised", "pseudo_label", "uda", "mpl")
-DATASETS = ("twomoon", "digits", "fashion_mnist")
+DATASETS = ("twomoon", "digits", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet", "folder")
 MODELS = ("mlp", "small_cnn", "wrn28_2", "resnet50")
 
 
@@ -34,7 +34,19 @@ class DataConfig:
     noise: float = 0.1  # twomoon: std of the points around the moons
     jitter: float = 0.0  # twomoon: std of the strong view's Gaussian jitter
     split_file: str = ""  # reuse the split of an earlier run (its splits.json)
-    root: str = ""  # fashion_mnist: the IDX files' folder (default /usr/share/datasets/fashion-mnist)
+    # where the files are: fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist);
+    # cifar10/cifar100/svhn: the folder torchvision downloads into (default ./data); imagenet: the folder
+    # with train/ and val/; folder: the labeled images (class folders or a path,label CSV)
+    root: str = ""
+    labeled_selection: str = "balanced"  # balanced | random | first (file order) | all
+    extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the unlabeled pool
+    unlabeled_dir: str = ""  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
+    test_dir: str = ""  # folder: the test images (class folders or CSV); empty: no test set
+    image_size: int = 0  # imagenet/folder: the side images are cropped/resized to (0: 224 / 32)
+    magnitude: int = 0  # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; spec §8)
+    flip: bool = True  # horizontal flips in the image pipelines (off for digits such as SVHN)
+    workers: int = -1  # imagenet/folder: loader processes that decode images (-1: min(8, CPU count))
+    augment_on_device: bool = False  # in-memory images: augment each batch on the training device (GPU)
 
 
 @dataclass
@@ -46,6 +58,7 @@ class ModelConfig:
     batch_norm: bool = False  # mlp
     init_range: float = 0.0  # mlp: > 0 draws every weight and bias from U(−r, r)
     width: int = 32  # small_cnn
+    num_classes: int = 0  # 0: the data's class count; otherwise a check that the data has this many classes
 
 
 @dataclass
@@ -86,6 +99,8 @@ class TrainConfig:
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (CUDA only)
     checkpoint_every: int = 500  # also at the end of each phase; 0: only at the end
     keep_checkpoints: int = 0  # besides checkpoint.pt (the last), keep this many earlier ones
+    nonfinite: str = "stop"  # a step with a NaN/inf loss or gradient: stop the run, or skip (undo and count) it
+    max_skipped_in_a_row: int = 100  # nonfinite=skip: stop after more consecutive skipped steps than this
 
 
 @dataclass
@@ -114,6 +129,7 @@ class Config:
 
 _CHOICES = {
     "data.name": DATASETS,
+    "data.labeled_selection": ("balanced", "random", "first", "all"),
     "model.name": MODELS,
     "model.activation": ("relu", "sigmoid", "tanh", "leaky_relu"),
     "method.name": METHODS,
@@ -125,6 +141,7 @@ _CHOICES = {
     "method.reinforce_reduction": ("mean", "sum"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
+    "train.nonfinite": ("stop", "skip"),
     "teacher.schedule": ("cosine", "constant"),
     "student.schedule": ("cosine", "constant"),
 }
@@ -167,6 +184,8 @@ def build_config(preset: str, overrides: list[str] = (), method: str | None = No
             raise ConfigError(f"override {item!r} is not key=value; write e.g. --set train.steps=500")
         if key in _DERIVED:
             raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
+        if key == "method.name" and method is not None and _parse_scalar(text) != method:
+            raise ConfigError(f"--method {method} and --set {item.strip()} disagree; give the method once")
         set_value(cfg, key, _parse_scalar(text))
     validate(cfg)
     return cfg
@@ -320,6 +339,9 @@ def validate(cfg: Config) -> None:
         ("data.num_points", cfg.data.num_points >= 4, "at least 4"),
         ("data.noise", cfg.data.noise >= 0, "0 or more"),
         ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
+        ("data.image_size", cfg.data.image_size >= 0, "0 (the dataset's) or more"),
+        ("data.magnitude", 0 <= cfg.data.magnitude <= 30, "between 0 (the dataset's) and 30"),
+        ("data.workers", cfg.data.workers >= -1, "-1 (automatic), 0 (in the training process) or more"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "in [0, 1)"),
         (
             "model.hidden",
@@ -328,6 +350,7 @@ def validate(cfg: Config) -> None:
         ),
         ("model.init_range", cfg.model.init_range >= 0, "0 (default init) or more"),
         ("model.width", cfg.model.width >= 1, "at least 1"),
+        ("model.num_classes", cfg.model.num_classes >= 0, "0 (the data's class count) or the data's class count"),
         ("method.baseline_decay", 0 <= cfg.method.baseline_decay < 1, "in [0, 1)"),
         ("method.label_smoothing", 0 <= cfg.method.label_smoothing < 1, "in [0, 1)"),
         ("method.student_label_smoothing", 0 <= cfg.method.student_label_smoothing < 1, "in [0, 1)"),
@@ -344,6 +367,7 @@ def validate(cfg: Config) -> None:
         ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "at least 1"),
         ("train.checkpoint_every", cfg.train.checkpoint_every >= 0, "0 (only at the end) or more"),
         ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 0, "0 or more"),
+        ("train.max_skipped_in_a_row", cfg.train.max_skipped_in_a_row >= 1, "at least 1"),
         ("finetune.steps", cfg.finetune.steps >= 0, "0 (off) or more"),
         ("finetune.lr", cfg.finetune.lr > 0, "above 0"),
         ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),

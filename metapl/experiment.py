@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,11 @@ from metapl.engine.checkpoint import (
 from metapl.engine.evaluate import evaluate
 from metapl.engine.logger import RunLogger
 from metapl.engine.loop import FitResult, fit
-from metapl.errors import ConfigError
+from metapl.errors import CheckpointError, ConfigError, DataError
 from metapl.methods import UDA, AuxLossSettings, MetaPseudoLabels, PseudoLabel, Supervised
 from metapl.methods.supervised import finetuner
 from metapl.models import create_model
+from metapl.models.normalize import Standardized
 from metapl.optim import OptimSettings
 
 
@@ -56,10 +59,23 @@ def build_model(cfg: Config, data: DataBundle) -> nn.Module:
             options["init_range"] = m.init_range
     elif m.name == "small_cnn":
         options = {"width": m.width}
+    check_num_classes(cfg, data)
     try:
-        return create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
+        model = create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
     except ValueError as err:  # the model cannot take this data's inputs
         raise ConfigError(f"model.name={m.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
+    if data.normalization is not None:
+        model = Standardized(model, *data.normalization)
+    return model
+
+
+def check_num_classes(cfg: Config, data: DataBundle) -> None:
+    """model.num_classes, when set, must be the data's class count (a guard for folder and CSV datasets)."""
+    if cfg.model.num_classes and cfg.model.num_classes != data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but data.name={cfg.data.name!r} has {data.num_classes} "
+            f"classes; set model.num_classes={data.num_classes}, or 0 to take the data's"
+        )
 
 
 def _optim(cfg: Config, settings: OptimSettings, total_steps: int) -> OptimSettings:
@@ -197,6 +213,12 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
         saved = load_resume_state(cfg, out_dir)
         seed_everything(cfg.train.seed)
         data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
+        check_num_classes(cfg, data)
+        if len(data.y_labeled) < cfg.data.batch_size:
+            raise DataError(
+                f"the labeled set has {len(data.y_labeled)} examples, fewer than data.batch_size={cfg.data.batch_size}; "
+                f"set data.batch_size to at most {len(data.y_labeled)} or label more examples"
+            )
         if distributed.is_main():
             out_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
@@ -228,8 +250,9 @@ def _train(
     results: dict[str, FitResult] = {}
     phase = "train"
     if saved is not None:
-        method.load_state_dict(saved["method"])
-        results = {name: FitResult.from_state(state) for name, state in saved["results"].items()}
+        with _restoring(out_dir):
+            method.load_state_dict(saved["method"])
+            results = {name: FitResult.from_state(state) for name, state in saved["results"].items()}
         phase = saved["phase"]
     keeper = CheckpointKeeper(out_dir / CHECKPOINT, cfg.train.keep_checkpoints)
 
@@ -253,7 +276,9 @@ def _train(
     resume_step = None
     if saved is not None:
         resume_step = _run_step(cfg, phase, saved["step"])
-    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step) if main else None
+    # A fresh start in a directory whose earlier attempt stopped before its first checkpoint drops that attempt's logs.
+    log_from = resume_step if saved is not None or not (out_dir / "metrics.jsonl").exists() else 0
+    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=log_from) if main else None
     common = dict(
         evaluate=evaluator,
         logger=logger,
@@ -264,16 +289,26 @@ def _train(
         autocast_dtype={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision],
         channels_last=cfg.train.channels_last,
         checkpoint_every=cfg.train.checkpoint_every,
+        nonfinite=cfg.train.nonfinite,
+        max_skipped_in_a_row=cfg.train.max_skipped_in_a_row,
     )
     try:
         if phase == "train":
             labeled_only = cfg.method.name == "supervised"
             stream = BatchStream(
-                data, cfg.data.batch_size, cfg.data.mu, cfg.train.seed, labeled_only, rank=rank, world_size=world
+                data,
+                cfg.data.batch_size,
+                cfg.data.mu,
+                cfg.train.seed,
+                labeled_only,
+                rank=rank,
+                world_size=world,
+                augment_device=device if cfg.data.augment_on_device else None,
             )
             if saved is not None:
-                stream.load_state_dict(saved["stream"])
-                set_rng_state(saved["rng"])
+                with _restoring(out_dir):
+                    stream.load_state_dict(saved["stream"])
+                    set_rng_state(saved["rng"])
             checkpoint = checkpointer("train", stream) if main else None
             results["train"] = fit(
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
@@ -288,9 +323,10 @@ def _train(
             batch_size = min(ft.batch_size, len(data.y_labeled)) // world * world
             ft_stream = BatchStream(data, batch_size, 1, cfg.train.seed + 1, True, rank=rank, world_size=world)
             if phase == "finetune":
-                tuner.load_state_dict(saved["finetune"])
-                ft_stream.load_state_dict(saved["stream"])
-                set_rng_state(saved["rng"])
+                with _restoring(out_dir):
+                    tuner.load_state_dict(saved["finetune"])
+                    ft_stream.load_state_dict(saved["stream"])
+                    set_rng_state(saved["rng"])
             checkpoint = checkpointer("finetune", ft_stream, tuner) if main else None
             results["finetune"] = fit(
                 tuner,
@@ -328,9 +364,17 @@ def _train(
     return summary
 
 
+# What metapl writes into a run directory besides config.yaml and dot-files (a directory that lost its
+# config.yaml, or is being written by another rank, is still a run).
+_RUN_NAMES = {"config.tmp", "splits.json", "metrics.jsonl", "tensorboard", "model.pt", "best_model.pt", "summary.json"}
+
+
 def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
-    """The checkpoint in `out_dir` when there is one; refuses one written with a different config."""
+    """The checkpoint in `out_dir` when there is one; refuses one written with a different config or that cannot
+    be read, and a directory of other files that a fresh run would overwrite."""
     path = out_dir / CHECKPOINT
+    if out_dir.is_dir() and not path.exists():
+        _refuse_foreign_directory(out_dir)
     if not path.exists():
         return None
     saved_cfg = load_config_file(out_dir / "config.yaml")
@@ -340,7 +384,55 @@ def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
             raise ConfigError(
                 f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
             )
-    return load_weights(path)
+    saved = load_weights(path, fix=_START_OVER.format(path=path))
+    expected = {"phase", "step", "method", "stream", "results", "rng", "finetune"}
+    if not isinstance(saved, dict) or saved.get("format") != 1 or not expected <= saved.keys():
+        raise CheckpointError(f"{path} is not a checkpoint written by metapl train; {_START_OVER.format(path=path)}")
+    if saved["phase"] not in ("train", "finetune") or (saved["phase"] == "finetune" and saved["finetune"] is None):
+        raise CheckpointError(f"{path} names an unknown phase; {_START_OVER.format(path=path)}")
+    return saved
+
+
+def _refuse_foreign_directory(out_dir: Path) -> None:
+    """A fresh run writes config.yaml, model.pt, ...: never over a user's files of those names."""
+    if (out_dir / "config.yaml").exists():
+        try:
+            load_config_file(out_dir / "config.yaml")
+            return  # an earlier attempt that stopped before its first checkpoint: start it over
+        except ConfigError:
+            pass
+        clash = "config.yaml"
+    else:
+        names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith((".", "checkpoint")))
+        clash = next((name for name in names if name not in _RUN_NAMES), None)
+    if clash is not None:
+        raise ConfigError(
+            f"--out {out_dir} is not a metapl run directory (it holds {clash!r}, which metapl did not write) and "
+            "training would write over its files; pass a new or empty directory"
+        )
+
+
+_START_OVER = "move {path} away to train this run from step 0, or pass another --out"
+
+
+@contextlib.contextmanager
+def _restoring(out_dir: Path) -> Iterator[None]:
+    """Turns a checkpoint whose tensors do not fit the models and optimisers built from config.yaml (another
+    architecture or class count) into one line naming the file."""
+    path = out_dir / CHECKPOINT
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        # load_state_dict's first line only says "Error(s) in loading state_dict"; the second names the tensor.
+        detail = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s)") else lines[0]
+        if isinstance(err, KeyError):
+            detail = f"it lacks the entry {err.args[0]!r}" if err.args else "an entry is missing"
+        detail = detail if len(detail) <= 200 else detail[:197] + "..."  # load_state_dict lists every key
+        raise CheckpointError(
+            f"{path} does not fit the models of {out_dir / 'config.yaml'} ({detail.rstrip('.')}); "
+            + _START_OVER.format(path=path)
+        ) from None
 
 
 def _run_step(cfg: Config, phase: str, step: int) -> int:
@@ -352,6 +444,7 @@ def _phase_summary(result: FitResult) -> dict:
     out = {f"final_{k}": v for k, v in result.final.items()}
     out.update({f"best_{k}": v for k, v in result.best.items()})
     out.update(best_step=result.best_step, seconds=round(result.seconds, 2), steps=result.steps)
+    out["skipped_steps"] = result.skipped_steps
     return out
 
 

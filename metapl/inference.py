@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from metapl.config import Config, load_config_file
-from metapl.data import build_data
+from metapl.data import build_data, example_inputs
 from metapl.data.loaders import DataBundle
 from metapl.engine.checkpoint import atomic_write_json, load_weights
 from metapl.engine.evaluate import evaluate, predict_proba
@@ -27,6 +27,8 @@ from metapl.errors import CheckpointError, ConfigError, DataError, ExportError
 from metapl.experiment import build_model, resolve_device
 
 WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
+# A run's own files, which no --out may replace (checkpoint-*.pt too).
+RUN_FILES = ("config.yaml", "splits.json", "model.pt", "best_model.pt", "metrics.jsonl", "summary.json", "eval.json")
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch that an export may show
 CHECK_EXAMPLES = 16  # test inputs an export is checked on
@@ -60,9 +62,14 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
         cfg.data.split_file = str(run / "splits.json")
     data = build_data(cfg.data, cfg.train.seed)
     path = run / WEIGHTS[weights]
+    if not (run / WEIGHTS["final"]).is_file() and (run / "checkpoint.pt").is_file():
+        raise CheckpointError(
+            f"no {path}: the run's training has not finished; run the same metapl train command again to finish it "
+            f"(it resumes from {run / 'checkpoint.pt'})"
+        )
     if weights == "best" and not path.is_file():
         raise CheckpointError(f"no {path}: the run kept no best-on-validation weights; use --weights final")
-    state = load_weights(path)
+    state = load_weights(path, fix="pass a run whose weights are intact, or train this one again")
     model = build_model(cfg, data)
     _load_state(model, state, path, cfg, data)
     model.to(device).eval()
@@ -98,6 +105,20 @@ def _load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: 
             problem = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
     if problem is not None:
         raise CheckpointError(f"{path} does not fit the model of {path.parent / 'config.yaml'}: {problem}; {fix}")
+
+
+def check_output(out: Path, runs: list[Path], inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse an --out that is a directory, an input of the command, or one of a run's own files."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory; pass a file name inside it")
+    target = out.resolve()
+    if any(Path(source).resolve() == target for source in inputs):
+        raise ConfigError(f"--out {out} is the input file, which would be overwritten; pass another --out")
+    for run in runs:
+        name = target.name
+        if target.parent == Path(run).resolve() and (name in RUN_FILES or name.startswith("checkpoint")):
+            raise ConfigError(f"--out {out} would overwrite the run's own {name}; pass another --out")
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -214,6 +235,7 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool) -> tuple[l
     expected = f"write one image path or {size} numbers (the input of shape {tuple(input_shape)}, flattened) per row"
     names: list[str] = []
     inputs: list[torch.Tensor] = []
+    images = 0  # rows naming an image file
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: drop the BOM spreadsheet programs write
             reader = csv.reader(handle)
@@ -240,6 +262,7 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool) -> tuple[l
                     except DataError as err:
                         raise DataError(f"{where}: {err}") from None
                     names.append(cells[0])
+                    images += 1
                     continue
                 bad = next((c for c, n in zip(cells, numbers) if n is None or not math.isfinite(n)), None)
                 if bad is not None:
@@ -252,6 +275,8 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool) -> tuple[l
         raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 CSV file") from None
     if not inputs:
         raise DataError(f"{path} has no rows; {expected}")
+    if invert and images == 0:
+        raise ConfigError(f"--invert maps image pixels, but every row of {path} holds numbers; drop --invert")
     return names, torch.stack(inputs)
 
 
@@ -269,11 +294,12 @@ def predict_run(
     run: Path, source: Path, out: Path | None = None, weights: str = "final", invert: bool = False
 ) -> tuple[Path, int]:
     """Class probabilities per input, written as input,class,prob_0..prob_{K-1} to `out` (RUN/predictions.csv)."""
+    out = Path(out) if out is not None else Path(run) / "predictions.csv"
+    check_output(out, [Path(run)], (Path(source),))
     loaded = load_run(run, weights, resolve_device("auto"))
     names, x = load_inputs(source, loaded.data.input_shape, invert)
     proba = predict_proba(loaded.model, x, batch_size=loaded.config.train.eval_batch_size)
     classes = proba.argmax(dim=1)
-    out = Path(out) if out is not None else Path(run) / "predictions.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w", newline="") as handle:
@@ -300,10 +326,13 @@ def export_run(run: Path, fmt: str, out: Path | None = None, weights: str = "fin
     """Write the run's model as safetensors or ONNX, then check that the file reproduces the model's outputs."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r} is not allowed; use one of: {', '.join(EXPORT_FORMATS)}")
+    if out is not None:
+        check_output(Path(out), [Path(run)])
     loaded = load_run(run, weights, "cpu")  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
     out = Path(out) if out is not None else Path(run) / f"{loaded.weights_path.stem}.{fmt}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    x = loaded.data.x_test[:CHECK_EXAMPLES]
+    source = loaded.data.x_test if len(loaded.data.x_test) else loaded.data.x_labeled  # a folder may lack a test set
+    x = example_inputs(source, CHECK_EXAMPLES)  # what predict feeds: floats in [0, 1]
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         if fmt == "safetensors":
@@ -415,5 +444,6 @@ __all__ = [
     "load_image",
     "load_inputs",
     "load_run",
+    "check_output",
     "predict_run",
 ]

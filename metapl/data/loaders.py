@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from metapl.data.augment import Augment, identity
+from metapl.data.folders import ImageFiles
 from metapl.data.splits import Split
 from metapl.errors import DataError
 from metapl.methods.base import Batch
@@ -29,6 +30,10 @@ class DataBundle:
     labeled_augment: Augment = identity
     weak_augment: Augment = identity
     strong_augment: Augment = identity
+    # uint8 images: the per-channel mean and std (in [0, 1] units) that the model standardises them with
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # (weak, strong) made together, when the strong view must start from the weak one (spec §8.2)
+    unlabeled_views: object = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,6 +63,10 @@ class _EpochSampler:
     def state_dict(self) -> dict:
         return {"order": self.order.clone(), "position": self.position}
 
+    def snapshot(self) -> tuple[torch.Tensor, int]:
+        """The state without copying the order: a new pass makes a new tensor, so the reference stays valid."""
+        return self.order, self.position
+
     def load_state_dict(self, state: dict) -> None:
         self.order, self.position = state["order"].clone(), int(state["position"])
 
@@ -79,11 +88,14 @@ class BatchStream:
         labeled_only: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        augment_device: torch.device | str | None = None,
     ):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by the {world_size} data-parallel ranks")
         self.data, self.batch_size, self.mu, self.labeled_only = data, batch_size, mu, labeled_only
         self.rank, self.world_size = rank, world_size
+        # in-memory images can be augmented where the model runs: the batched ops are the same on a GPU
+        self.augment_device = torch.device(augment_device) if augment_device is not None else None
         if len(data.y_labeled) == 0 or (not labeled_only and len(data.x_unlabeled) == 0):
             raise DataError(
                 f"the split has {len(data.y_labeled)} labeled and {len(data.x_unlabeled)} unlabeled examples; "
@@ -92,21 +104,34 @@ class BatchStream:
         self.generator = torch.Generator().manual_seed(seed)
         self.labeled = _EpochSampler(len(data.y_labeled))
         self.unlabeled = _EpochSampler(len(data.x_unlabeled))
+        self.files = isinstance(data.x_labeled, ImageFiles)
+        self._outputs = None  # the workers' batches, for image files
+        self._planner = None
+        self._received = None  # the state after the last batch handed to the trainer, while workers run ahead
 
     def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> Batch:
+        if self.files:
+            return self._next_from_files()
         data, gen = self.data, self.generator
         idx_l = self.labeled.take(self.batch_size, gen)
-        x_l = data.labeled_augment(data.x_labeled[idx_l], gen)
+        x_l = data.labeled_augment(self._on_device(data.x_labeled[idx_l]), gen)
         if self.labeled_only:
             return self._slice(Batch(x_l, data.y_labeled[idx_l]))
         idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
-        x_u = data.x_unlabeled[idx_u]
+        x_u = self._on_device(data.x_unlabeled[idx_u])
         y_u = data.y_unlabeled[idx_u] if data.y_unlabeled is not None else None
-        batch = Batch(x_l, data.y_labeled[idx_l], data.weak_augment(x_u, gen), data.strong_augment(x_u, gen), y_u)
+        if data.unlabeled_views is not None:
+            weak, strong = data.unlabeled_views(x_u, gen)
+        else:
+            weak, strong = data.weak_augment(x_u, gen), data.strong_augment(x_u, gen)
+        batch = Batch(x_l, data.y_labeled[idx_l], weak, strong, y_u)
         return self._slice(batch)
+
+    def _on_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.augment_device is None else x.to(self.augment_device, non_blocking=True)
 
     def _slice(self, batch: Batch) -> Batch:
         """This rank's contiguous share of every tensor of the global batch."""
@@ -121,7 +146,58 @@ class BatchStream:
             parts[f.name] = value
         return Batch(**parts)
 
+    def _share(self, tensor: torch.Tensor) -> torch.Tensor:
+        share = len(tensor) // self.world_size
+        return tensor[self.rank * share : (self.rank + 1) * share]
+
+    def _draw_files_task(self) -> dict:
+        """One global batch's indices and per-image seeds; this rank's share is all its workers decode."""
+        data, gen = self.data, self.generator
+        idx_l = self.labeled.take(self.batch_size, gen)
+        seeds_l = torch.randint(2**62, (len(idx_l),), generator=gen)
+        idx_l, seeds_l = self._share(idx_l), self._share(seeds_l)
+        task = {"paths_l": data.x_labeled.paths[idx_l.numpy()], "seeds_l": seeds_l, "y_l": data.y_labeled[idx_l]}
+        if not self.labeled_only:
+            idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
+            seeds_u = torch.randint(2**62, (len(idx_u),), generator=gen)
+            idx_u, seeds_u = self._share(idx_u), self._share(seeds_u)
+            task.update(paths_u=data.x_unlabeled.paths[idx_u.numpy()], seeds_u=seeds_u)
+            if data.y_unlabeled is not None:
+                task["y_u"] = data.y_unlabeled[idx_u]
+        return task
+
+    def _snapshot(self) -> dict:
+        return {
+            "generator": self.generator.get_state(),
+            "labeled": self.labeled.snapshot(),
+            "unlabeled": self.unlabeled.snapshot(),
+        }
+
+    def _next_from_files(self) -> Batch:
+        from metapl.data.streaming import FileBatchPlanner, run_tasks
+
+        if self._outputs is None:
+            self._planner = FileBatchPlanner(self._draw_files_task, self._snapshot)
+            self._outputs = run_tasks(self.data.x_labeled, self._planner, self._on_taken)
+        out = next(self._outputs)
+        task = out["task"]
+        return Batch(out["x_l"], task["y_l"], out.get("x_u_weak"), out.get("x_u_strong"), task.get("y_u"))
+
+    def _on_taken(self) -> None:
+        self._received = self._planner.taken()
+
     def state_dict(self) -> dict:
+        if self._received is not None:
+            generator, (l_order, l_pos), (u_order, u_pos) = (
+                self._received["generator"],
+                self._received["labeled"],
+                self._received["unlabeled"],
+            )
+            return {
+                "generator": generator.clone(),
+                "labeled": {"order": l_order.clone(), "position": l_pos},
+                "unlabeled": {"order": u_order.clone(), "position": u_pos},
+            }
         return {
             "generator": self.generator.get_state(),
             "labeled": self.labeled.state_dict(),
@@ -132,3 +208,4 @@ class BatchStream:
         self.generator.set_state(state["generator"])
         self.labeled.load_state_dict(state["labeled"])
         self.unlabeled.load_state_dict(state["unlabeled"])
+        self._outputs = self._planner = self._received = None  # prefetched batches belong to the old position

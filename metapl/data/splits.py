@@ -49,19 +49,48 @@ def per_class_sample(labels: np.ndarray, per_class: int, rng: np.random.Generato
     return np.sort(np.concatenate(chosen))
 
 
-def make_split(
-    labels: np.ndarray, labeled_per_class: int, val_per_class: int, seed: int, unlabeled_includes_labeled: bool = True
-) -> Split:
-    """Carve a class-balanced validation set, then a class-balanced labeled set, from the training pool.
+SELECTIONS = ("balanced", "random", "first", "all")
 
-    The unlabeled pool is the rest of the training pool; it includes the labeled examples by default (spec §10).
+
+def make_split(
+    labels: np.ndarray,
+    labeled_per_class: int,
+    val_per_class: int,
+    seed: int,
+    unlabeled_includes_labeled: bool = True,
+    selection: str = "balanced",
+    labelable: int | None = None,
+) -> Split:
+    """Carve a class-balanced validation set, then the labeled set, from the training pool.
+
+    Only the first `labelable` examples of the pool may be labeled or validate (SVHN's extra images and an
+    extra unlabeled folder follow them). The labeled set is `labeled_per_class` × classes examples:
+    `balanced` draws that many of every class (seeded), `random` draws them uniformly (seeded, unbalanced, as
+    for ImageNet-10%), `first` takes the first ones in file order (the official CIFAR code), `all` labels
+    every example left after validation. The unlabeled pool is the rest of the pool; it includes the labeled
+    examples by default (spec §10).
     """
+    if selection not in SELECTIONS:
+        raise DataError(f"unknown data.labeled_selection {selection!r}; use one of {', '.join(SELECTIONS)}")
     rng = np.random.default_rng(seed)
-    all_indices = np.arange(len(labels))
-    validation = (
-        per_class_sample(labels, val_per_class, rng, "validation split") if val_per_class else np.array([], int)
-    )
-    train = np.setdiff1d(all_indices, validation)
-    labeled = train[per_class_sample(labels[train], labeled_per_class, rng, "labeled split")]
-    unlabeled = train if unlabeled_includes_labeled else np.setdiff1d(train, labeled)
+    labelable = len(labels) if labelable is None else labelable
+    head = labels[:labelable]
+    validation = per_class_sample(head, val_per_class, rng, "validation split") if val_per_class else np.array([], int)
+    candidates = np.setdiff1d(np.arange(labelable), validation)
+    count = labeled_per_class * len(np.unique(head))
+    if selection in ("random", "first") and count > len(candidates):
+        raise DataError(
+            f"labeled split: {count} labeled examples requested but only {len(candidates)} remain after validation; "
+            "lower data.labeled_per_class or data.val_per_class"
+        )
+    if selection == "balanced":
+        labeled = candidates[per_class_sample(head[candidates], labeled_per_class, rng, "labeled split")]
+    elif selection == "random":
+        labeled = np.sort(rng.choice(candidates, size=count, replace=False))
+    elif selection == "first":
+        labeled = candidates[:count]
+    else:
+        labeled = candidates
+    pool = np.concatenate([candidates, np.arange(labelable, len(labels))])
+    unlabeled = pool if unlabeled_includes_labeled else np.setdiff1d(pool, labeled)
     return Split(labeled=labeled.tolist(), unlabeled=unlabeled.tolist(), validation=validation.tolist())

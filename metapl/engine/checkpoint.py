@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -41,18 +43,30 @@ def atomic_write_json(obj: object, path: Path) -> None:
     tmp.replace(path)
 
 
-def load_weights(path: Path) -> dict:
-    """A state dict saved by metapl, loaded with weights_only=True (no pickled code runs)."""
+def load_weights(path: Path, fix: str = "re-run metapl train or pass another run") -> dict:
+    """A state dict saved by metapl, loaded with weights_only=True (no pickled code runs); `fix` ends the errors."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}; pass a run directory written by metapl train")
+        raise CheckpointError(f"no checkpoint at {path}; {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"cannot load checkpoint {path}: {first_line}; re-run training or pass another run"
-        ) from None
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:  # the file asks to import a Python object (a class, or a function such as os.system) on load
+            raise CheckpointError(
+                f"{path} holds pickled Python objects ({refused.group(1)}), not only tensors, and was refused unread "
+                f"(loading it could run code); metapl never writes such files, so do not trust it; {fix}"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
+        reason = detail.group(1).strip() if detail else _first_line(err)
+    except Exception as err:  # torch raises several types (RuntimeError, EOFError, KeyError) for truncated files
+        reason = _first_line(err)
+    raise CheckpointError(f"cannot load {path}: it is truncated or not a checkpoint ({reason}); {fix}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def rng_state() -> dict:

@@ -17,9 +17,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     device = next(model.parameters()).device
     correct1 = correct5 = 0
     loss_sum = 0.0
-    for start in range(0, len(y), batch_size):
-        xb = x[start : start + batch_size].to(device, non_blocking=True)
-        yb = y[start : start + batch_size].to(device, non_blocking=True)
+    for start, xb in _batches(x, batch_size):
+        xb = xb.to(device, non_blocking=True)
+        yb = y[start : start + len(xb)].to(device, non_blocking=True)
         logits = model(xb).float()
         loss_sum += F.cross_entropy(logits, yb, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
@@ -38,8 +38,20 @@ def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> 
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    parts = [
-        torch.softmax(model(x[i : i + batch_size].to(device)).float(), -1).cpu() for i in range(0, len(x), batch_size)
-    ]
+    parts = [torch.softmax(model(xb.to(device)).float(), -1).cpu() for _, xb in _batches(x, batch_size)]
     model.train(was_training)
     return torch.cat(parts)
+
+
+def _batches(x, batch_size: int):
+    """(start, batch) pairs: slices of a tensor, or decoded evaluation views of image files (loader workers)."""
+    if isinstance(x, torch.Tensor):
+        for start in range(0, len(x), batch_size):
+            yield start, x[start : start + batch_size]
+        return
+    from metapl.data.streaming import eval_batches
+
+    start = 0
+    for xb in eval_batches(x, batch_size):
+        yield start, xb
+        start += len(xb)

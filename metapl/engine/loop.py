@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import threading
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from metapl import distributed
 from metapl.engine.logger import RunLogger
 from metapl.errors import Interrupted, TrainingError
 from metapl.methods.base import Batch, Method
@@ -31,6 +33,8 @@ class FitResult:
     best_state: dict | None = None
     seconds: float = 0.0
     steps: int = 0  # steps completed
+    skipped_steps: int = 0  # steps undone for a non-finite loss or gradient (nonfinite="skip")
+    skipped_in_a_row: int = 0
 
     def state_dict(self) -> dict:
         return {
@@ -40,6 +44,8 @@ class FitResult:
             "best_state": self.best_state,
             "seconds": self.seconds,
             "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "skipped_in_a_row": self.skipped_in_a_row,
         }
 
     @classmethod
@@ -69,6 +75,8 @@ def fit(
     step_offset: int = 0,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    nonfinite: str = "stop",
+    max_skipped_in_a_row: int = 100,
 ) -> FitResult:
     """Run method steps up to `steps`; evaluate every `eval_every` steps and at the end; keep the best on
     `select_on`; call `checkpoint` every `checkpoint_every` steps and at the end.
@@ -77,7 +85,17 @@ def fit(
     method and the batch stream must have been restored to that step by the caller. Logs use step + step_offset
     so that a later phase continues the curves of an earlier one. `autocast_dtype` runs each step under
     torch.autocast (bf16, or fp16 with the methods' loss scaling).
+
+    A non-finite loss stops the run at the next log step (`nonfinite="stop"`: no cost). With "skip", every step
+    starts from a copy of method.state_dict() and a step whose losses or gradient norms are not finite is undone
+    from it and counted; more than `max_skipped_in_a_row` such steps in a row stop the run. The cost, paid only
+    with "skip": one copy of the models, optimiser and EMA states and one host sync per step.
     """
+    if nonfinite not in ("stop", "skip"):
+        raise ValueError(f"nonfinite={nonfinite!r}: use 'stop' or 'skip'")
+    skip = nonfinite == "skip"
+    # Under float16 the methods skip an overflowing update themselves (loss scaling): only losses count here.
+    check_grads = autocast_dtype is not torch.float16
     device = torch.device(device)
     pin = device.type == "cuda"
     result = resume or FitResult()
@@ -94,8 +112,25 @@ def fit(
         for step in range(first, steps):
             batch = next(batches)
             batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=True, channels_last=channels_last)
+            before = _copy_state(method.state_dict()) if skip else None
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
                 metrics = method.step(batch, step)
+            if skip:
+                bad = _first_nonfinite(metrics, check_grads, device)
+                if bad is None:
+                    result.skipped_in_a_row = 0
+                else:
+                    method.load_state_dict(before)
+                    result.skipped_steps += 1
+                    result.skipped_in_a_row += 1
+                    if result.skipped_in_a_row > max_skipped_in_a_row:
+                        bar.close()
+                        raise TrainingError(
+                            f"{bad[0]} was {bad[1]} at step {step + 1}, after {result.skipped_in_a_row - 1} skipped "
+                            f"steps in a row (train.max_skipped_in_a_row={max_skipped_in_a_row}); lower the learning "
+                            "rates or check the data"
+                        )
+                metrics["skipped_steps"] = result.skipped_steps
             is_last = step == steps - 1
             if logger is not None and _due(step, log_every, is_last):
                 now = time.perf_counter()
@@ -103,7 +138,8 @@ def fit(
                 metrics["images_per_s"] = images / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_step = now, step + 1
                 values = logger.log(step_offset + step + 1, metrics, phase)
-                _check_finite(values, step + 1)
+                if not skip:
+                    _check_finite(values, step + 1)
                 postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
             if _due(step, eval_every, is_last):
                 scores = evaluate(method)
@@ -120,7 +156,8 @@ def fit(
                 postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
             result.steps, result.seconds = step + 1, time.perf_counter() - start
             if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stop.signum is not None):
-                _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
+                if not skip:  # with skip a bad step was undone: the state is the last good one
+                    _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
                 checkpoint(step + 1, result)
             if stop.signum is not None:
                 bar.close()
@@ -140,6 +177,35 @@ def _batch_size(batch: Batch) -> int:
     if batch.x_u_strong is not None:
         size += 2 * batch.x_u_strong.shape[0]
     return size
+
+
+def _copy_state(state: object) -> object:
+    """A copy of a (nested) state dict whose tensors do not share memory with the live ones."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        copied = copy.copy(state)  # the same mapping type, with a module state dict's _metadata (versions)
+        for key, value in state.items():
+            copied[key] = _copy_state(value)
+        return copied
+    if isinstance(state, (list, tuple)):
+        return type(state)(_copy_state(v) for v in state)
+    return copy.deepcopy(state)
+
+
+def _first_nonfinite(metrics: dict, check_grads: bool, device: torch.device) -> tuple[str, float] | None:
+    """(name, value) of the first loss or gradient norm that is NaN or infinite on any rank, else None."""
+    keys = [k for k in metrics if "loss" in k or (check_grads and k.endswith("grad_norm"))]
+    if not keys:
+        return None
+    values = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
+    finite = torch.isfinite(values)
+    if distributed.world_size() > 1:  # every rank must undo the same steps
+        finite = distributed.mean(finite.float()) == 1
+    if bool(finite.all()):  # the one host sync per step
+        return None
+    index = int((~finite).nonzero()[0, 0])
+    return keys[index], values[index].item()
 
 
 def _check_finite(values: dict[str, float], step: int) -> None:

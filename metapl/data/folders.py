@@ -1,0 +1,159 @@
+"""Image files on disk: ImageNet's class folders, and custom data sets given as class folders or CSV files.
+
+Nothing here is decoded up front: an `ImageFiles` is a list of paths that loader workers decode and augment
+one image at a time (see streaming.py), so a pool of a million images costs only its file names in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metapl.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+@dataclass
+class ImageFiles:
+    """Image paths with the side and channel count that the pipeline turns every image into."""
+
+    paths: np.ndarray  # of str
+    size: int
+    channels: int = 3
+    workers: int = 0
+    pipeline: object = field(default=None, repr=False)  # an ImagePipeline (streaming.py)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), self.channels, self.size, self.size)
+
+    def __getitem__(self, index) -> ImageFiles:
+        picked = self.paths[index.numpy() if isinstance(index, torch.Tensor) else index]
+        return ImageFiles(np.atleast_1d(picked), self.size, self.channels, self.workers, self.pipeline)
+
+
+def decode(path: str, channels: int = 3) -> torch.Tensor:
+    """One image file as a uint8 (C, H, W) tensor; a DataError names the file when it cannot be decoded."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
+            array = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable buffer
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot decode image {path} ({first}); delete or replace the file") from None
+    return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels)).permute(2, 0, 1).contiguous()
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels, class names) of a folder with one sub-folder of images per class, classes sorted by name.
+
+    With `classes` given (the training set's), the folder must hold exactly those classes.
+    """
+    if not root.is_dir():
+        raise DataError(f"no folder {root}; expected one sub-folder of images per class")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not found:
+        raise DataError(f"{root} has no class sub-folders; put each class's images in a folder named after it")
+    if classes is not None and found != classes:
+        extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+        raise DataError(
+            f"{root} has classes that differ from the training set's (extra: {extra[:3]}, missing: {missing[:3]}); "
+            "use the same class folder names"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(found):
+        images = _images_in(root / name)
+        if not images:
+            raise DataError(
+                f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or remove it"
+            )
+        paths += [str(p) for p in images]
+        labels += [label] * len(images)
+    return paths, labels, found
+
+
+def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
+    """(paths, label texts) from a CSV with a header naming the columns `path` and, when needed, `label`.
+
+    Relative paths are relative to the CSV's folder; every path must exist.
+    """
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            wanted = ["path", "label"] if need_label else ["path"]
+            missing = [c for c in wanted if c not in columns]
+            if missing:
+                raise DataError(
+                    f"{path} has no column {missing[0]!r} (its header is {columns}); write a header line 'path,label'"
+                    if need_label
+                    else f"{path} has no column 'path' (its header is {columns}); write a header line 'path'"
+                )
+            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 text file with a header line") from None
+    paths, labels = [], []
+    for line, row in enumerate(rows, start=2):
+        file = Path(row["path"])
+        file = file if file.is_absolute() else path.parent / file
+        if not row["path"] or not file.is_file():
+            raise DataError(f"{path} line {line}: image {row['path']!r} does not exist; fix the path or remove the row")
+        if need_label and not row["label"]:
+            raise DataError(f"{path} line {line}: the label is empty; give a class name or number")
+        paths.append(str(file))
+        labels.append(row.get("label", ""))
+    if not paths:
+        raise DataError(f"{path} lists no images; add rows below the header")
+    return paths, labels
+
+
+def labeled_source(source: Path, classes: list[str] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """(paths, labels, class names) from a folder of class folders or a CSV of path,label."""
+    if source.suffix.lower() == ".csv":
+        if not source.is_file():
+            raise DataError(
+                f"no CSV file {source}; pass a CSV with the columns path,label or a folder of class folders"
+            )
+        paths, texts = read_csv(source, need_label=True)
+        names = classes if classes is not None else sorted(set(texts), key=_class_order)
+        index = {name: i for i, name in enumerate(names)}
+        unknown = sorted(set(texts) - set(index))
+        if unknown:
+            raise DataError(
+                f"{source}: label {unknown[0]!r} is not a class of the training set {names[:10]}; fix the label"
+            )
+        return paths, [index[t] for t in texts], names
+    return scan_class_folders(source, classes)
+
+
+def _class_order(name: str) -> tuple:
+    """Numbers in numeric order (so that labels 0..K−1 keep their values), then names alphabetically."""
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def unlabeled_source(source: Path) -> list[str]:
+    """Image paths from a folder (searched recursively) or a CSV with a `path` column."""
+    if source.suffix.lower() == ".csv":
+        if not source.is_file():
+            raise DataError(f"no CSV file {source}; pass a CSV with a 'path' column or a folder of images")
+        return read_csv(source, need_label=False)[0]
+    if not source.is_dir():
+        raise DataError(f"no folder {source} of unlabeled images; set data.unlabeled_dir to a folder or CSV")
+    images = [str(p) for p in _images_in(source)]
+    if not images:
+        raise DataError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or fix the path")
+    return images

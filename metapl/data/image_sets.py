@@ -1,0 +1,58 @@
+"""ImageNet (train/ and val/ class folders) and custom image sets, as pools of image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metapl.data.datasets import ArrayDataset
+from metapl.data.folders import ImageFiles, labeled_source, unlabeled_source
+from metapl.data.streaming import ImagePipeline
+from metapl.errors import DataError
+
+SMALL_IMAGE_LIMIT = 64  # sides up to this get the CIFAR pipeline, larger ones the ImageNet pipeline
+
+
+def load_image_set(cfg) -> tuple[ArrayDataset, int]:
+    """The pool (labeled source, then extra unlabeled images labeled −1) and test set, and the labelable count."""
+    from metapl.data import default_workers
+
+    if cfg.name == "imagenet":
+        root = Path(cfg.root or "data/imagenet")
+        if not (root / "train").is_dir():
+            raise DataError(
+                f"no ImageNet at {root} (expected {root}/train/<class>/*.JPEG and {root}/val/<class>/); set data.root"
+            )
+        train = labeled_source(root / "train")
+        test = labeled_source(root / "val", classes=train[2])
+        size = cfg.image_size or 224
+    else:
+        if not cfg.root:
+            raise DataError("data.name=folder needs data.root: a folder of class folders or a CSV of path,label")
+        train = labeled_source(Path(cfg.root))
+        test = labeled_source(Path(cfg.test_dir), classes=train[2]) if cfg.test_dir else ([], [], train[2])
+        size = cfg.image_size or 32
+    small = size <= SMALL_IMAGE_LIMIT
+    pipeline = ImagePipeline(
+        size=size,
+        style="small" if small else "large",
+        magnitude=cfg.magnitude or (16 if small else 17),
+        flip=cfg.flip,
+    )
+    extra = unlabeled_source(Path(cfg.unlabeled_dir)) if cfg.unlabeled_dir else []
+    workers = default_workers() if cfg.workers < 0 else cfg.workers
+
+    def files(paths: list[str]) -> ImageFiles:
+        return ImageFiles(np.array(paths, dtype=object), size, 3, workers, pipeline)
+
+    paths, labels, classes = train
+    dataset = ArrayDataset(
+        x_train=files(paths + extra),
+        y_train=torch.tensor(labels + [-1] * len(extra), dtype=torch.long),
+        x_test=files(test[0]),
+        y_test=torch.tensor(test[1], dtype=torch.long),
+        num_classes=len(classes),
+    )
+    return dataset, len(paths)

@@ -168,10 +168,18 @@ def image_extensions() -> set[str]:
     return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
-def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False) -> torch.Tensor:
-    """An image file as a (C, H, W) tensor in [0, 1] for a model of `input_shape`: grey or RGB, bilinear resize."""
+def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, pipeline=None) -> torch.Tensor:
+    """An image file as a (C, H, W) tensor in [0, 1] for a model of `input_shape`: grey or RGB, bilinear resize.
+
+    A run trained on image files passes its `pipeline`, so that an image is cropped exactly as in evaluation.
+    """
     from PIL import Image, ImageOps
 
+    if pipeline is not None:
+        from metapl.data.folders import decode
+
+        image = pipeline.evaluate(decode(str(path), input_shape[0])).float() / 255.0
+        return 1.0 - image if invert else image
     channels, height, width = _image_shape(input_shape)
     try:
         with Image.open(path) as opened:
@@ -204,7 +212,9 @@ def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
     return input_shape[0], input_shape[1], input_shape[2]
 
 
-def load_inputs(source: Path, input_shape: tuple[int, ...], invert: bool = False) -> tuple[list[str], torch.Tensor]:
+def load_inputs(
+    source: Path, input_shape: tuple[int, ...], invert: bool = False, pipeline=None
+) -> tuple[list[str], torch.Tensor]:
     """Names and a batch of inputs from an image file, a folder of images (sorted, not recursive) or a CSV."""
     source = Path(source)
     if not source.exists():
@@ -217,10 +227,10 @@ def load_inputs(source: Path, input_shape: tuple[int, ...], invert: bool = False
         )
         if not files:
             raise DataError(f"no image files in {source}; put PNG or JPEG files there, or pass a CSV file")
-        return [str(p) for p in files], torch.stack([load_image(p, input_shape, invert) for p in files])
+        return [str(p) for p in files], torch.stack([load_image(p, input_shape, invert, pipeline) for p in files])
     if source.suffix.lower() == ".csv":
-        return _load_csv(source, input_shape, invert)
-    return [str(source)], load_image(source, input_shape, invert)[None]
+        return _load_csv(source, input_shape, invert, pipeline)
+    return [str(source)], load_image(source, input_shape, invert, pipeline)[None]
 
 
 def _number(text: str) -> float | None:
@@ -230,7 +240,7 @@ def _number(text: str) -> float | None:
         return None
 
 
-def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool) -> tuple[list[str], torch.Tensor]:
+def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=None) -> tuple[list[str], torch.Tensor]:
     size = math.prod(input_shape)
     expected = f"write one image path or {size} numbers (the input of shape {tuple(input_shape)}, flattened) per row"
     names: list[str] = []
@@ -258,7 +268,7 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool) -> tuple[l
                             f"{where}: no image file at {image_path}; {expected} (paths relative to the CSV)"
                         )
                     try:
-                        inputs.append(load_image(image_path, input_shape, invert))
+                        inputs.append(load_image(image_path, input_shape, invert, pipeline))
                     except DataError as err:
                         raise DataError(f"{where}: {err}") from None
                     names.append(cells[0])
@@ -297,7 +307,8 @@ def predict_run(
     out = Path(out) if out is not None else Path(run) / "predictions.csv"
     check_output(out, [Path(run)], (Path(source),))
     loaded = load_run(run, weights, resolve_device("auto"))
-    names, x = load_inputs(source, loaded.data.input_shape, invert)
+    pipeline = getattr(loaded.data.x_labeled, "pipeline", None)  # runs on image files: their eval crop
+    names, x = load_inputs(source, loaded.data.input_shape, invert, pipeline)
     proba = predict_proba(loaded.model, x, batch_size=loaded.config.train.eval_batch_size)
     classes = proba.argmax(dim=1)
     out.parent.mkdir(parents=True, exist_ok=True)

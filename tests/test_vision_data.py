@@ -133,6 +133,16 @@ def test_imagenet_folders_stream_through_workers(tmp_path):
     summary = _train("imagenet_10pct", tmp_path / "run", overrides)
     assert np.isfinite(summary["test_top1"])
 
+    # predict crops a photo exactly as evaluation does (the centre crop), not by squashing the whole image
+    from metapl.data.folders import decode
+    from metapl.inference import load_image, load_run
+
+    photo = tmp_path / "imnet" / "val" / classes[0] / "0.jpg"
+    pipeline = load_run(tmp_path / "run").data.x_labeled.pipeline
+    expected = pipeline.evaluate(decode(str(photo))).float() / 255
+    assert torch.equal(load_image(photo, (3, 72, 72), pipeline=pipeline), expected)
+    assert not torch.allclose(load_image(photo, (3, 72, 72)), expected, atol=0.02)
+
 
 def test_resnet50_preset_reads_an_unlabeled_folder(tmp_path):
     classes = ["a", "b"]

@@ -340,7 +340,7 @@ def validate(cfg: Config) -> None:
         ("data.noise", cfg.data.noise >= 0, "0 or more"),
         ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
         ("data.image_size", cfg.data.image_size >= 0, "0 (the dataset's) or more"),
-        ("data.magnitude", 0 <= cfg.data.magnitude <= 30, "between 0 (the dataset's) and 30"),
+        ("data.magnitude", 0 <= cfg.data.magnitude <= 20, "between 0 (the dataset's) and 20"),
         ("data.workers", cfg.data.workers >= -1, "-1 (automatic), 0 (in the training process) or more"),
         ("model.dropout", 0 <= cfg.model.dropout < 1, "in [0, 1)"),
         (

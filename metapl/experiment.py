@@ -313,6 +313,7 @@ def _train(
             results["train"] = fit(
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
             )
+            stream.close()  # its loader workers (image files) are not needed while finetuning
         final_model = method.eval_model()
         if cfg.finetune.steps > 0 and cfg.method.name == "mpl":
             ft = cfg.finetune
@@ -338,6 +339,7 @@ def _train(
                 checkpoint=checkpoint,
                 **common,
             )
+            ft_stream.close()
             final_model = tuner.eval_model()
     finally:
         if logger is not None:
@@ -374,16 +376,10 @@ def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
     be read, and a directory of other files that a fresh run would overwrite."""
     path = out_dir / CHECKPOINT
     if out_dir.is_dir() and not path.exists():
-        _refuse_foreign_directory(out_dir)
+        _refuse_foreign_directory(out_dir, cfg)
     if not path.exists():
         return None
-    saved_cfg = load_config_file(out_dir / "config.yaml")
-    saved_cfg.preset = cfg.preset
-    for (key, old), (_, new) in zip(flatten(saved_cfg.to_dict()), flatten(cfg.to_dict())):
-        if old != new:
-            raise ConfigError(
-                f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
-            )
+    _refuse_other_config(load_config_file(out_dir / "config.yaml"), cfg, out_dir)
     saved = load_weights(path, fix=_START_OVER.format(path=path))
     expected = {"phase", "step", "method", "stream", "results", "rng", "finetune"}
     if not isinstance(saved, dict) or saved.get("format") != 1 or not expected <= saved.keys():
@@ -393,14 +389,26 @@ def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
     return saved
 
 
-def _refuse_foreign_directory(out_dir: Path) -> None:
-    """A fresh run writes config.yaml, model.pt, ...: never over a user's files of those names."""
+def _refuse_other_config(saved_cfg: Config, cfg: Config, out_dir: Path) -> None:
+    saved_cfg.preset = cfg.preset
+    for (key, old), (_, new) in zip(flatten(saved_cfg.to_dict()), flatten(cfg.to_dict())):
+        if old != new:
+            raise ConfigError(
+                f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
+            )
+
+
+def _refuse_foreign_directory(out_dir: Path, cfg: Config) -> None:
+    """A fresh run writes config.yaml, model.pt, ...: never over a user's files of those names, nor over a
+    run of another config whose checkpoint is gone."""
     if (out_dir / "config.yaml").exists():
         try:
-            load_config_file(out_dir / "config.yaml")
-            return  # an earlier attempt that stopped before its first checkpoint: start it over
+            saved_cfg = load_config_file(out_dir / "config.yaml")
         except ConfigError:
-            pass
+            saved_cfg = None
+        if saved_cfg is not None:
+            _refuse_other_config(saved_cfg, cfg, out_dir)
+            return  # the same run without a checkpoint (it stopped before the first, or it was moved away): start over
         clash = "config.yaml"
     else:
         names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith((".", "checkpoint")))

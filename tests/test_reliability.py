@@ -339,6 +339,14 @@ def test_moving_a_bad_checkpoint_away_starts_the_run_over_with_clean_logs(capsys
     assert (run / "broken-checkpoint.pt").read_bytes() == b"garbage"
 
 
+def test_a_run_without_checkpoint_is_not_overwritten_by_another_config(capsys, run):
+    (run / "checkpoint.pt").unlink()  # e.g. deleted to save disk once the run had finished
+    before = files(run)
+    line = one_line_error(capsys, "train", "--preset", "twomoon", "--set", "train.steps=2", "--out", run)
+    assert "holds a run with" in line and "pass a new --out" in line
+    assert files(run) == before
+
+
 @pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"config.yaml": "project: mine\n", "src": None}])
 def test_train_into_a_directory_of_other_files_is_refused(capsys, tmp_path, content):
     out = tmp_path / "project"

@@ -378,8 +378,77 @@ def test_augment_on_device_gives_the_same_batches(tmp_path):
     from metapl.data.loaders import BatchStream
 
     write_cifar10(tmp_path)
-    data = build_data(build_config("cifar10_4k", [f"data.root={tmp_path}", "data.labeled_per_class=2", "data.val_per_class=0"]).data, 0)
+    data = build_data(
+        build_config("cifar10_4k", [f"data.root={tmp_path}", "data.labeled_per_class=2", "data.val_per_class=0"]).data,
+        0,
+    )
     plain = next(BatchStream(data, batch_size=4, mu=2, seed=3))
     moved = next(BatchStream(data, batch_size=4, mu=2, seed=3, augment_device="cpu"))
     assert torch.equal(plain.x_u_strong, moved.x_u_strong) and torch.equal(plain.x_l, moved.x_l)
     assert not torch.equal(plain.x_u_weak, plain.x_u_strong)
+
+
+def test_sigterm_to_the_process_group_checkpoints_a_run_with_loader_workers(tmp_path):
+    """A scheduler signals the whole process group: the workers must not die under the trainer, which
+    checkpoints and exits 143 as without workers."""
+    import signal
+    import time
+
+    write_class_folders(tmp_path / "l", ["a", "b"], per_class=8)
+    args = ["--preset", "cifar10_4k", "--out", str(tmp_path / "run")]
+    for setting in (
+        "data.name=folder",
+        f"data.root={tmp_path / 'l'}",
+        "data.labeled_selection=all",
+        "data.val_per_class=0",
+        "data.batch_size=4",
+        "data.mu=2",
+        "data.workers=2",
+        "model.name=small_cnn",
+        "train.steps=100000",
+        "train.checkpoint_every=5",
+        "train.eval_every=0",
+    ):
+        args += ["--set", setting]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "metapl", "train", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    while not (tmp_path / "run" / "checkpoint.pt").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr and "run the same command to resume" in stderr
+
+
+def test_image_file_pipeline_switches():
+    """data.augment=false makes every view the evaluation view; data.flip=false never mirrors (large images)."""
+    from metapl.data.streaming import ImagePipeline
+
+    image = torch.zeros(3, 90, 120, dtype=torch.uint8)
+    image[:, :, :60] = 255  # left half white: a mirrored crop has its white part on the right
+    plain = ImagePipeline(size=72, augment=False)
+    weak, strong = plain.views(image, torch.Generator().manual_seed(0))
+    assert torch.equal(weak, plain.evaluate(image)) and torch.equal(strong, weak)
+    unflipped = ImagePipeline(size=72, flip=False, magnitude=0)
+    for seed in range(20):
+        crop = unflipped.labeled(image, torch.Generator().manual_seed(seed)).float()
+        assert crop[:, :, 0].mean() >= crop[:, :, -1].mean()  # white never ends up on the right only
+
+
+def test_reused_split_file_cannot_label_unlabeled_only_images(tmp_path):
+    from metapl.data.splits import Split
+
+    write_svhn(tmp_path)
+    Split(labeled=[0, 50], unlabeled=list(range(60)), validation=[]).save(tmp_path / "splits.json")
+    overrides = [f"data.root={tmp_path}", f"data.split_file={tmp_path / 'splits.json'}"]
+    with pytest.raises(DataError, match="labeled index 50 is outside the pool of 40"):
+        build_data(build_config("svhn_1k", overrides).data, 0)

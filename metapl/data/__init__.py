@@ -50,7 +50,7 @@ def build_data(cfg, seed: int) -> DataBundle:
         raise DataError(f"unknown dataset {cfg.name!r}")
     if cfg.split_file:
         split = Split.load(Path(cfg.split_file))
-        _check_split(split, len(dataset.y_train), cfg.split_file)
+        _check_split(split, len(dataset.y_train), cfg.split_file, labelable)
     else:
         split = make_split(
             dataset.y_train.numpy(),
@@ -175,12 +175,14 @@ def bundle_from_split(dataset: ArrayDataset, split: Split, labeled_aug, weak, st
     )
 
 
-def _check_split(split: Split, pool_size: int, path: str) -> None:
+def _check_split(split: Split, pool_size: int, path: str, labelable: int | None = None) -> None:
     for name in ("labeled", "unlabeled", "validation"):
-        bad = [i for i in getattr(split, name) if not 0 <= i < pool_size]
+        # only the head of the pool has labels (SVHN's extra images and an unlabeled folder follow it)
+        limit = pool_size if name == "unlabeled" or labelable is None else labelable
+        bad = [i for i in getattr(split, name) if not 0 <= i < limit]
         if bad:
             raise DataError(
-                f"split file {path}: {name} index {bad[0]} is outside the pool of {pool_size}; use a split of this dataset"
+                f"split file {path}: {name} index {bad[0]} is outside the pool of {limit}; use a split of this dataset"
             )
     if not split.labeled or not split.unlabeled:
         raise DataError(f"split file {path} has an empty labeled or unlabeled set; use a split written by metapl train")

@@ -40,6 +40,7 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
         style="small" if small else "large",
         magnitude=cfg.magnitude or (16 if small else 17),
         flip=cfg.flip,
+        augment=cfg.augment,
     )
     extra = unlabeled_source(Path(cfg.unlabeled_dir)) if cfg.unlabeled_dir else []
     workers = default_workers() if cfg.workers < 0 else cfg.workers

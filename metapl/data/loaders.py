@@ -105,9 +105,7 @@ class BatchStream:
         self.labeled = _EpochSampler(len(data.y_labeled))
         self.unlabeled = _EpochSampler(len(data.x_unlabeled))
         self.files = isinstance(data.x_labeled, ImageFiles)
-        self._outputs = None  # the workers' batches, for image files
-        self._planner = None
-        self._received = None  # the state after the last batch handed to the trainer, while workers run ahead
+        self._files_batches = None  # the loader workers' batches, for image files
 
     def __iter__(self) -> BatchStream:
         return self
@@ -156,15 +154,15 @@ class BatchStream:
         idx_l = self.labeled.take(self.batch_size, gen)
         seeds_l = torch.randint(2**62, (len(idx_l),), generator=gen)
         idx_l, seeds_l = self._share(idx_l), self._share(seeds_l)
-        task = {"paths_l": data.x_labeled.paths[idx_l.numpy()], "seeds_l": seeds_l, "y_l": data.y_labeled[idx_l]}
+        plan = {"paths_l": data.x_labeled.paths[idx_l.numpy()], "seeds_l": seeds_l, "y_l": data.y_labeled[idx_l]}
         if not self.labeled_only:
             idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
             seeds_u = torch.randint(2**62, (len(idx_u),), generator=gen)
             idx_u, seeds_u = self._share(idx_u), self._share(seeds_u)
-            task.update(paths_u=data.x_unlabeled.paths[idx_u.numpy()], seeds_u=seeds_u)
+            plan.update(paths_u=data.x_unlabeled.paths[idx_u.numpy()], seeds_u=seeds_u)
             if data.y_unlabeled is not None:
-                task["y_u"] = data.y_unlabeled[idx_u]
-        return task
+                plan["y_u"] = data.y_unlabeled[idx_u]
+        return plan
 
     def _snapshot(self) -> dict:
         return {
@@ -174,24 +172,24 @@ class BatchStream:
         }
 
     def _next_from_files(self) -> Batch:
-        from metapl.data.streaming import FileBatchPlanner, run_tasks
+        from metapl.data.streaming import FileBatches
 
-        if self._outputs is None:
-            self._planner = FileBatchPlanner(self._draw_files_task, self._snapshot)
-            self._outputs = run_tasks(self.data.x_labeled, self._planner, self._on_taken)
-        out = next(self._outputs)
-        task = out["task"]
-        return Batch(out["x_l"], task["y_l"], out.get("x_u_weak"), out.get("x_u_strong"), task.get("y_u"))
+        if self._files_batches is None:
+            self._files_batches = FileBatches(self.data.x_labeled, self._draw_files_task, self._snapshot)
+        return next(self._files_batches)
 
-    def _on_taken(self) -> None:
-        self._received = self._planner.taken()
+    def close(self) -> None:
+        """Stop the loader workers (image files); the stream goes on later from the last batch it gave."""
+        if self._files_batches is not None:
+            self.load_state_dict(self.state_dict())
 
     def state_dict(self) -> dict:
-        if self._received is not None:
+        received = self._files_batches.received if self._files_batches is not None else None
+        if received is not None:  # workers run ahead: the state after the last batch the trainer received
             generator, (l_order, l_pos), (u_order, u_pos) = (
-                self._received["generator"],
-                self._received["labeled"],
-                self._received["unlabeled"],
+                received["generator"],
+                received["labeled"],
+                received["unlabeled"],
             )
             return {
                 "generator": generator.clone(),
@@ -208,4 +206,6 @@ class BatchStream:
         self.generator.set_state(state["generator"])
         self.labeled.load_state_dict(state["labeled"])
         self.unlabeled.load_state_dict(state["unlabeled"])
-        self._outputs = self._planner = self._received = None  # prefetched batches belong to the old position
+        if self._files_batches is not None:  # prefetched batches belong to the old position
+            self._files_batches.close()
+            self._files_batches = None

@@ -32,7 +32,9 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path}: X has shape {images.shape} and y {len(labels)} entries; expected (32, 32, 3, N) and N"
         )
-    labels = labels % 10
+    if len(labels) and (labels.min() < 1 or labels.max() > 10):
+        raise DataError(f"{path}: labels range over {labels.min()}..{labels.max()}, not 1..10; download the file again")
+    labels = labels % 10  # the file stores the digit 0 as 10
     return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels
 
 

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev lint clean
+.PHONY: demo test install install-dev lint clean bench-accuracy bench-speed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(BIN)/metapl demo --out runs/demo
+
+# make bench-accuracy: every method on digits, 2 seeds, 1,000 steps (--quick; docs/results.md has the full commands).
+bench-accuracy: install
+	$(BIN)/python benchmarks/accuracy.py --quick --jobs 2
+
+# make bench-speed: step time and peak memory of supervised, UDA and every MPL mode against MPL's floor, on
+# WRN-28-2 and the small CNN, 2 CPU threads (about 10 minutes; BENCH_ARGS=--quick for a short run).
+bench-speed: install
+	$(BIN)/python benchmarks/speed.py $(BENCH_ARGS)
 
 test: install-dev
 	@$(BIN)/python -m pytest; status=$$?; \

@@ -71,6 +71,9 @@ class MethodConfig:
     baseline: bool = True
     baseline_decay: float = 0.99
     reinforce_reduction: str = "mean"  # mpl, hard: CE(ŷ, T) averaged (the code's scale) or summed (unbiased, §2.2)
+    # mpl: keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
+    # forward, about a third less peak memory); the same update either way
+    teacher_graph: str = "keep"
     label_smoothing: float = 0.0  # the (teacher's) supervised CE
     student_label_smoothing: float = 0.0
     supervised_loss: bool = True  # teacher auxiliary loss (mpl)
@@ -139,6 +142,7 @@ _CHOICES = {
     "method.h_sign": (1, -1),
     "method.tsa": ("none", "linear", "log", "exp"),
     "method.reinforce_reduction": ("mean", "sum"),
+    "method.teacher_graph": ("keep", "recompute"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),

@@ -135,6 +135,7 @@ def build_method(cfg: Config, data: DataBundle, device: torch.device):
         baseline_decay=m.baseline_decay,
         reinforce_reduction=m.reinforce_reduction,
         ema_decay=ema,
+        teacher_graph=m.teacher_graph,
     )
 
 

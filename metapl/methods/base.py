@@ -33,7 +33,7 @@ class Batch:
 
     def pin_memory(self) -> Batch:
         """The same batch in page-locked host memory, so that copies to the GPU can overlap compute."""
-        return self._map(lambda t: t.pin_memory())
+        return self._map(lambda t: t.pin_memory() if t.is_cpu else t)  # images augmented on the GPU stay there
 
     def _map(self, fn) -> Batch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -85,12 +85,25 @@ def _is_norm_stat(name: str) -> bool:
     return name.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
+RngState = tuple[torch.device, torch.Tensor, torch.Tensor | None]
+
+
+def rng_state(device: torch.device) -> RngState:
+    """The RNG state a forward on `device` is about to draw its dropout masks from (no host sync)."""
+    cuda_state = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return device, torch.get_rng_state(), cuda_state
+
+
 @contextlib.contextmanager
-def same_randomness(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the RNG for a forward so that a second forward under the same seed draws the same dropout mask."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cuda"):
-        torch.manual_seed(seed)
+def replayed_randomness(state: RngState) -> Iterator[None]:
+    """Draw from `state` again, so that a second forward gets the first one's dropout masks; the RNG outside the
+    block is left as it was."""
+    device, cpu_state, cuda_state = state
+    devices = [device] if cuda_state is not None else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.set_rng_state(cpu_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state, device)
         yield
 
 

@@ -2,14 +2,13 @@
 
 Symbols: θ_T teacher, θ_S student, θ'_S the student after its update, η_S the student's LR,
 g_u = ∇_θS CE(ŷ, S(x_u; θ_S)) the student's raw pseudo-label gradient, h the teacher's feedback,
-b its moving-average baseline.
+b its moving-average baseline, c = stop_grad(h − b) the MPL term's coefficient.
 
     1. teacher forward at θ_T on [x_l; x_u_weak; x_u_strong]          (train mode)
-    2. teacher auxiliary losses: L_sup on x_l, L_UDA(weak → strong)
-    3. pseudo labels from T(x_u_strong), the view the student sees
-    4. student update θ'_S = θ_S − η_S·g_u (+ weight decay, clipping, Nesterov), then its EMA
-    5. the student's labeled loss at θ'_S → the teacher's feedback (hard: h, soft: exact gradient)
-    6. teacher update θ'_T from L_sup + λ·L_UDA + the MPL term, all taken at the old θ_T
+    2. pseudo labels from T(x_u_strong), the view the student sees
+    3. student update θ'_S = θ_S − η_S·g_u (+ weight decay, clipping, Nesterov), then its EMA
+    4. the student's labeled loss at θ'_S → the teacher's feedback (hard: h, soft: exact gradient)
+    5. teacher update θ'_T from L_sup + λ·L_UDA + the MPL term, all taken at the old θ_T
 
 Feedback modes (spec §14a):
     hard      ŷ ~ T(x_u_strong); the student learns that ŷ; MPL term = stop_grad(h − b)·CE(ŷ, T(x_u_strong))
@@ -17,9 +16,20 @@ Feedback modes (spec §14a):
     soft      the student learns T(x_u_strong); the MPL term is the exact ∇_θT L_l(θ_S − η_S∇L_u(θ_T, θ_S))
               through one SGD step, via a forward-mode JVP of the student (spec §2.5)
     official  the released code: soft smoothed targets, d = L_new − L_old, and an MPL term whose gradient is 0
+
+The teacher's graph (spec §12). Its gradient is J_Tᵀ·(∂L_aux/∂z + c·∂CE(ŷ, z_strong)/∂z), J_T the Jacobian of its
+logits z, and c exists only after step 4. BN statistics shared over the concatenation make every row of every layer
+part of J_T, so no part of that backward can run before c without a second backward. Two exact schedules:
+    keep       step 1 keeps its graph until step 5: the least work (one teacher forward + backward), but the
+               teacher's activations are alive while the student runs
+    recompute  step 1 runs without a graph (values only: ŷ, the student's targets) and step 5 runs it again with
+               one, on the same dropout masks, BN running statistics counted once: one more teacher forward, and
+               the peak memory of one network's step at a time instead of both together
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +39,16 @@ from torch.func import functional_call, jvp
 from metapl import distributed
 from metapl.errors import TrainingError
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, same_randomness
+from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, replayed_randomness, rng_state
 from metapl.methods.supervised import Supervised, finetuner
 from metapl.methods.uda import AuxLossSettings, auxiliary_losses
 from metapl.optim import OptimSettings, global_norm
 
 FEEDBACKS = ("hard", "soft", "official")
 H_ESTIMATORS = ("dot", "cosine", "taylor")
+TEACHER_GRAPHS = ("keep", "recompute")
+
+MplTerm = Callable[[torch.Tensor], torch.Tensor]  # T(x_u_strong)'s logits, with their graph → the MPL term
 
 
 class MetaPseudoLabels(TwoModelMethod):
@@ -59,6 +72,7 @@ class MetaPseudoLabels(TwoModelMethod):
         baseline_decay: float = 0.99,
         reinforce_reduction: str = "mean",
         ema_decay: float | None = None,
+        teacher_graph: str = "keep",
     ):
         if feedback not in FEEDBACKS:
             raise ValueError(f"feedback={feedback!r}; use one of {', '.join(FEEDBACKS)}")
@@ -70,6 +84,8 @@ class MetaPseudoLabels(TwoModelMethod):
             raise ValueError(
                 f"reinforce_reduction={reinforce_reduction!r}; use 'mean' (the code's) or 'sum' (unbiased)"
             )
+        if teacher_graph not in TEACHER_GRAPHS:
+            raise ValueError(f"teacher_graph={teacher_graph!r}; use 'keep' (fastest) or 'recompute' (less memory)")
         if h_sign not in (1, -1):
             raise ValueError(f"h_sign={h_sign!r}; use 1 (paper: h > 0 when the student improved) or -1")
         self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
@@ -79,6 +95,7 @@ class MetaPseudoLabels(TwoModelMethod):
         self.student_label_smoothing = student_label_smoothing
         self.use_baseline, self.baseline_decay = baseline, baseline_decay
         self.reinforce_reduction = reinforce_reduction
+        self.teacher_graph = teacher_graph
         names = {id(p): name for name, p in student.named_parameters()}
         self._student_param_names = [names[id(p)] for p in self.student_updater.params]
         self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (§14b)
@@ -93,18 +110,28 @@ class MetaPseudoLabels(TwoModelMethod):
         self.teacher.train()
         self.student.train()
 
-        # 1–2. Teacher forward at θ_T (BN statistics over the whole concatenation) and its auxiliary losses.
-        logits_l, logits_weak, logits_strong = self.teacher(torch.cat([x_l, u_weak, u_strong])).split([b, bu, bu])
-        aux_loss, metrics = auxiliary_losses(logits_l, y_l, logits_weak, logits_strong, step, self.teacher_losses)
-        metrics = {f"teacher_{k}": v for k, v in metrics.items()}
+        # 1. Teacher forward at θ_T, BN statistics over the whole concatenation.
+        teacher_input = torch.cat([x_l, u_weak, u_strong])
+        if self.teacher_graph == "keep":
+            teacher_logits = self.teacher(teacher_input)  # its graph waits for c (step 5)
+        else:
+            dropout_rng = rng_state(teacher_input.device)
+            with torch.no_grad():
+                teacher_logits = self.teacher(teacher_input)  # values only; rebuilt with a graph in step 5
 
-        # 3–5. Student update and the teacher's feedback term.
+        # 2–4. Pseudo labels, the student's update, and the teacher's feedback: the MPL term as a function of z_strong.
         feedback_step = {"hard": self._hard_feedback, "soft": self._soft_feedback, "official": self._official_feedback}
-        mpl_loss, feedback_metrics = feedback_step[self.feedback](batch, logits_strong, step, lr_student)
-        metrics.update(feedback_metrics)
+        mpl_term, metrics = feedback_step[self.feedback](batch, teacher_logits[b + bu :].detach(), step, lr_student)
 
-        # 6. Teacher update, every term's gradient taken at the old θ_T.
+        # 5. Teacher update: L_sup + λ·L_UDA + MPL term in one backward, every gradient taken at the old θ_T.
+        if self.teacher_graph == "recompute":
+            with frozen_bn_stats(self.teacher), replayed_randomness(dropout_rng):
+                teacher_logits = self.teacher(teacher_input)
+        logits_l, logits_weak, logits_strong = teacher_logits.split([b, bu, bu])
+        aux_loss, aux_metrics = auxiliary_losses(logits_l, y_l, logits_weak, logits_strong, step, self.teacher_losses)
+        mpl_loss = mpl_term(logits_strong)
         teacher_loss = aux_loss + mpl_loss
+        metrics.update({f"teacher_{k}": v for k, v in aux_metrics.items()})
         metrics["teacher_grad_norm"] = self.teacher_updater.apply(self.teacher_updater.gradients(teacher_loss))
         metrics.update(
             teacher_loss=teacher_loss.detach(),
@@ -120,10 +147,10 @@ class MetaPseudoLabels(TwoModelMethod):
     # ------------------------------------------------------------------ hard labels (paper, App. A)
     def _hard_feedback(
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
-    ) -> tuple[torch.Tensor, dict]:
+    ) -> tuple[MplTerm, dict]:
         """Student learns a sampled ŷ; teacher term stop_grad(h − b)·CE(ŷ, T(x_u_strong)) for that same ŷ."""
         with torch.no_grad():
-            teacher_probs = F.softmax(logits_strong.detach().float(), dim=-1)
+            teacher_probs = F.softmax(logits_strong.float(), dim=-1)
             if self.sampling == "sample":
                 try:
                     pseudo = torch.multinomial(teacher_probs, 1).squeeze(1)  # ŷ ~ T(x_u_strong; θ_T)
@@ -136,8 +163,8 @@ class MetaPseudoLabels(TwoModelMethod):
 
         # taylor: L_l(θ_S) and L_l(θ'_S) on one labeled batch, same BN mode and dropout mask, so h = 0 iff θ'_S = θ_S.
         if self.h_estimator == "taylor":
-            dropout_seed = int(torch.randint(0, 2**62, ()))
-            loss_before = self._labeled_loss_no_grad(batch, dropout_seed)
+            dropout_rng = rng_state(batch.x_l.device)
+            loss_before = self._labeled_loss_no_grad(batch)
 
         # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
         student_logits = self.student(batch.x_u_strong)
@@ -147,7 +174,8 @@ class MetaPseudoLabels(TwoModelMethod):
 
         # h: how much the step on ŷ helped the student on labeled data.
         if self.h_estimator == "taylor":
-            loss_after = self._labeled_loss_no_grad(batch, dropout_seed)
+            with replayed_randomness(dropout_rng):
+                loss_after = self._labeled_loss_no_grad(batch)
             h = distributed.mean(loss_before - loss_after)  # the global batch's losses, as dot and cosine use
         else:
             with frozen_bn_stats(self.student):
@@ -163,27 +191,28 @@ class MetaPseudoLabels(TwoModelMethod):
         if self.student_updater.skipped:  # the student did not move (fp16 overflow): θ'_S = θ_S, nothing to credit
             h = torch.zeros_like(h)
 
-        coefficient = self._baseline_coefficient(h)  # stop_grad(h − b)
-        # CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the unbiased
-        # REINFORCE estimate for the batch as one compound action (spec §2.2), which matches `soft` to first order.
-        mpl_loss = coefficient * F.cross_entropy(logits_strong, pseudo, reduction=self.reinforce_reduction)
+        coefficient = self._baseline_coefficient(h)  # c = stop_grad(h − b)
+
+        def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
+            # c·CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the
+            # unbiased REINFORCE estimate for the batch as one compound action (spec §2.2), matching `soft` to first order.
+            return coefficient * F.cross_entropy(z_strong, pseudo, reduction=self.reinforce_reduction)
+
         metrics = self._student_metrics(batch, student_logits, logits_strong, pseudo, student_loss, student_grad_norm)
         metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
-        return mpl_loss, metrics
+        return mpl_term, metrics
 
     # ------------------------------------------------------------------ soft labels: exact gradient (spec §2.5)
     def _soft_feedback(
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
-    ) -> tuple[torch.Tensor, dict]:
+    ) -> tuple[MplTerm, dict]:
         """Exact ∇_θT L_l(θ'_S) through one SGD step: (η_S/B_u)·∇_θT Σ_ik T_ik·J_ik, J = JVP of log S at θ_S along v."""
-        teacher_probs = F.softmax(logits_strong, dim=-1)  # T(x_u_strong; θ_T), with gradient
-        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.student_label_smoothing)
+        target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.student_label_smoothing)
         theta_old = [p.detach().clone() for p in self.student_updater.params]  # θ_S, kept until v is known
         buffers_old = {name: buf.detach().clone() for name, buf in self.student.named_buffers()}
-        dropout_seed = int(torch.randint(0, 2**62, ()))
+        dropout_rng = rng_state(batch.x_u_strong.device)
 
-        with same_randomness(dropout_seed, batch.x_u_strong.device):
-            student_logits = self.student(batch.x_u_strong)
+        student_logits = self.student(batch.x_u_strong)
         student_loss = soft_cross_entropy(student_logits, target)
         g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
@@ -196,28 +225,32 @@ class MetaPseudoLabels(TwoModelMethod):
             # The same function the student's loss used: batch, BN batch statistics, dropout mask, old θ_S.
             state = dict(zip(self._student_param_names, params))
             state.update({name: buf.clone() for name, buf in buffers_old.items()})
-            with same_randomness(dropout_seed, batch.x_u_strong.device):
+            with replayed_randomness(dropout_rng):
                 return F.log_softmax(functional_call(self.student, state, (batch.x_u_strong,)), dim=-1)
 
         _, jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))  # J_ik = ⟨∇_θS log S_ik, v⟩
+        jacobian_v = jacobian_v.detach()
         bu = batch.x_u_strong.shape[0]
         scale = lr_student * (1.0 - self.student_label_smoothing) / bu
         if self.student_updater.skipped:  # fp16 overflow: the student did not take the step being differentiated
             scale = 0.0
-        mpl_loss = scale * (teacher_probs * jacobian_v.detach().to(teacher_probs.dtype)).sum()
+
+        def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
+            teacher_probs = F.softmax(z_strong, dim=-1)  # T(x_u_strong; θ_T), with gradient
+            return scale * (teacher_probs * jacobian_v.to(teacher_probs.dtype)).sum()
+
         metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)
         metrics.update(student_labeled_loss=loss_after.detach())
-        return mpl_loss, metrics
+        return mpl_term, metrics
 
     # ------------------------------------------------------------------ the released code, for comparison (spec §3.2)
     def _official_feedback(
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
-    ) -> tuple[torch.Tensor, dict]:
+    ) -> tuple[MplTerm, dict]:
         """The released code: soft smoothed targets, d = L_new − L_old, MPL term CE(stop_grad(p), p) (zero gradient)."""
         x_l, y_l, u_strong = batch.x_l, batch.y_l, batch.x_u_strong
-        teacher_probs = F.softmax(logits_strong, dim=-1)
         # The released code smooths the student's soft target with the teacher's label_smoothing.
-        target = smooth_targets(teacher_probs.detach(), self.num_classes, self.teacher_losses.label_smoothing)
+        target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.teacher_losses.label_smoothing)
         student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
         student_loss = soft_cross_entropy(student_logits, target)
         loss_before = F.cross_entropy(logits_l_old.detach(), y_l)
@@ -226,15 +259,18 @@ class MetaPseudoLabels(TwoModelMethod):
             loss_after = F.cross_entropy(self.student(x_l), y_l)
         d = self.h_sign * distributed.mean(loss_after - loss_before)  # the code's sign: new − old
         coefficient = self._baseline_coefficient(d)
-        mpl_loss = coefficient * soft_cross_entropy(logits_strong, teacher_probs.detach())
+
+        def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
+            return coefficient * soft_cross_entropy(z_strong, F.softmax(z_strong, dim=-1).detach())
+
         metrics = self._student_metrics(batch, student_logits, logits_strong, None, student_loss, student_grad_norm)
         metrics.update(h=d, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
-        return mpl_loss, metrics
+        return mpl_term, metrics
 
     # ------------------------------------------------------------------ helpers
     @torch.no_grad()
-    def _labeled_loss_no_grad(self, batch: Batch, dropout_seed: int) -> torch.Tensor:
-        with frozen_bn_stats(self.student), same_randomness(dropout_seed, batch.x_l.device):
+    def _labeled_loss_no_grad(self, batch: Batch) -> torch.Tensor:
+        with frozen_bn_stats(self.student):
             return F.cross_entropy(self.student(batch.x_l), batch.y_l)
 
     def _baseline_coefficient(self, h: torch.Tensor) -> torch.Tensor:

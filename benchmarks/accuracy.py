@@ -1,0 +1,444 @@
+"""Honest accuracy over seeds: supervised, Pseudo Labels, UDA and every MPL feedback, same budget, validation-selected.
+
+    python benchmarks/accuracy.py --preset digits --seeds 3 --jobs 2 --out runs/accuracy/digits
+    python benchmarks/accuracy.py --quick                      # digits, 2 seeds, 1,000 steps (make bench-accuracy)
+
+Every variant runs on the preset's data, model, batch sizes (B, μB), augmentation and step budget; only the
+method (and, for MPL, its feedback) changes. Each run's checkpoint is selected on the validation split and its
+test accuracy reported (`test_top1_selected`), next to the final step's (`test_top1`). Prints a Markdown table
+(mean ± std over seeds), writes results.json, table.md, a bar plot with error bars (bars.png) and diagnostic
+curves of the first seed (curves.png: student and teacher test accuracy, h and b, pseudo-label accuracy on
+unlabeled data, teacher–student agreement). results.json is rewritten after every run ("complete": false
+until the end), so `--plot-only` draws what a long benchmark has finished; `--merge` adds variants to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import torch
+
+from metapl.config import build_config
+from metapl.data.datasets import FASHION_MNIST_ROOT
+from metapl.experiment import run_experiment
+
+# name -> (method, overrides on top of the preset). Only the "+ finetune" row finetunes: the MPL (hard, dot)
+# student, then trained on the labeled images alone (spec §5), with the preset's finetune settings where it has
+# them (cifar10_4k, svhn_1k, imagenet_10pct), else FINETUNE_FRACTION of the training steps at FINETUNE_LR, on top
+# of the training budget. Its training phase is, step for step, the "mpl hard dot" run: one run gives both rows.
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "supervised": ("supervised", []),
+    "pseudo_label": ("pseudo_label", []),
+    "uda": ("uda", []),
+    "mpl hard dot": ("mpl", ["method.feedback=hard", "method.h=dot"]),
+    "mpl hard cosine": ("mpl", ["method.feedback=hard", "method.h=cosine"]),
+    "mpl hard taylor": ("mpl", ["method.feedback=hard", "method.h=taylor"]),
+    "mpl soft": ("mpl", ["method.feedback=soft"]),
+    "mpl official": ("mpl", ["method.feedback=official"]),
+    "mpl hard dot + finetune": ("mpl", ["method.feedback=hard", "method.h=dot"]),
+}
+FINETUNE_FRACTION = 0.1
+FINETUNE_LR = 0.005  # the paper's 1e-5 is for batch 512 on CIFAR after 300k steps; a tenth of the training LR here
+QUICK = {"preset": "digits", "seeds": 2, "steps": 1000}
+# Diagnostics read from metrics.jsonl: (panel title, phase, key) — the names metapl.methods log.
+CURVES = (
+    ("student test accuracy (EMA)", "train_eval", "test_top1"),
+    ("teacher test accuracy", "train_eval", "teacher_test_top1"),
+    ("h (teacher feedback)", "train", "h"),
+    ("b (moving-average baseline)", "train", "baseline"),
+    ("pseudo-label accuracy on unlabeled data", "train", "pseudo_label_acc"),
+    ("teacher–student agreement", "train", "agreement"),
+)
+
+
+def _slug(name: str) -> str:
+    return name.replace(" + ", "_").replace(" ", "_")
+
+
+def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str], Path, int, bool]) -> list[dict]:
+    """One run; the finetune variant's training phase is also reported as plain MPL (hard, dot) when `also_plain`."""
+    name, (method, variant), preset, seed, steps, extra, out, threads, also_plain = task
+    torch.set_num_threads(threads)  # small models: OpenMP hand-offs across busy cores cost more than they save
+    overrides = [*variant, *([f"train.steps={steps}"] if steps else []), *extra]
+    base = build_config(preset, overrides, method)
+    if not name.endswith("finetune"):
+        overrides.append("finetune.steps=0")  # presets that finetune (cifar10_4k, ...) do it in the + finetune row only
+    elif base.finetune.steps == 0:  # the CPU presets: FINETUNE_FRACTION of the budget at FINETUNE_LR
+        overrides += [
+            f"finetune.steps={max(1, int(base.train.steps * FINETUNE_FRACTION))}",
+            f"finetune.lr={FINETUNE_LR}",
+        ]
+    cfg = build_config(preset, [*overrides, f"train.seed={seed}"], method)
+    run_dir = out / f"{_slug(name)}-seed{seed}"
+    started = time.perf_counter()
+    summary = run_experiment(cfg, run_dir, progress=False, tensorboard=False)
+    record = {
+        "name": name,
+        "seed": seed,
+        "selected": summary["test_top1_selected"],
+        "final": summary["test_top1"],
+        "teacher_selected": summary.get("train_best_teacher_test_top1"),
+        "teacher_final": summary.get("train_final_teacher_test_top1"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "overrides": overrides,
+    }
+    records = [record]
+    if also_plain:  # the same seed, the same training phase: MPL (hard, dot) before finetuning, with no second run
+        train_seconds = summary["train_seconds"]
+        records.append(
+            {
+                **record,
+                "name": "mpl hard dot",
+                "selected": summary["train_best_test_top1"],
+                "final": summary["train_final_test_top1"],
+                "seconds": train_seconds,
+                "overrides": [o for o in overrides if not o.startswith("finetune.")],
+                "from_run": str(run_dir),
+            }
+        )
+    for r in records:
+        print(f"{r['name']} seed {seed}: selected {r['selected']:.4f} final {r['final']:.4f} ({r['seconds']:.0f} s)")
+    return records
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1%} ± {std:.1%}"
+
+
+def make_table(results: dict[str, list[dict]]) -> str:
+    """Markdown: test accuracy of the validation-selected checkpoint and of the final step, mean ± std over seeds."""
+    rows = [
+        "| method | test acc., selected on val (mean ± std) | test acc., final step | teacher, final | "
+        "per seed (selected) | s / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, records in results.items():
+        per_seed = " ".join(f"{r['selected']:.3f}" for r in records)
+        seconds = statistics.mean(r["seconds"] for r in records)
+        rows.append(
+            f"| {name} | {_mean_std([r['selected'] for r in records])} | {_mean_std([r['final'] for r in records])} | "
+            f"{_mean_std([r['teacher_final'] for r in records])} | {per_seed} | {seconds:.0f} |"
+        )
+    return "\n".join(rows)
+
+
+def _run_dir(out: Path, record: dict) -> Path:
+    return Path(record["from_run"]) if record.get("from_run") else out / f"{_slug(record['name'])}-seed{record['seed']}"
+
+
+def diagnostics(out: Path, results: dict[str, list[dict]]) -> str:
+    """Markdown: what the teacher's feedback looked like over the last quarter of training, mean over seeds.
+
+    |h| median, the share of steps with h > 0 (the step on ŷ lowered the student's labeled loss), the MPL term
+    relative to the teacher's whole loss (how much the feedback weighs against L_sup + λ·L_UDA), the accuracy of
+    the pseudo labels the student learned from, and the teacher–student agreement, on unlabeled batches."""
+    rows = [
+        "| method | median abs(h) | share h > 0 | abs(MPL term) / teacher loss | pseudo-label acc. | agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, records in results.items():
+        cells: dict[str, list[float]] = {}
+        for record in records:
+            train = [r for r in _read(_run_dir(out, record)) if r.get("phase") == "train"]
+            if not train:
+                continue
+            last = train[-max(1, len(train) // 4) :]
+            for key, fn in (
+                ("h", lambda rs: statistics.median(abs(r["h"]) for r in rs)),
+                ("h>0", lambda rs: sum(r["h"] > 0 for r in rs) / len(rs)),
+                (
+                    "ratio",
+                    lambda rs: statistics.median(
+                        abs(r["teacher_mpl_loss"]) / max(abs(r["teacher_loss"]), 1e-12) for r in rs
+                    ),
+                ),
+                ("pl", lambda rs: statistics.mean(r["pseudo_label_acc"] for r in rs)),
+                ("agree", lambda rs: statistics.mean(r["agreement"] for r in rs)),
+            ):
+                try:
+                    value = fn(last)
+                except (KeyError, statistics.StatisticsError):  # a method that does not log this
+                    continue
+                cells.setdefault(key, []).append(value)
+        if not cells:
+            continue
+        cell = partial(_cell, cells)
+        rows.append(
+            f"| {name} | {cell('h', '.1e')} | {cell('h>0', '.0%')} | {cell('ratio', '.1e')} | {cell('pl', '.1%')} | "
+            f"{cell('agree', '.1%')} |"
+        )
+    return "\n".join(rows)
+
+
+def _cell(cells: dict[str, list[float]], key: str, fmt: str) -> str:
+    return format(statistics.mean(cells[key]), fmt) if key in cells else "—"
+
+
+def _read(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_bars(results: dict[str, list[dict]], path: Path, title: str) -> None:
+    """Mean ± std (error bars) of the selected checkpoints' test accuracy, final-step mean as a marker."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(results)
+    selected = [[r["selected"] for r in results[n]] for n in names]
+    final = [float(np.mean([r["final"] for r in results[n]])) for n in names]
+    means = [float(np.mean(s)) for s in selected]
+    stds = [float(np.std(s, ddof=1)) if len(s) > 1 else 0.0 for s in selected]
+    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4.2))
+    x = np.arange(len(names))
+    ax.bar(x, means, yerr=stds, capsize=4, color="#5b8bd0", label="selected on validation (mean ± std)")
+    ax.scatter(x, final, color="#d0452b", marker="D", s=22, zorder=3, label="final step (mean)")
+    for i, mean in enumerate(means):
+        ax.text(i, mean + stds[i] + 0.003, f"{mean:.1%}", ha="center", va="bottom", fontsize=8)
+    low = min(min(means) - max(stds) - 0.05, min(final) - 0.02)
+    ax.set_ylim(max(0.0, low), min(1.0, max(means) + max(stds) + 0.03))
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _series(run: Path, phase: str, key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return steps, values
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("phase") == phase and isinstance(record.get(key), (int, float)):
+            steps.append(record["step"])
+            values.append(record[key])
+    return steps, values
+
+
+def _smooth(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_curves(out: Path, names: list[str], seed: int, path: Path, title: str) -> None:
+    """Diagnostics of one seed, one line per method: accuracies, h and b (smoothed), pseudo labels, agreement."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    colours = plt.get_cmap("tab10")
+    for ax, (panel, phase, key) in zip(axes.flat, CURVES):
+        for i, name in enumerate(names):
+            steps, values = _series(out / f"{_slug(name)}-seed{seed}", phase, key)
+            if not steps:
+                continue
+            if phase == "train":
+                values = _smooth(values, 10)
+            ax.plot(steps, values, lw=1.1, color=colours(i % 10), label=name)
+        ax.set_title(panel + (" (moving average of 10 logs)" if phase == "train" else ""), fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if key in ("h", "baseline"):
+            ax.set_yscale("symlog", linthresh=1e-5)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def ensure_fashion_mnist() -> None:
+    """Install Debian's dataset-fashion-mnist when its files are missing (needs root and apt-get)."""
+    if Path(FASHION_MNIST_ROOT).is_dir() and any(Path(FASHION_MNIST_ROOT).iterdir()):
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise SystemExit(f"{FASHION_MNIST_ROOT} is missing: run `sudo apt-get install -y dataset-fashion-mnist`")
+    print("installing dataset-fashion-mnist with apt-get", flush=True)
+    subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"], check=True)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def _record(args, results: dict[str, list[dict]], elapsed: float, complete: bool) -> dict:
+    return {
+        "preset": args.preset,
+        "steps": args.steps,
+        "overrides": args.overrides,
+        "seeds": sorted({r["seed"] for records in results.values() for r in records}),
+        "jobs": args.jobs,
+        "threads_per_job": args.threads,
+        "seconds": round(elapsed, 1),
+        "complete": complete,
+        "machine": machine(),
+        "command": args.command,
+        "results": results,
+    }
+
+
+def write_outputs(args, results: dict[str, list[dict]], record: dict | None) -> None:
+    """Table, plots and (unless redrawing) results.json; the plots also into --docs."""
+    results = {name: records for name, records in results.items() if records}
+    table = make_table(results) + "\n\nDiagnostics, last quarter of training (mean over seeds):\n\n"
+    table += diagnostics(args.out, results)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    title = f"{args.preset}: test accuracy over {max(len(r) for r in results.values())} seeds"
+    bars = args.out / "bars.png"
+    plot_bars(results, bars, title)
+    curves = args.out / "curves.png"
+    seed = min(r["seed"] for records in results.values() for r in records)
+    plot_curves(args.out, list(results), seed, curves, f"{args.preset}, seed {seed}: diagnostics")
+    if record is not None:
+        _write_json(args.out / "results.json", record)
+        print(f"total time: {record['seconds']:.0f} s with {args.jobs} job(s) of {args.threads} thread(s)")
+    (args.out / "table.md").write_text(table + "\n")
+    if args.docs:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        stem = args.docs_name or args.preset
+        shutil.copyfile(bars, args.docs / f"accuracy_{stem}.png")
+        shutil.copyfile(curves, args.docs / f"curves_{stem}.png")
+        print(f"copied the plots to {args.docs}/accuracy_{stem}.png and curves_{stem}.png")
+    print(f"wrote {args.out}/results.json, table.md, bars.png, curves.png")
+
+
+def _write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+
+
+def _collect(names: list[str], finished: list[dict], earlier: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Records by variant in the order asked, seeds ascending; variants not rerun are kept from `earlier`."""
+    order = [*[n for n in earlier if n not in names], *names]
+    results: dict[str, list[dict]] = {n: list(earlier.get(n, [])) if n not in names else [] for n in order}
+    for record in sorted(finished, key=lambda r: r["seed"]):
+        results[record["name"]].append(record)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="digits")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (each draws its own labeled split)")
+    parser.add_argument("--steps", type=int, default=None, help="train.steps for every variant (default: the preset's)")
+    parser.add_argument("--variants", nargs="+", default=None, help=f"a subset of: {', '.join(VARIANTS)}")
+    parser.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="NAME=METHOD[:KEY=VALUE,...]",
+        help="an extra variant for ablations, e.g. 'mpl sign -1=mpl:method.h_sign=-1'",
+    )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/accuracy/PRESET")
+    parser.add_argument("--quick", action="store_true", help="digits, 2 seeds, 1,000 steps: a few minutes on 2 cores")
+    parser.add_argument("--docs", type=Path, default=None, help="also copy the plots into this folder (docs)")
+    parser.add_argument("--docs-name", default=None, help="file stem of the copied plots (default: the preset)")
+    parser.add_argument("--merge", action="store_true", help="keep OUT/results.json's other variants")
+    parser.add_argument("--plot-only", action="store_true", help="redraw table and plots from OUT/results.json")
+    args = parser.parse_args()
+    args.command = "python benchmarks/" + " ".join([Path(__file__).name, *os.sys.argv[1:]])
+    if args.quick:
+        args.preset, args.seeds = QUICK["preset"], min(args.seeds, QUICK["seeds"])
+        args.steps = args.steps or QUICK["steps"]
+    for spec in args.add:
+        head, _, keys = spec.partition(":")
+        name, _, method = head.rpartition("=")  # the name may hold '=': the method follows the last one
+        VARIANTS[name.strip()] = (method.strip(), [k.strip() for k in keys.split(",") if k.strip()])
+    if args.variants is None:
+        args.variants = (
+            [*VARIANTS] if not args.add else [s.partition(":")[0].rpartition("=")[0].strip() for s in args.add]
+        )
+    unknown = [n for n in args.variants if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    args.out = args.out or Path("runs/accuracy") / (args.preset + ("-quick" if args.quick else ""))
+
+    if args.plot_only:
+        saved = json.loads((args.out / "results.json").read_text())
+        args.preset = saved["preset"]
+        write_outputs(args, saved["results"], None)
+        return
+
+    earlier: dict[str, list[dict]] = {}
+    if args.merge and (args.out / "results.json").is_file():
+        earlier = json.loads((args.out / "results.json").read_text())["results"]
+    cfg = build_config(args.preset, list(args.overrides))
+    if cfg.data.name == "fashion_mnist" and not cfg.data.root:
+        ensure_fashion_mnist()
+    shared = "mpl hard dot" in args.variants and "mpl hard dot + finetune" in args.variants
+    names = [n for n in args.variants if not (shared and n == "mpl hard dot")]
+    # Longest runs first within a seed, so that parallel jobs finish together; seed by seed, so that a partial
+    # results.json (written after every run) already holds whole seeds.
+    names.sort(key=lambda n: ("soft" not in n, "finetune" not in n, VARIANTS[n][0] != "mpl"))
+    tasks = [
+        (
+            name,
+            VARIANTS[name],
+            args.preset,
+            seed,
+            args.steps,
+            args.overrides,
+            args.out,
+            args.threads,
+            shared and "finetune" in name,
+        )
+        for seed in range(args.seeds)
+        for name in names
+    ]
+    started = time.perf_counter()
+    finished: list[dict] = []
+    with Pool(args.jobs) as pool:
+        for records in pool.imap_unordered(_run, tasks, chunksize=1):
+            finished += records
+            partial = _collect(args.variants, finished, earlier)
+            _write_json(args.out / "results.json", _record(args, partial, time.perf_counter() - started, False))
+    results = _collect(args.variants, finished, earlier)
+    write_outputs(args, results, _record(args, results, time.perf_counter() - started, True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""benchmarks/accuracy.py: the quick path, with tiny step counts, writes its table, JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_quick_path_writes_table_json_and_plots(tmp_path):
+    out, docs = tmp_path / "bench", tmp_path / "docs"
+    args = ["--quick", "--seeds", "2", "--steps", "12", "--set", "train.eval_every=6", "--set", "train.log_every=2"]
+    args += ["--out", str(out), "--docs", str(docs), "--docs-name", "tiny"]
+    args += ["--add", "mpl sign -1=mpl:method.h_sign=-1"]
+    args += ["--variants", "supervised", "mpl hard dot", "mpl hard dot + finetune", "mpl sign -1"]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| mpl hard dot + finetune |" in result.stdout
+
+    record = json.loads((out / "results.json").read_text())
+    assert record["preset"] == "digits" and record["steps"] == 12 and record["seeds"] == [0, 1]
+    names = ["supervised", "mpl hard dot", "mpl hard dot + finetune", "mpl sign -1"]
+    assert list(record["results"]) == names
+    for name in names:
+        runs = record["results"][name]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(0.0 <= r["selected"] <= 1.0 and 0.0 <= r["final"] <= 1.0 for r in runs)
+    # The plain MPL rows come from the finetune runs' training phase: one run, two rows.
+    plain, tuned = record["results"]["mpl hard dot"][0], record["results"]["mpl hard dot + finetune"][0]
+    assert plain["from_run"].endswith("mpl_hard_dot_finetune-seed0")
+    summary = json.loads((Path(plain["from_run"]) / "summary.json").read_text())
+    assert plain["selected"] == summary["train_best_test_top1"] and tuned["selected"] == summary["test_top1_selected"]
+    assert summary["finetune_steps"] == 1
+    assert not (out / "mpl_hard_dot-seed0").exists()
+    assert "method.h_sign=-1" in record["results"]["mpl sign -1"][0]["overrides"]
+    assert record["results"]["supervised"][0]["teacher_final"] is None
+
+    for path in (out / "bars.png", out / "curves.png", docs / "accuracy_tiny.png", docs / "curves_tiny.png"):
+        assert path.stat().st_size > 1000
+    assert (out / "table.md").read_text().startswith("| method |")

@@ -104,14 +104,7 @@ def rand_augment(
 ) -> torch.Tensor:
     """The paper's RandAugment on one (C,H,W) uint8 image: p ~ U(0.2, 0.8), then `num_layers` ops each kept with p."""
     _check_images(img, 3)
-    _check_settings(magnitude, num_layers, cutout_const, translate_const)
-    levels = op_levels(magnitude, cutout_const, translate_const)
-    draws = torch.rand(1, 1 + _DRAWS_PER_LAYER * num_layers, generator=generator)
-    x = img[None]
-    for op_index, apply, negate, centres in _layers(draws, num_layers, *img.shape[-2:]):
-        if apply[0]:
-            x = _apply(x, OPS[int(op_index[0])], levels, bool(negate[0]), centres)
-    return x[0]
+    return rand_augment_batch(img[None], generator, magnitude, num_layers, cutout_const, translate_const)[0]
 
 
 def rand_augment_batch(

@@ -28,15 +28,7 @@ IN, K, B, BU = 4, 3, 6, 5  # input width, classes, labeled batch, unlabeled batc
 NO_AUX = AuxLossSettings(supervised=False, uda=False)  # isolate the MPL term
 
 
-@pytest.fixture(autouse=True)
-def float64_single_thread():
-    """float64 for exact comparisons; one intra-op thread (the tensors are tiny, thread start-up dominates)."""
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons; conftest also sets one thread
 
 
 # ---------------------------------------------------------------------------------------------- helpers

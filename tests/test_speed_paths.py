@@ -17,33 +17,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_mpl_math import IN, K, make_batch
 from torch import nn
 
-from metapl.methods import AuxLossSettings, Batch, MetaPseudoLabels
+from metapl.methods import AuxLossSettings, MetaPseudoLabels
 from metapl.models.mlp import MLP
 from metapl.optim import OptimSettings, Updater
 
-IN, K, B, BU = 4, 3, 6, 5
-
-
-@pytest.fixture(autouse=True)
-def float64_single_thread():
-    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(old_dtype)
-    torch.set_num_threads(old_threads)
-
-
-def make_batch(seed: int) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    return Batch(
-        x_l=torch.randn(B, IN, generator=g),
-        y_l=torch.randint(0, K, (B,), generator=g),
-        x_u_weak=torch.randn(BU, IN, generator=g),
-        x_u_strong=torch.randn(BU, IN, generator=g),
-    )
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def make_mpl(feedback: str, h: str, teacher_graph: str, seed: int = 0) -> MetaPseudoLabels:

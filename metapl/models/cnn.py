@@ -9,7 +9,7 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [
         nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
         nn.BatchNorm2d(c_out, eps=1e-3, momentum=0.01),
-        nn.LeakyReLU(0.2),
+        nn.LeakyReLU(0.2, inplace=True),  # on a fresh BN output: autograd keeps the result alone
     ]
 
 

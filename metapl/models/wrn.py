@@ -13,7 +13,9 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 def _act() -> nn.LeakyReLU:
-    return nn.LeakyReLU(0.2)
+    # In place: every input is a fresh BN output that nothing else reads, and autograd then keeps one tensor
+    # (the result) per activation instead of two, about a quarter of the activation memory.
+    return nn.LeakyReLU(0.2, inplace=True)
 
 
 class PreActBlock(nn.Module):

@@ -46,7 +46,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl.methods import UDA, AuxLossSettings, Batch, MetaPseudoLabels, Supervised
-from metapl.models import create_model
+from metapl.models import compile_network, create_model
 from metapl.optim import OptimSettings
 
 B, MU, NUM_CLASSES = 16, 7, 10
@@ -138,8 +138,8 @@ def floor_passes(model: str, channels_last: bool, compiled: bool) -> dict[str, C
     """Each pass an MPL step needs, alone, on a teacher-like and a student-like network of its own."""
     teacher, student = make_net(model, channels_last), make_net(model, channels_last)
     if compiled:
-        teacher.compile()
-        student.compile()
+        compile_network(teacher)
+        compile_network(student)
     batch = make_batch(model, channels_last)
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     names = [n for n, _ in student.named_parameters()]
@@ -191,7 +191,7 @@ def time_model(
             method = make_method(name, model, channels_last)
             if compiled:
                 for net in networks(method):
-                    net.compile()
+                    compile_network(net)
             counter = iter(range(10**9))
             calls[Row(model, name, compiled)] = lambda m=method, c=counter: m.step(batch, next(c))
         needed = {p for name in wanted for p in FLOORS[name]}

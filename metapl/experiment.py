@@ -31,7 +31,7 @@ from metapl.engine.loop import FitResult, fit
 from metapl.errors import CheckpointError, ConfigError, DataError
 from metapl.methods import UDA, AuxLossSettings, MetaPseudoLabels, PseudoLabel, Supervised
 from metapl.methods.supervised import finetuner
-from metapl.models import create_model
+from metapl.models import compile_network, create_model
 from metapl.models.normalize import Standardized
 from metapl.optim import OptimSettings
 
@@ -159,7 +159,7 @@ def _apply_speed_switches(cfg: Config, method, data: DataBundle, device: torch.d
         if t.sync_bn:
             _convert_sync_bn(net)
         if t.compile:
-            net.compile()
+            compile_network(net)
 
 
 def _convert_sync_bn(net: nn.Module) -> None:

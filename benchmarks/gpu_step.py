@@ -10,8 +10,9 @@ Two measurements, on synthetic data of the preset's real shapes (no data set is 
                data.augment_on_device=true) and logging included. Seconds per step = the median over the logged
                intervals (every 10 steps) after the first --warmup steps.
   model only   (every preset) the method's step alone on one synthetic batch already on the device: the floor the
-               data path must keep up with. --batch/--mu scale an ImageNet-size batch down to what one GPU holds;
-               the full step is extrapolated linearly in images (a large batch keeps a GPU busy, so this is close).
+               data path must keep up with. --imagenet-batch (or --set data.batch_size=...) scales a batch down to
+               what a quick check can afford; the preset's full step is extrapolated linearly in images, which
+               overstates it (larger batches use a GPU better). Peak memory: what the step allocated on the GPU.
 Each runs with the speed switches a GPU user sets: train.precision=bf16, train.channels_last=true (and, with
 --compile, train.compile=true). Prints a table with the implied time of the preset's whole run
 (train.steps × s/step) and writes JSON.
@@ -20,6 +21,7 @@ Each runs with the speed switches a GPU user sets: train.precision=bf16, train.c
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import pickle
 import statistics
@@ -31,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from metapl.config import build_config
+from metapl.config import Config, build_config
 from metapl.experiment import _apply_speed_switches, build_method, resolve_device, run_experiment
 from metapl.methods import Batch
 
@@ -72,8 +74,7 @@ def end_to_end(preset: str, method: str, steps: int, warmup: int, extra: list[st
     started = time.perf_counter()
     run_experiment(cfg, out, progress=False, tensorboard=False)
     wall = time.perf_counter() - started
-    b, mu = cfg.data.batch_size, cfg.data.mu
-    images = b + (2 * mu * b if method != "supervised" else 0)
+    images = images_per_step(cfg, method)
     rates = [
         r["images_per_s"]
         for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -83,8 +84,12 @@ def end_to_end(preset: str, method: str, steps: int, warmup: int, extra: list[st
 
 
 def model_only(preset: str, method: str, steps: int, warmup: int, extra: list[str], device: torch.device) -> dict:
-    if device.type == "cuda":
+    baseline = 0
+    if device.type == "cuda":  # what earlier rows left allocated is not this step's
+        gc.collect()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
     cfg = build_config(preset, [*SPEED, *extra], method)
     shape, classes = SHAPES[cfg.data.name]
     data = SimpleNamespace(num_classes=classes, input_shape=shape, normalization=None)
@@ -110,9 +115,19 @@ def model_only(preset: str, method: str, steps: int, warmup: int, extra: list[st
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - started)
-    images_per_step = b + (2 * mu * b if method != "supervised" else 0)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"s_per_step": statistics.median(times), "images_per_step": images_per_step, "peak_gib": peak}
+    peak = (torch.cuda.max_memory_allocated(device) - baseline) / 2**30 if device.type == "cuda" else None
+    return {"s_per_step": statistics.median(times), "images_per_step": images_per_step(cfg, method), "peak_gib": peak}
+
+
+def images_per_step(cfg: Config, method: str) -> int:
+    """Images one step passes in: B labeled, plus μB unlabeled in two views for every method but supervised."""
+    b, mu = cfg.data.batch_size, cfg.data.mu
+    return b + (2 * mu * b if method != "supervised" else 0)
+
+
+def full_batch_seconds(seconds: float, images: int, preset_cfg: Config, method: str) -> float:
+    """A step measured on `images` images, scaled linearly to the preset's own batch (B and μ)."""
+    return seconds * images_per_step(preset_cfg, method) / images
 
 
 def sync(device: torch.device) -> None:
@@ -137,8 +152,8 @@ def main() -> None:
     device = resolve_device("auto")
     gpu = device.type == "cuda"
     # Most telling rows first (the JSON is rewritten after each row, so a time limit keeps what finished):
-    # model-only steps, then the in-memory presets end to end with GPU augmentation, then the MPL step compiled
-    # and end to end with CPU augmentation (the slow one: its batches are made on the host).
+    # model-only steps, then the in-memory presets end to end with GPU augmentation, then MPL end to end with
+    # CPU augmentation, then the MPL step compiled (its compilation takes the longest).
     tasks: list[tuple[str, str, str, list[str]]] = []
     for preset in args.presets:
         in_memory = build_config(preset, []).data.name in ("cifar10", "cifar100", "svhn")
@@ -168,7 +183,7 @@ def main() -> None:
             else:
                 r = model_only(preset, method, args.model_steps, 3, overrides, device)
             preset_cfg, cfg = build_config(preset, []), build_config(preset, overrides)
-            full_step = r["s_per_step"] * preset_cfg.data.batch_size / cfg.data.batch_size
+            full_step = full_batch_seconds(r["s_per_step"], r["images_per_step"], preset_cfg, method)
             rows.append(
                 {
                     "preset": preset,

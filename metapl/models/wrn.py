@@ -14,7 +14,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 def _act() -> nn.LeakyReLU:
     # In place: every input is a fresh BN output that nothing else reads, and autograd then keeps one tensor
-    # (the result) per activation instead of two, about a quarter of the activation memory.
+    # (the result) per activation instead of two: about a third less activation memory in MPL's step.
     return nn.LeakyReLU(0.2, inplace=True)
 
 

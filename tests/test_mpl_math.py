@@ -60,16 +60,16 @@ def make_batch(seed: int) -> Batch:
     )
 
 
-def make_mpl(teacher, student, feedback, h="dot", lr_t=1.0, lr_s=0.5, student_optim=None, **kwargs):
+def make_mpl(teacher, student, feedback, h="dot", lr_t=1.0, lr_s=0.5, student_optim=None, teacher_optim=None, **kwargs):
+    kwargs.setdefault("teacher_losses", NO_AUX)
     return MetaPseudoLabels(
         teacher,
         student,
         num_classes=K,
         feedback=feedback,
         h=h,
-        teacher_optim=plain(lr_t),
+        teacher_optim=teacher_optim or plain(lr_t),
         student_optim=student_optim or plain(lr_s),
-        teacher_losses=NO_AUX,
         **kwargs,
     )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_mpl_math import IN, K, make_batch
+from test_mpl_math import make_mpl as basic_mpl
 from torch import nn
 
 from metapl.methods import AuxLossSettings, MetaPseudoLabels
@@ -32,12 +33,11 @@ def make_mpl(feedback: str, h: str, teacher_graph: str, seed: int = 0) -> MetaPs
     teacher = MLP(IN, K, hidden=(5,), activation="tanh", batch_norm=True, dropout=0.3)
     student = MLP(IN, K, hidden=(5,), activation="tanh", batch_norm=True, dropout=0.3)
     real = OptimSettings(lr=0.3, momentum=0.9, nesterov=True, weight_decay=0.01, grad_clip=5.0, schedule="constant")
-    return MetaPseudoLabels(
+    return basic_mpl(
         teacher,
         student,
-        num_classes=K,
-        feedback=feedback,
-        h=h,
+        feedback,
+        h,
         teacher_optim=real,
         student_optim=real,
         teacher_losses=AuxLossSettings(uda_ramp_steps=0, uda_threshold=0.0, label_smoothing=0.1),

@@ -57,11 +57,11 @@ def create_model(
     return MODELS[name](num_classes, tuple(input_shape), dropout, **options)
 
 
-__all__ = ["MLP", "MODELS", "SmallCNN", "WideResNet", "create_model"]
-
-
 def compile_network(net: nn.Module) -> None:
     """torch.compile in place, one static graph per input shape. A student sees μB-image and B-image batches
     every step; by default the second shape would recompile the network into one dynamic-shape graph, whose
     kernels cannot specialise on the batch size. A run has only a few shapes, so each gets its own graph."""
     net.compile(dynamic=False)
+
+
+__all__ = ["MLP", "MODELS", "SmallCNN", "WideResNet", "compile_network", "create_model"]

@@ -33,8 +33,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from metapl.build import build_method, resolve_device
 from metapl.config import Config, build_config
-from metapl.experiment import _apply_speed_switches, build_method, resolve_device, run_experiment
+from metapl.engine.speed import apply_switches
+from metapl.experiment import run_experiment
 from metapl.methods import Batch
 
 SPEED = ["train.precision=bf16", "train.channels_last=true"]
@@ -94,7 +96,7 @@ def model_only(preset: str, method: str, steps: int, warmup: int, extra: list[st
     shape, classes = SHAPES[cfg.data.name]
     data = SimpleNamespace(num_classes=classes, input_shape=shape, normalization=None)
     step_method = build_method(cfg, data, device)
-    _apply_speed_switches(cfg, step_method, data, device)
+    apply_switches(cfg.train, step_method, image_inputs=len(shape) == 3)
     b, mu = cfg.data.batch_size, cfg.data.mu
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
 

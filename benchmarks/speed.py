@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from metapl.methods import UDA, AuxLossSettings, Batch, MetaPseudoLabels, Supervised
+from metapl.methods import UDA, Batch, MetaPseudoLabels, MPLSettings, Supervised, SupervisedSettings, UDASettings
 from metapl.models import compile_network, create_model
 from metapl.optim import OptimSettings
 
@@ -108,30 +108,35 @@ def optim() -> OptimSettings:
 
 def make_method(name: str, model: str, channels_last: bool):
     """The configuration's method, with the CIFAR-10-4K recipe's settings (spec §9.1)."""
-    losses = AuxLossSettings(label_smoothing=0.15, uda_ramp_steps=0)  # full UDA weight from the first step
+    losses = dict(label_smoothing=0.15, uda_ramp_steps=0)  # full UDA weight from the first step
     if name == "supervised":
-        return Supervised(make_net(model, channels_last), NUM_CLASSES, optim(), 0.15, ema_decay=0.995)
+        return Supervised(
+            make_net(model, channels_last), NUM_CLASSES, SupervisedSettings(0.15), optim=optim(), ema_decay=0.995
+        )
     if name == "uda":
-        return UDA(make_net(model, channels_last), NUM_CLASSES, optim(), losses, ema_decay=0.995)
+        return UDA(make_net(model, channels_last), NUM_CLASSES, UDASettings(**losses), optim=optim(), ema_decay=0.995)
     mode, _, schedule = name.removeprefix("mpl ").partition(" (")
     feedback, _, h = mode.partition("/")
+    settings = MPLSettings(
+        feedback=feedback,
+        h=h or "dot",
+        student_label_smoothing=0.15,
+        teacher_graph="recompute" if schedule == "recompute)" else "keep",
+        **losses,
+    )
     return MetaPseudoLabels(
         make_net(model, channels_last),
         make_net(model, channels_last),
         NUM_CLASSES,
-        feedback=feedback,
-        h=h or "dot",
+        settings,
         teacher_optim=optim(),
         student_optim=optim(),
-        teacher_losses=losses,
-        student_label_smoothing=0.15,
         ema_decay=0.995,
-        teacher_graph="recompute" if schedule == "recompute)" else "keep",
     )
 
 
 def networks(method) -> list[nn.Module]:
-    return [getattr(method, n) for n in ("model", "teacher", "student") if hasattr(method, n)]
+    return list(method.networks().values())
 
 
 def floor_passes(model: str, channels_last: bool, compiled: bool) -> dict[str, Callable[[], object]]:

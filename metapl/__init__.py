@@ -1,20 +1,52 @@
-"""metapl: Meta Pseudo Labels (Pham et al., CVPR 2021) for PyTorch, with its baselines."""
+"""metapl: Meta Pseudo Labels (Pham et al., CVPR 2021) for PyTorch, with its baselines.
+
+The names below load on first use, so that `import metapl` (and the command line's start) does not import
+PyTorch until something needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from metapl.errors import MetaplError
-from metapl.methods import UDA, AuxLossSettings, Batch, MetaPseudoLabels, PseudoLabel, Supervised
-from metapl.models import create_model
-from metapl.optim import OptimSettings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = [
-    "AuxLossSettings",
-    "Batch",
-    "MetaPseudoLabels",
-    "MetaplError",
-    "OptimSettings",
-    "PseudoLabel",
-    "Supervised",
-    "UDA",
-    "create_model",
-]
+if TYPE_CHECKING:
+    from metapl.methods import UDA as UDA
+    from metapl.methods import Batch as Batch
+    from metapl.methods import FeedbackSettings as FeedbackSettings
+    from metapl.methods import MetaPseudoLabels as MetaPseudoLabels
+    from metapl.methods import MPLSettings as MPLSettings
+    from metapl.methods import PseudoLabel as PseudoLabel
+    from metapl.methods import PseudoLabelSettings as PseudoLabelSettings
+    from metapl.methods import Supervised as Supervised
+    from metapl.methods import SupervisedSettings as SupervisedSettings
+    from metapl.methods import UDASettings as UDASettings
+    from metapl.models import create_model as create_model
+    from metapl.optim import OptimSettings as OptimSettings
+
+_EXPORTS = {
+    "Batch": "metapl.methods",
+    "FeedbackSettings": "metapl.methods",
+    "MetaPseudoLabels": "metapl.methods",
+    "MPLSettings": "metapl.methods",
+    "PseudoLabel": "metapl.methods",
+    "PseudoLabelSettings": "metapl.methods",
+    "Supervised": "metapl.methods",
+    "SupervisedSettings": "metapl.methods",
+    "UDA": "metapl.methods",
+    "UDASettings": "metapl.methods",
+    "create_model": "metapl.models",
+    "OptimSettings": "metapl.optim",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["MetaplError", "__version__", *_EXPORTS]

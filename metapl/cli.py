@@ -13,10 +13,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-
-from metapl.config import METHODS, Config, build_config, flatten, preset_names
+from metapl import __version__
 from metapl.errors import Interrupted, MetaplError
+from metapl.methods import METHODS
+from metapl.presets import preset_names
+
+# This module imports neither PyTorch nor the config (which imports it): `--help`, `--version` and `presets`
+# answer at once; each command imports what it needs.
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,7 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", required=True, help=f"one of: {', '.join(preset_names())}")
-    parser.add_argument("--method", choices=METHODS, help="override method.name")
+    parser.add_argument("--method", choices=METHODS.names(), help="override method.name")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -47,12 +50,18 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metapl", description="Meta Pseudo Labels and its baselines.")
+    parser.add_argument("--version", action="version", version=f"metapl {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train one run from a preset")
     _add_config_args(train)
     train.add_argument(
         "--out", type=Path, help="run directory (default runs/PRESET-METHOD-seedN); resumed if it holds a checkpoint"
+    )
+    train.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard what --out holds (checkpoints, weights, logs) and train from step 0",
     )
     train.add_argument(
         "--download",
@@ -127,6 +136,8 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
     message = f"unrecognized arguments: {' '.join(extra)}"
     option = next((a.split("=")[0] for a in extra if a.startswith("--")), None)
     if option is not None:
+        from metapl.config import Config, flatten
+
         name = option[2:].replace("-", "_")
         keys = [k for k, _ in flatten(Config().to_dict()) if k.rpartition(".")[2] == name]
         known = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
@@ -163,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metapl.experiment import CHECKPOINT, run_experiment
+    from metapl.config import build_config
+    from metapl.experiment import run_experiment
 
     cfg = build_config(args.preset, args.overrides, args.method)
     out = args.out or Path("runs") / f"{cfg.preset}-{cfg.method.name}-seed{cfg.train.seed}"
@@ -172,9 +184,14 @@ def _train(args: argparse.Namespace) -> int:
         from metapl.data import download_dataset
 
         download_dataset(cfg.data)
-    if main_rank and (out / CHECKPOINT).exists():
-        print(f"resuming the run in {out} from its last checkpoint", flush=True)
-    summary = run_experiment(cfg, out, progress=not args.no_progress, tensorboard=not args.no_tensorboard)
+    summary = run_experiment(
+        cfg,
+        out,
+        progress=not args.no_progress,
+        tensorboard=not args.no_tensorboard,
+        restart=args.restart,
+        announce=lambda line: print(line, flush=True),
+    )
     if not main_rank:
         return 0
     shown = {k: v for k, v in summary.items() if k in ("method", "test_top1", "test_top1_selected", "train_seconds")}
@@ -208,6 +225,10 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from metapl.config import build_config
+
     cfg = build_config(args.preset, args.overrides, args.method)
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0

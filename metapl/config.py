@@ -1,118 +1,126 @@
-"""Typed run configuration: YAML presets, `--set key=value` overrides, validation with one-line errors."""
+"""Typed run configuration: YAML presets, `--set key=value` overrides, validation with one-line errors.
+
+Each section is a dataclass whose fields declare their defaults and allowed values (metapl/settings.py). The
+`method` section is the chosen method's own settings dataclass, defined in that method's module.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from metapl.data.registry import DATASETS
 from metapl.errors import ConfigError
-from metapl.optim import OptimSettings
+from metapl.methods import METHODS
+from metapl.models.mlp import ACTIVATIONS
+from metapl.models.registry import MODELS
+from metapl.optim import OptimConfig
+from metapl.presets import load_preset
+from metapl.settings import above, at_least, check_settings, choice, fraction, ranged, suggest
 
-METHODS = ("supervised", "pseudo_label", "uda", "mpl")
-DATASETS = ("twomoon", "digits", "fashion_mnist", "cifar10", "cifar100", "svhn", "imagenet", "folder")
-MODELS = ("mlp", "small_cnn", "wrn28_2", "resnet50")
+# config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
+# 2: the chosen method's keys only. Version 1 files are read by dropping what version 2 no longer has.
+CONFIG_FORMAT = 2
 
 
 @dataclass
 class DataConfig:
-    name: str = "digits"
-    labeled_per_class: int = 5
-    val_per_class: int = 0  # validation examples per class, carved from the training pool
+    name: str = "digits"  # a name in metapl.data.DATASETS
+    labeled_per_class: int = at_least(1, 5)
+    val_per_class: int = at_least(0, 0)  # validation examples per class, carved from the training pool
     unlabeled_includes_labeled: bool = True
-    batch_size: int = 50  # labeled batch B
-    mu: int = 7  # unlabeled batch = μ·B
+    batch_size: int = at_least(1, 50)  # labeled batch B
+    mu: int = at_least(1, 7)  # unlabeled batch = μ·B
     augment: bool = True
-    num_points: int = 2000  # twomoon
-    noise: float = 0.1  # twomoon: std of the points around the moons
-    jitter: float = 0.0  # twomoon: std of the strong view's Gaussian jitter
+    num_points: int = at_least(4, 2000)  # twomoon
+    noise: float = at_least(0, 0.1)  # twomoon: std of the points around the moons
+    jitter: float = at_least(0, 0.0)  # twomoon: std of the strong view's Gaussian jitter
     split_file: str = ""  # reuse the split of an earlier run (its splits.json)
     # where the files are: fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist);
     # cifar10/cifar100/svhn: the folder torchvision downloads into (default ./data); imagenet: the folder
     # with train/ and val/; folder: the labeled images (class folders or a path,label CSV)
     root: str = ""
-    labeled_selection: str = "balanced"  # balanced | random | first (file order) | all
+    labeled_selection: str = choice("balanced", ("balanced", "random", "first", "all"))  # first: file order
     extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the unlabeled pool
     unlabeled_dir: str = ""  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
     test_dir: str = ""  # folder: the test images (class folders or CSV); empty: no test set
-    image_size: int = 0  # imagenet/folder: the side images are cropped/resized to (0: 224 / 32)
-    magnitude: int = 0  # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; spec §8)
+    image_size: int = at_least(0, 0, " (0: the dataset's)")  # imagenet/folder: the crop side (0: 224 / 32)
+    # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; #randaugment)
+    magnitude: int = ranged(0, lambda v: 0 <= v <= 20, "between 0 (the dataset's) and 20")
     flip: bool = True  # horizontal flips in the image pipelines (off for digits such as SVHN)
-    workers: int = -1  # imagenet/folder: loader processes that decode images (-1: min(8, CPU count))
+    # imagenet/folder: loader processes that decode images (-1: min(8, CPU count))
+    workers: int = ranged(-1, lambda v: v >= -1, "-1 (automatic), 0 (in the training process) or more")
     augment_on_device: bool = False  # in-memory images: augment each batch on the training device (GPU)
 
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"
-    dropout: float = 0.0
-    hidden: list[int] = field(default_factory=lambda: [128, 128])  # mlp
-    activation: str = "relu"  # mlp
+    name: str = "mlp"  # a name in metapl.models.MODELS
+    dropout: float = fraction(0.0)
+    hidden: list[int] = ranged(
+        rule=lambda v: len(v) >= 1 and all(h >= 1 for h in v),
+        allowed="a list of positive sizes",
+        default_factory=lambda: [128, 128],
+    )  # mlp
+    activation: str = choice("relu", tuple(ACTIVATIONS))  # mlp
     batch_norm: bool = False  # mlp
-    init_range: float = 0.0  # mlp: > 0 draws every weight and bias from U(−r, r)
-    width: int = 32  # small_cnn
-    num_classes: int = 0  # 0: the data's class count; otherwise a check that the data has this many classes
+    init_range: float = at_least(0, 0.0, " (0: default init)")  # mlp: > 0 draws every weight and bias from U(−r, r)
+    width: int = at_least(1, 32)  # small_cnn
+    # 0: the data's class count; otherwise a check that the data has this many classes
+    num_classes: int = at_least(0, 0, " (0: the data's class count)")
 
 
 @dataclass
-class MethodConfig:
-    name: str = "mpl"
-    feedback: str = "hard"  # mpl: hard | soft | official
-    h: str = "dot"  # mpl, hard: dot | cosine | taylor
-    sampling: str = "sample"  # mpl, hard: sample ŷ ~ T, or argmax
-    h_sign: int = 1
-    baseline: bool = True
-    baseline_decay: float = 0.99
-    reinforce_reduction: str = "mean"  # mpl, hard: CE(ŷ, T) averaged (the code's scale) or summed (unbiased, §2.2)
-    # mpl: keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
-    # forward, about a third less peak memory); the same update either way
-    teacher_graph: str = "keep"
-    label_smoothing: float = 0.0  # the (teacher's) supervised CE
-    student_label_smoothing: float = 0.0
-    supervised_loss: bool = True  # teacher auxiliary loss (mpl)
-    uda: bool = True  # teacher auxiliary loss (mpl); always on for method uda
-    uda_weight: float = 8.0
-    uda_temperature: float = 0.7
-    uda_threshold: float = 0.6
-    uda_ramp_steps: int = 5000
-    tsa: str = "none"  # none | linear | log | exp
-    teacher_fraction: float = 0.5  # pseudo_label: share of the steps that train the teacher
+class MethodSection:
+    """method.name and that method's settings (the dataclass its module defines)."""
+
+    name: str
+    settings: Any
+
+    @classmethod
+    def of(cls, name: str) -> MethodSection:
+        return cls(name, METHODS.get(name).settings())
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **dataclasses.asdict(self.settings)}
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    ema_decay: float = 0.0  # 0 turns the student's EMA off
-    eval_every: int = 100
-    log_every: int = 10
-    eval_batch_size: int = 1024
+    steps: int = at_least(1, 1000)
+    seed: int = ranged(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
+    device: str = choice("auto", ("auto", "cpu", "cuda"))
+    ema_decay: float = ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1) (0 turns EMA off)")
+    eval_every: int = at_least(0, 100, " (0: only at the end)")
+    log_every: int = at_least(1, 10)
+    eval_batch_size: int = at_least(1, 1024)
     scale_lr: bool = False  # peak LR = lr × data.batch_size / 256, as the official code does
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast with dynamic loss scaling)
+    precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # bf16: autocast; fp16: with dynamic loss scaling
     channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs)
     compile: bool = False  # torch.compile every network (not with method.feedback=soft)
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (CUDA only)
-    checkpoint_every: int = 500  # also at the end of each phase; 0: only at the end
-    keep_checkpoints: int = 0  # besides checkpoint.pt (the last), keep this many earlier ones
-    nonfinite: str = "stop"  # a step with a NaN/inf loss or gradient: stop the run, or skip (undo and count) it
-    max_skipped_in_a_row: int = 100  # nonfinite=skip: stop after more consecutive skipped steps than this
+    checkpoint_every: int = at_least(0, 500, " (0: only at the end)")  # also at the end of each phase
+    keep_checkpoints: int = at_least(0, 0)  # besides checkpoint.pt (the last), keep this many earlier ones
+    # a step with a NaN/inf loss or gradient: stop the run, or skip (undo and count) it
+    nonfinite: str = choice("stop", ("stop", "skip"))
+    max_skipped_in_a_row: int = at_least(1, 100)  # nonfinite=skip: stop after more consecutive skipped steps
 
 
 @dataclass
 class FinetuneConfig:
-    steps: int = 1000  # after MPL only (the student's finetuning, spec §5); 0 turns it off
-    lr: float = 1e-5
-    batch_size: int = 512
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
+    """The finetuning phase after methods that have one (MPL; docs/method.md#finetuning)."""
+
+    steps: int = at_least(0, 1000, " (0 turns finetuning off)")
+    lr: float = above(0, 1e-5)
+    batch_size: int = at_least(1, 512)
+    momentum: float = fraction(0.9)
+    label_smoothing: float = fraction(0.0)
 
 
 @dataclass
@@ -120,83 +128,67 @@ class Config:
     preset: str = ""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    teacher: OptimSettings = field(default_factory=OptimSettings)  # total_steps is taken from train.steps
-    student: OptimSettings = field(default_factory=OptimSettings)
+    method: MethodSection = field(default_factory=lambda: MethodSection.of("mpl"))
+    teacher: OptimConfig = field(default_factory=OptimConfig)
+    student: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if isinstance(value, MethodSection) else _plain(value)
+        return out
 
 
-_CHOICES = {
-    "data.name": DATASETS,
-    "data.labeled_selection": ("balanced", "random", "first", "all"),
-    "model.name": MODELS,
-    "model.activation": ("relu", "sigmoid", "tanh", "leaky_relu"),
-    "method.name": METHODS,
-    "method.feedback": ("hard", "soft", "official"),
-    "method.h": ("dot", "cosine", "taylor"),
-    "method.sampling": ("sample", "argmax"),
-    "method.h_sign": (1, -1),
-    "method.tsa": ("none", "linear", "log", "exp"),
-    "method.reinforce_reduction": ("mean", "sum"),
-    "method.teacher_graph": ("keep", "recompute"),
-    "train.device": ("auto", "cpu", "cuda"),
-    "train.precision": ("fp32", "bf16", "fp16"),
-    "train.nonfinite": ("stop", "skip"),
-    "teacher.schedule": ("cosine", "constant"),
-    "student.schedule": ("cosine", "constant"),
-}
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
+# Keys a user cannot set, and why (they are derived from others).
 _DERIVED = {
     "preset": "choose the preset with --preset",
-    "teacher.total_steps": "it is train.steps; set that",
-    "student.total_steps": "it is train.steps; set that",
+    "teacher.total_steps": "it is train.steps (the teacher's share for pseudo_label); set train.steps",
+    "student.total_steps": "it is train.steps (the student's share for pseudo_label); set train.steps",
     "teacher.fp16_loss_scale": "set train.precision=fp16",
     "student.fp16_loss_scale": "set train.precision=fp16",
 }
 
 
-# ---------------------------------------------------------------------------------------------- presets
-def preset_names() -> list[str]:
-    return sorted(
-        p.name[: -len(".yaml")] for p in resources.files("metapl.presets").iterdir() if p.name.endswith(".yaml")
-    )
+# ---------------------------------------------------------------------------------------------- building
+def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str | None = None) -> Config:
+    """The preset's values, then `method`, then each 'key=value' override; validated.
 
-
-def load_preset(name: str) -> dict:
-    names = preset_names()
-    if name not in names:
-        raise ConfigError(f"unknown preset {name!r}{_suggest(name, names)}; available: {', '.join(names)}")
-    return yaml.safe_load(resources.files("metapl.presets").joinpath(f"{name}.yaml").read_text()) or {}
-
-
-def build_config(preset: str, overrides: list[str] = (), method: str | None = None) -> Config:
-    """The preset's values, then `method`, then each 'key=value' override; validated."""
+    A preset's `method` section may hold settings of several methods (a preset describes an experiment that
+    several methods run): the chosen method takes the keys it has. Overrides must name the chosen method's keys.
+    """
     raw = load_preset(preset)
-    cfg = from_dict(raw)
-    cfg.preset = preset
-    if method is not None:
-        set_value(cfg, "method.name", method)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value; write e.g. --set train.steps=500")
+    parsed = [_parse_override(item) for item in overrides]
+    for key, value in parsed:
         if key in _DERIVED:
             raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
-        if key == "method.name" and method is not None and _parse_scalar(text) != method:
-            raise ConfigError(f"--method {method} and --set {item.strip()} disagree; give the method once")
-        set_value(cfg, key, _parse_scalar(text))
+        if key == "method.name" and method is not None and value != method:
+            raise ConfigError(f"--method {method} and --set method.name={value} disagree; give the method once")
+    name = method or next((v for k, v in parsed if k == "method.name"), None)
+    cfg = from_dict(raw, method_name=name, lenient_method=True)
+    cfg.preset = preset
+    for key, value in parsed:
+        set_value(cfg, key, value)
     validate(cfg)
     return cfg
 
 
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. --set train.steps=500")
+    return key, _parse_scalar(text)
+
+
 def load_config_file(path: Path) -> Config:
-    """A config saved with a run (config.yaml)."""
+    """A config saved with a run (config.yaml), of this format or the one before."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -204,23 +196,49 @@ def load_config_file(path: Path) -> Config:
         raise ConfigError(
             f"cannot read config {path}: {first_line}; pass a run directory written by metapl train"
         ) from None
-    cfg = from_dict(raw)
-    validate(cfg)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} is not a mapping of sections; pass a run directory written by metapl train")
+    version = raw.pop("config_format", 1)
+    if version not in (1, CONFIG_FORMAT):
+        raise ConfigError(
+            f"config {path} has config_format={version!r}, which this metapl ({CONFIG_FORMAT}) cannot read; "
+            "use the metapl that wrote it"
+        )
+    if version == 1:  # derived keys that format 2 no longer stores
+        for section in ("teacher", "student"):
+            if isinstance(raw.get(section), dict):
+                raw[section] = {k: v for k, v in raw[section].items() if k not in ("total_steps", "fp16_loss_scale")}
+    try:
+        cfg = from_dict(raw, lenient_method=version == 1)
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"config {path}: {err}") from None
     return cfg
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(yaml.safe_dump({"config_format": CONFIG_FORMAT, **cfg.to_dict()}, sort_keys=False))
     tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def from_dict(raw: dict) -> Config:
+def from_dict(raw: dict, method_name: str | None = None, lenient_method: bool = False) -> Config:
+    """A Config from nested sections. `method_name` (when given) wins over raw's method.name; with
+    `lenient_method` the method section's keys that belong to another method are dropped, not refused."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
-    cfg = Config()
-    for key, value in flatten(raw):
+    items = flatten(raw)
+    name = method_name if method_name is not None else next((v for k, v in items if k == "method.name"), "mpl")
+    name = _coerce("method.name", name, str)
+    METHODS.check(name)
+    cfg = Config(method=MethodSection.of(name))
+    for key, value in items:
+        if key == "method.name":
+            continue
+        if lenient_method and key.startswith("method.") and not _has_field(cfg.method.settings, key[7:]):
+            _method_owning(key)  # raises for a key no method has
+            continue
         set_value(cfg, key, value)
     return cfg
 
@@ -242,33 +260,68 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
     if key == "preset":
         cfg.preset = _coerce(key, value, str)
         return
+    if key in _DERIVED:
+        raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
     section_name, _, name = key.partition(".")
-    section = getattr(cfg, section_name, None) if section_name != "preset" else None
-    if not dataclasses.is_dataclass(section) or name not in {f.name for f in dataclasses.fields(section)}:
+    if section_name == "method":
+        _set_method_value(cfg, name, value)
+        return
+    section = getattr(cfg, section_name, None)
+    if not dataclasses.is_dataclass(section) or not _has_field(section, name):
         if dataclasses.is_dataclass(section) and not name:
             example = dataclasses.fields(section)[0].name
             raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{example}=...")
         raise ConfigError(
-            f"unknown config key {key!r}{_suggest(key, _all_keys())}; list the keys with: metapl config --preset NAME"
+            f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
     expected = typing.get_type_hints(type(section))[name]
     setattr(section, name, _coerce(key, value, expected))
 
 
-def _all_keys() -> list[str]:
-    keys = []
-    for section in dataclasses.fields(Config):
-        value = getattr(Config(), section.name)
-        if dataclasses.is_dataclass(value):
-            keys.extend(f"{section.name}.{f.name}" for f in dataclasses.fields(value))
-        else:
-            keys.append(section.name)
-    return keys
+def _set_method_value(cfg: Config, name: str, value: Any) -> None:
+    if name == "name":
+        new = _coerce("method.name", value, str)
+        METHODS.check(new)
+        if new != cfg.method.name:  # settings both methods have keep their values (a preset's UDA weight, ...)
+            old = dataclasses.asdict(cfg.method.settings)
+            settings = METHODS.get(new).settings()
+            for f in dataclasses.fields(settings):
+                if f.name in old:
+                    setattr(settings, f.name, old[f.name])
+            cfg.method = MethodSection(new, settings)
+        return
+    settings = cfg.method.settings
+    if not name:
+        raise ConfigError("'method' is a section; set one of its keys, e.g. method.name=mpl")
+    if not _has_field(settings, name):
+        owner = _method_owning(f"method.{name}")
+        raise ConfigError(
+            f"method.{name} is a setting of method.name={owner}, not of {cfg.method.name}; "
+            f"choose --method {owner}, or drop it (list {cfg.method.name}'s keys with: metapl config --preset "
+            f"{cfg.preset or 'NAME'} --method {cfg.method.name})"
+        )
+    expected = typing.get_type_hints(type(settings))[name]
+    setattr(settings, name, _coerce(f"method.{name}", value, expected))
 
 
-def _suggest(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+def _method_owning(key: str) -> str:
+    """The first registered method whose settings have `key` ('method.x'); a ConfigError when none has."""
+    name = key.partition(".")[2]
+    for method, entry in METHODS.entries().items():
+        if name in {f.name for f in dataclasses.fields(entry.settings)}:
+            return method
+    keys = sorted({f"method.{f.name}" for e in METHODS.entries().values() for f in dataclasses.fields(e.settings)})
+    raise ConfigError(
+        f"unknown config key {key!r}{suggest(key, keys)}; list the keys with: metapl config --preset NAME"
+    )
+
+
+def _has_field(obj: Any, name: str) -> bool:
+    return name in {f.name for f in dataclasses.fields(obj)}
+
+
+def all_keys(cfg: Config) -> list[str]:
+    return [key for key, _ in flatten(cfg.to_dict())]
 
 
 def _number(text: str) -> Any:
@@ -326,70 +379,17 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- validation
 def validate(cfg: Config) -> None:
-    """Reject impossible values with a message that names the key, the value and the allowed range."""
-    for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            shown = ", ".join(str(c) for c in choices)
-            raise ConfigError(
-                f"{key}={value!r} is not allowed{_suggest(str(value), [str(c) for c in choices])}; use one of: {shown}"
-            )
-    checks = [
-        ("data.labeled_per_class", cfg.data.labeled_per_class >= 1, "at least 1"),
-        ("data.val_per_class", cfg.data.val_per_class >= 0, "0 or more"),
-        ("data.batch_size", cfg.data.batch_size >= 1, "at least 1"),
-        ("data.mu", cfg.data.mu >= 1, "at least 1"),
-        ("data.num_points", cfg.data.num_points >= 4, "at least 4"),
-        ("data.noise", cfg.data.noise >= 0, "0 or more"),
-        ("data.jitter", cfg.data.jitter >= 0, "0 or more"),
-        ("data.image_size", cfg.data.image_size >= 0, "0 (the dataset's) or more"),
-        ("data.magnitude", 0 <= cfg.data.magnitude <= 20, "between 0 (the dataset's) and 20"),
-        ("data.workers", cfg.data.workers >= -1, "-1 (automatic), 0 (in the training process) or more"),
-        ("model.dropout", 0 <= cfg.model.dropout < 1, "in [0, 1)"),
-        (
-            "model.hidden",
-            len(cfg.model.hidden) >= 1 and all(h >= 1 for h in cfg.model.hidden),
-            "a list of positive sizes",
-        ),
-        ("model.init_range", cfg.model.init_range >= 0, "0 (default init) or more"),
-        ("model.width", cfg.model.width >= 1, "at least 1"),
-        ("model.num_classes", cfg.model.num_classes >= 0, "0 (the data's class count) or the data's class count"),
-        ("method.baseline_decay", 0 <= cfg.method.baseline_decay < 1, "in [0, 1)"),
-        ("method.label_smoothing", 0 <= cfg.method.label_smoothing < 1, "in [0, 1)"),
-        ("method.student_label_smoothing", 0 <= cfg.method.student_label_smoothing < 1, "in [0, 1)"),
-        ("method.uda_weight", cfg.method.uda_weight >= 0, "0 or more"),
-        ("method.uda_temperature", cfg.method.uda_temperature > 0, "above 0"),
-        ("method.uda_threshold", 0 <= cfg.method.uda_threshold <= 1, "in [0, 1]"),
-        ("method.uda_ramp_steps", cfg.method.uda_ramp_steps >= 0, "0 or more"),
-        ("method.teacher_fraction", 0 < cfg.method.teacher_fraction < 1, "in (0, 1)"),
-        ("train.steps", cfg.train.steps >= 1, "at least 1"),
-        ("train.seed", 0 <= cfg.train.seed < 2**32, "in [0, 2**32)"),
-        ("train.ema_decay", 0 <= cfg.train.ema_decay < 1, "in [0, 1) (0 turns EMA off)"),
-        ("train.eval_every", cfg.train.eval_every >= 0, "0 (only at the end) or more"),
-        ("train.log_every", cfg.train.log_every >= 1, "at least 1"),
-        ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "at least 1"),
-        ("train.checkpoint_every", cfg.train.checkpoint_every >= 0, "0 (only at the end) or more"),
-        ("train.keep_checkpoints", cfg.train.keep_checkpoints >= 0, "0 or more"),
-        ("train.max_skipped_in_a_row", cfg.train.max_skipped_in_a_row >= 1, "at least 1"),
-        ("finetune.steps", cfg.finetune.steps >= 0, "0 (off) or more"),
-        ("finetune.lr", cfg.finetune.lr > 0, "above 0"),
-        ("finetune.batch_size", cfg.finetune.batch_size >= 1, "at least 1"),
-        ("finetune.momentum", 0 <= cfg.finetune.momentum < 1, "in [0, 1)"),
-        ("finetune.label_smoothing", 0 <= cfg.finetune.label_smoothing < 1, "in [0, 1)"),
-    ]
-    for section in ("teacher", "student"):
-        opt: OptimSettings = getattr(cfg, section)
-        checks += [
-            (f"{section}.lr", opt.lr > 0, "above 0"),
-            (f"{section}.momentum", 0 <= opt.momentum < 1, "in [0, 1)"),
-            (f"{section}.weight_decay", opt.weight_decay >= 0, "0 or more"),
-            (f"{section}.grad_clip", opt.grad_clip >= 0, "0 (off) or more"),
-            (f"{section}.warmup_steps", opt.warmup_steps >= 0, "0 or more"),
-            (f"{section}.wait_steps", opt.wait_steps >= 0, "0 or more"),
-        ]
-    for key, ok, allowed in checks:
-        if not ok:
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"{key}={value!r} is impossible; it must be {allowed}")
+    """Reject impossible values with a message that names the key, the value and the allowed range: each
+    field's declared rule, the registered names, and the checks that involve several sections."""
+    DATASETS.check(cfg.data.name)
+    MODELS.check(cfg.model.name)
+    METHODS.check(cfg.method.name)
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if isinstance(section, MethodSection):
+            check_settings(section.settings, "method")
+        elif dataclasses.is_dataclass(section):
+            check_settings(section, f.name)
+    check_with = getattr(cfg.method.settings, "check_with", None)  # a method's checks across sections
+    if check_with is not None:
+        check_with(cfg)

@@ -5,8 +5,8 @@ class MetaplError(Exception):
     """Base class: the message names the bad value and the fix."""
 
 
-class ConfigError(MetaplError):
-    """A preset, key, type or value in the configuration is wrong."""
+class ConfigError(MetaplError, ValueError):
+    """A preset, key, type or value in the configuration (or a settings dataclass) is wrong."""
 
 
 class DataError(MetaplError):

@@ -1,207 +1,61 @@
-"""From a validated Config to a finished run directory: data, models, method, loop, finetuning, summary."""
+"""From a validated Config to a finished run directory: checks, data, method, the phases, the summary.
+
+Everything that can be checked is checked before the run directory is written (engine/run_dir.py says when a
+directory may be resumed, started over or must be refused); then the phases run: training, and finetuning for
+methods that have it. Rank 0 alone writes under torchrun.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from metapl import distributed
-from metapl.config import Config, flatten, load_config_file, save_config
+from metapl.build import build_method, check_num_classes, method_label, resolve_device, seed_everything
+from metapl.config import Config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle
+from metapl.engine import run_dir
 from metapl.engine.checkpoint import (
     CheckpointKeeper,
-    RunLock,
     atomic_save,
     atomic_write_json,
-    load_weights,
-    rng_state,
     set_rng_state,
+    training_state,
 )
-from metapl.engine.evaluate import evaluate
+from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import RunLogger
 from metapl.engine.loop import FitResult, fit
-from metapl.errors import CheckpointError, ConfigError, DataError
-from metapl.methods import UDA, AuxLossSettings, MetaPseudoLabels, PseudoLabel, Supervised
+from metapl.engine.run_dir import CHECKPOINT, RunLock
+from metapl.engine.speed import AUTOCAST_DTYPES, apply_switches, check_switches
+from metapl.errors import CheckpointError, ConfigError, DataError, TrainingError
+from metapl.methods.base import Method
 from metapl.methods.supervised import finetuner
-from metapl.models import compile_network, create_model
-from metapl.models.normalize import Standardized
 from metapl.optim import OptimSettings
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device='cuda' but no CUDA GPU is visible; use train.device=auto or cpu")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: Config, data: DataBundle) -> nn.Module:
-    m = cfg.model
-    options: dict = {}
-    if m.name == "mlp":
-        options = {"hidden": tuple(m.hidden), "activation": m.activation, "batch_norm": m.batch_norm}
-        if m.init_range > 0:
-            options["init_range"] = m.init_range
-    elif m.name == "small_cnn":
-        options = {"width": m.width}
-    check_num_classes(cfg, data)
-    try:
-        model = create_model(m.name, data.num_classes, data.input_shape, dropout=m.dropout, **options)
-    except ValueError as err:  # the model cannot take this data's inputs
-        raise ConfigError(f"model.name={m.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
-    if data.normalization is not None:
-        model = Standardized(model, *data.normalization)
-    return model
-
-
-def check_num_classes(cfg: Config, data: DataBundle) -> None:
-    """model.num_classes, when set, must be the data's class count (a guard for folder and CSV datasets)."""
-    if cfg.model.num_classes and cfg.model.num_classes != data.num_classes:
-        raise ConfigError(
-            f"model.num_classes={cfg.model.num_classes} but data.name={cfg.data.name!r} has {data.num_classes} "
-            f"classes; set model.num_classes={data.num_classes}, or 0 to take the data's"
-        )
-
-
-def _optim(cfg: Config, settings: OptimSettings, total_steps: int) -> OptimSettings:
-    """The run's settings for one network: its step budget, the batch-scaled LR and fp16 loss scaling."""
-    lr = settings.lr * cfg.data.batch_size / 256 if cfg.train.scale_lr else settings.lr
-    fp16 = cfg.train.precision == "fp16"
-    return dataclasses.replace(settings, lr=lr, total_steps=total_steps, fp16_loss_scale=fp16)
-
-
-def build_method(cfg: Config, data: DataBundle, device: torch.device):
-    """The method named by cfg.method.name, with fresh models on `device`."""
-    m, steps, k = cfg.method, cfg.train.steps, data.num_classes
-    ema = cfg.train.ema_decay or None
-    losses = AuxLossSettings(
-        supervised=m.supervised_loss,
-        label_smoothing=m.label_smoothing,
-        tsa=None if m.tsa == "none" else m.tsa,
-        tsa_steps=steps,
-        uda=m.uda,
-        uda_weight=m.uda_weight,
-        uda_temperature=m.uda_temperature,
-        uda_threshold=m.uda_threshold,
-        uda_ramp_steps=m.uda_ramp_steps,
-    )
-    if m.name == "supervised":
-        return Supervised(build_model(cfg, data).to(device), k, _optim(cfg, cfg.student, steps), m.label_smoothing, ema)
-    if m.name == "uda":
-        losses = dataclasses.replace(losses, supervised=True, uda=True)
-        return UDA(build_model(cfg, data).to(device), k, _optim(cfg, cfg.student, steps), losses, ema)
-    teacher, student = build_model(cfg, data).to(device), build_model(cfg, data).to(device)
-    if m.name == "pseudo_label":
-        teacher_steps = max(1, int(round(steps * m.teacher_fraction)))
-        return PseudoLabel(
-            teacher,
-            student,
-            k,
-            teacher_steps,
-            teacher_optim=_optim(cfg, cfg.teacher, teacher_steps),
-            student_optim=_optim(cfg, cfg.student, steps - teacher_steps),
-            label_smoothing=m.label_smoothing,
-            student_label_smoothing=m.student_label_smoothing,
-            ema_decay=ema,
-        )
-    return MetaPseudoLabels(
-        teacher,
-        student,
-        k,
-        feedback=m.feedback,
-        h=m.h,
-        teacher_optim=_optim(cfg, cfg.teacher, steps),
-        student_optim=_optim(cfg, cfg.student, steps),
-        teacher_losses=losses,
-        student_label_smoothing=m.student_label_smoothing,
-        sampling=m.sampling,
-        h_sign=m.h_sign,
-        baseline=m.baseline,
-        baseline_decay=m.baseline_decay,
-        reinforce_reduction=m.reinforce_reduction,
-        ema_decay=ema,
-        teacher_graph=m.teacher_graph,
-    )
-
-
-def networks(method) -> list[nn.Module]:
-    """The trained networks of a method (model, or teacher and student), whatever the method."""
-    return [m for m in (getattr(method, n, None) for n in ("model", "teacher", "student")) if isinstance(m, nn.Module)]
-
-
-def _apply_speed_switches(cfg: Config, method, data: DataBundle, device: torch.device) -> None:
-    """channels_last, SyncBatchNorm and torch.compile, as the config asks (after the EMA copied the student)."""
-    t = cfg.train
-    if t.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision=fp16 needs a CUDA GPU (CPUs emulate float16, very slowly); use bf16 or fp32")
-    if t.sync_bn and (device.type != "cuda" or distributed.world_size() == 1):
-        raise ConfigError("train.sync_bn=true needs torchrun with several CUDA processes; set train.sync_bn=false")
-    if t.compile and cfg.method.name == "mpl" and cfg.method.feedback == "soft":
-        raise ConfigError("train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false")
-    for net in networks(method):
-        if t.channels_last and len(data.input_shape) == 3:
-            net.to(memory_format=torch.channels_last)
-        if t.sync_bn:
-            _convert_sync_bn(net)
-        if t.compile:
-            compile_network(net)
-
-
-def _convert_sync_bn(net: nn.Module) -> None:
-    """Swap BatchNorm layers for SyncBatchNorm in place (the parameters stay the same objects)."""
-    for name, child in net.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(net, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
-        else:
-            _convert_sync_bn(child)
-
-
-def make_evaluator(data: DataBundle, batch_size: int):
-    """Validation and test scores of the method's evaluated model (the EMA student), and the teacher's, if any."""
-
-    def score(model: nn.Module, prefix: str) -> dict[str, float]:
-        scores = {}
-        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
-            scores.update({f"{prefix}{split}_{k}": v for k, v in evaluate(model, x, y, batch_size).items()})
-        return scores
-
-    def run(method) -> dict[str, float]:
-        scores = score(method.eval_model(), "")
-        teacher = getattr(method, "teacher", None)
-        if teacher is not None and teacher is not method.eval_model():
-            scores.update(score(teacher, "teacher_"))
-        return scores
-
-    return run
-
-
-CHECKPOINT = "checkpoint.pt"
-
-
-def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboard: bool = True) -> dict:
+def run_experiment(
+    cfg: Config,
+    out_dir: Path,
+    progress: bool = True,
+    tensorboard: bool = True,
+    restart: bool = False,
+    announce: Callable[[str], None] | None = None,
+) -> dict:
     """Train as `cfg` says and write the run directory; returns the summary (also in summary.json).
 
     When `out_dir` holds a checkpoint of the same config, training resumes from it and ends with the same
-    weights as an uninterrupted run. A lock file keeps a second process from training into the same directory.
+    weights as an uninterrupted run; `restart` discards what the directory holds and starts over. A lock file
+    keeps a second process from training into the same directory. `announce` hears one line when a run resumes.
     """
     out_dir = Path(out_dir)
     rank_device = distributed.setup_from_env()  # under torchrun: join the group, one device per rank
     lock = RunLock(out_dir)
+    main = distributed.is_main()
     try:
         world = distributed.world_size()
         if cfg.data.batch_size % world:
@@ -211,43 +65,54 @@ def run_experiment(cfg: Config, out_dir: Path, progress: bool = True, tensorboar
             )
         use_rank_device = rank_device is not None and cfg.train.device == "auto"
         device = rank_device if use_rank_device else resolve_device(cfg.train.device)
-        saved = load_resume_state(cfg, out_dir)
+        check_switches(cfg.train, device)
+        saved = run_dir.resume_state(out_dir, cfg, restart)
         seed_everything(cfg.train.seed)
-        data = build_data(cfg.data, cfg.train.seed)  # before anything is written: a bad dataset leaves no trace
+        data = build_data(cfg.data, cfg.train.seed)
         check_num_classes(cfg, data)
         if len(data.y_labeled) < cfg.data.batch_size:
             raise DataError(
                 f"the labeled set has {len(data.y_labeled)} examples, fewer than data.batch_size={cfg.data.batch_size}; "
                 f"set data.batch_size to at most {len(data.y_labeled)} or label more examples"
             )
-        if distributed.is_main():
+        method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
+        # Only now, with every check passed, is the directory written.
+        if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-            if saved is None:
-                save_config(cfg, out_dir / "config.yaml")
-                data.split.save(out_dir / "splits.json")
-        return _train(cfg, out_dir, data, device, saved, progress, tensorboard)
+            run_dir.start(out_dir, cfg, data.split, fresh=saved is None)
+            if saved is not None and announce is not None:
+                phase_step = _run_step(cfg, saved["phase"], saved["step"])
+                announce(f"resuming the run in {out_dir} from its checkpoint at step {phase_step}")
+        return _run_phases(cfg, out_dir, data, method, device, saved, progress, tensorboard)
+    except TrainingError as err:
+        kept = (out_dir / CHECKPOINT).exists()
+        hint = (
+            f"{out_dir} keeps its last finite checkpoint; to train again with new settings add --restart"
+            if kept
+            else "nothing was kept, so the same --out takes new settings"
+        )
+        raise TrainingError(f"{err}; {hint}") from None
     finally:
         lock.release()
         distributed.cleanup()
 
 
-def _train(
+def _run_phases(
     cfg: Config,
     out_dir: Path,
     data: DataBundle,
+    method: Method,
     device: torch.device,
     saved: dict | None,
     progress: bool,
     tensorboard: bool,
 ) -> dict:
-    """The phases (training, then finetuning after MPL), resumed from `saved` when given; rank 0 writes."""
+    """The phases (training, then finetuning for methods that have it), resumed from `saved` when given."""
     rank, world, main = distributed.rank(), distributed.world_size(), distributed.is_main()
-    method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
-    _apply_speed_switches(cfg, method, data, device)
+    apply_switches(cfg.train, method, image_inputs=len(data.input_shape) == 3)
     if world > 1:
         torch.manual_seed(cfg.train.seed + 1_000_003 * rank)  # but each rank its own dropout masks and samples
-    evaluator = make_evaluator(data, cfg.train.eval_batch_size)
     results: dict[str, FitResult] = {}
     phase = "train"
     if saved is not None:
@@ -257,37 +122,31 @@ def _train(
         phase = saved["phase"]
     keeper = CheckpointKeeper(out_dir / CHECKPOINT, cfg.train.keep_checkpoints)
 
-    def checkpointer(phase_name: str, stream: BatchStream, tuner=None):
+    def checkpointer(phase_name: str, stream: BatchStream, tuner: Method | None = None):
         def save(step: int, result: FitResult) -> None:
             results[phase_name] = result
-            state = {
-                "format": 1,
-                "phase": phase_name,
-                "step": step,
-                "method": method.state_dict(),
-                "finetune": tuner.state_dict() if tuner is not None else None,
-                "stream": stream.state_dict(),
-                "results": {name: r.state_dict() for name, r in results.items()},
-                "rng": rng_state(),
-            }
+            state = training_state(
+                phase_name,
+                step,
+                method.state_dict(),
+                tuner.state_dict() if tuner is not None else None,
+                stream.state_dict(),
+                {name: r.state_dict() for name, r in results.items()},
+            )
             keeper.save(state, _run_step(cfg, phase_name, step))
 
         return save
 
-    resume_step = None
-    if saved is not None:
-        resume_step = _run_step(cfg, phase, saved["step"])
-    # A fresh start in a directory whose earlier attempt stopped before its first checkpoint drops that attempt's logs.
-    log_from = resume_step if saved is not None or not (out_dir / "metrics.jsonl").exists() else 0
-    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=log_from) if main else None
+    resume_step = _run_step(cfg, phase, saved["step"]) if saved is not None else None
+    logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step or 0) if main else None
     common = dict(
-        evaluate=evaluator,
+        evaluate=make_evaluator(data, cfg.train.eval_batch_size),
         logger=logger,
         device=device,
         eval_every=cfg.train.eval_every,
         log_every=cfg.train.log_every,
         progress=progress and main,
-        autocast_dtype={"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision],
+        autocast_dtype=AUTOCAST_DTYPES[cfg.train.precision],
         channels_last=cfg.train.channels_last,
         checkpoint_every=cfg.train.checkpoint_every,
         nonfinite=cfg.train.nonfinite,
@@ -295,13 +154,12 @@ def _train(
     )
     try:
         if phase == "train":
-            labeled_only = cfg.method.name == "supervised"
             stream = BatchStream(
                 data,
                 cfg.data.batch_size,
                 cfg.data.mu,
                 cfg.train.seed,
-                labeled_only,
+                labeled_only=not method.uses_unlabeled,
                 rank=rank,
                 world_size=world,
                 augment_device=device if cfg.data.augment_on_device else None,
@@ -316,7 +174,7 @@ def _train(
             )
             stream.close()  # its loader workers (image files) are not needed while finetuning
         final_model = method.eval_model()
-        if cfg.finetune.steps > 0 and cfg.method.name == "mpl":
+        if method.finetunes and cfg.finetune.steps > 0:
             ft = cfg.finetune
             settings = OptimSettings(
                 lr=ft.lr, momentum=ft.momentum, nesterov=ft.momentum > 0, schedule="constant", total_steps=ft.steps
@@ -324,7 +182,7 @@ def _train(
             tuner = finetuner(method.eval_model(), data.num_classes, settings, ft.label_smoothing)
             batch_size = min(ft.batch_size, len(data.y_labeled)) // world * world
             ft_stream = BatchStream(data, batch_size, 1, cfg.train.seed + 1, True, rank=rank, world_size=world)
-            if phase == "finetune":
+            if saved is not None and phase == "finetune":
                 with _restoring(out_dir):
                     tuner.load_state_dict(saved["finetune"])
                     ft_stream.load_state_dict(saved["stream"])
@@ -355,7 +213,7 @@ def _train(
     summary = {
         "preset": cfg.preset,
         "method": cfg.method.name,
-        "feedback": cfg.method.feedback if cfg.method.name == "mpl" else None,
+        "method_label": method_label(cfg),
         "seed": cfg.train.seed,
         "device": str(device),
         "resumed_from_step": resume_step,
@@ -365,63 +223,6 @@ def _train(
     summary["test_top1_selected"] = last.best.get("test_top1")
     atomic_write_json(summary, out_dir / "summary.json")
     return summary
-
-
-# What metapl writes into a run directory besides config.yaml and dot-files (a directory that lost its
-# config.yaml, or is being written by another rank, is still a run).
-_RUN_NAMES = {"config.tmp", "splits.json", "metrics.jsonl", "tensorboard", "model.pt", "best_model.pt", "summary.json"}
-
-
-def load_resume_state(cfg: Config, out_dir: Path) -> dict | None:
-    """The checkpoint in `out_dir` when there is one; refuses one written with a different config or that cannot
-    be read, and a directory of other files that a fresh run would overwrite."""
-    path = out_dir / CHECKPOINT
-    if out_dir.is_dir() and not path.exists():
-        _refuse_foreign_directory(out_dir, cfg)
-    if not path.exists():
-        return None
-    _refuse_other_config(load_config_file(out_dir / "config.yaml"), cfg, out_dir)
-    saved = load_weights(path, fix=_START_OVER.format(path=path))
-    expected = {"phase", "step", "method", "stream", "results", "rng", "finetune"}
-    if not isinstance(saved, dict) or saved.get("format") != 1 or not expected <= saved.keys():
-        raise CheckpointError(f"{path} is not a checkpoint written by metapl train; {_START_OVER.format(path=path)}")
-    if saved["phase"] not in ("train", "finetune") or (saved["phase"] == "finetune" and saved["finetune"] is None):
-        raise CheckpointError(f"{path} names an unknown phase; {_START_OVER.format(path=path)}")
-    return saved
-
-
-def _refuse_other_config(saved_cfg: Config, cfg: Config, out_dir: Path) -> None:
-    saved_cfg.preset = cfg.preset
-    for (key, old), (_, new) in zip(flatten(saved_cfg.to_dict()), flatten(cfg.to_dict())):
-        if old != new:
-            raise ConfigError(
-                f"{out_dir} holds a run with {key}={old!r}, not {new!r}; resume with the same settings or pass a new --out"
-            )
-
-
-def _refuse_foreign_directory(out_dir: Path, cfg: Config) -> None:
-    """A fresh run writes config.yaml, model.pt, ...: never over a user's files of those names, nor over a
-    run of another config whose checkpoint is gone."""
-    if (out_dir / "config.yaml").exists():
-        try:
-            saved_cfg = load_config_file(out_dir / "config.yaml")
-        except ConfigError:
-            saved_cfg = None
-        if saved_cfg is not None:
-            _refuse_other_config(saved_cfg, cfg, out_dir)
-            return  # the same run without a checkpoint (it stopped before the first, or it was moved away): start over
-        clash = "config.yaml"
-    else:
-        names = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith((".", "checkpoint")))
-        clash = next((name for name in names if name not in _RUN_NAMES), None)
-    if clash is not None:
-        raise ConfigError(
-            f"--out {out_dir} is not a metapl run directory (it holds {clash!r}, which metapl did not write) and "
-            "training would write over its files; pass a new or empty directory"
-        )
-
-
-_START_OVER = "move {path} away to train this run from step 0, or pass another --out"
 
 
 @contextlib.contextmanager
@@ -440,7 +241,7 @@ def _restoring(out_dir: Path) -> Iterator[None]:
         detail = detail if len(detail) <= 200 else detail[:197] + "..."  # load_state_dict lists every key
         raise CheckpointError(
             f"{path} does not fit the models of {out_dir / 'config.yaml'} ({detail.rstrip('.')}); "
-            + _START_OVER.format(path=path)
+            + run_dir.start_over_hint(path)
         ) from None
 
 

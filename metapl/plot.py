@@ -84,8 +84,8 @@ def plot_curves(runs: list[Path], out: Path) -> None:
 
 def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
     """Side-by-side decision regions of each run's final model on its 2-D data, labeled points as stars."""
+    from metapl.build import build_model, method_label
     from metapl.data import build_data
-    from metapl.experiment import build_model
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
     for ax, run, cfg in zip(axes[0], runs, configs):
@@ -109,9 +109,7 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
             linewidths=1.2,
         )
         test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
-        name = cfg.method.name
-        if name == "mpl":
-            name = f"mpl ({cfg.method.feedback}{'' if cfg.method.uda else ', no teacher UDA'})"
+        name = method_label(cfg)
         ax.set_title(f"{name}: test accuracy {test_acc:.1%}")
         ax.set_xticks([])
         ax.set_yticks([])

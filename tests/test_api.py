@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from metapl import UDA, AuxLossSettings, Batch, MetaPseudoLabels, OptimSettings, PseudoLabel, Supervised
+from metapl import UDA, Batch, MetaPseudoLabels, MPLSettings, OptimSettings, PseudoLabel, Supervised
 
 
 def _net() -> nn.Module:
@@ -30,11 +30,9 @@ def test_readme_snippet_trains_a_users_own_model():
         teacher,
         student,
         num_classes=3,
-        feedback="hard",
-        h="dot",
+        settings=MPLSettings(feedback="hard", h="dot", uda_ramp_steps=50),
         teacher_optim=OptimSettings(lr=0.05, total_steps=300),
         student_optim=OptimSettings(lr=0.05, total_steps=300),
-        teacher_losses=AuxLossSettings(uda_ramp_steps=50),
     )
     for step in range(300):
         x_l, y_l = _blobs(12, g)
@@ -57,8 +55,8 @@ def test_readme_snippet_trains_a_users_own_model():
         lambda: Supervised(_net(), 3),
         lambda: UDA(_net(), 3),
         lambda: PseudoLabel(_net(), _net(), 3, teacher_steps=2),
-        lambda: MetaPseudoLabels(_net(), _net(), 3, feedback="soft"),
-        lambda: MetaPseudoLabels(_net(), _net(), 3, feedback="official", ema_decay=0.9),
+        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="soft")),
+        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="official"), ema_decay=0.9),
     ],
 )
 def test_state_dict_round_trip_restores_the_same_next_step(make):
@@ -85,9 +83,9 @@ def test_state_dict_round_trip_restores_the_same_next_step(make):
 
 def test_invalid_options_are_refused():
     with pytest.raises(ValueError, match="feedback='hrad'"):
-        MetaPseudoLabels(_net(), _net(), 3, feedback="hrad")
+        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="hrad"))
     with pytest.raises(ValueError, match="h='dott'"):
-        MetaPseudoLabels(_net(), _net(), 3, h="dott")
+        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(h="dott"))
     net = _net()
     with pytest.raises(ValueError, match="two separate modules"):
         MetaPseudoLabels(net, net, 3)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from metapl.config import build_config, from_dict, preset_names, validate
+from metapl.config import build_config, from_dict, load_config_file, save_config, validate
 from metapl.errors import ConfigError
+from metapl.presets import preset_names
 
 
 def test_presets_load_and_validate():
@@ -19,13 +20,74 @@ def test_presets_load_and_validate():
 
 def test_overrides_are_typed_and_applied():
     cfg = build_config(
-        "digits", ["train.steps=7", "teacher.lr=0.2", "model.hidden=[16, 8]", "method.baseline=false"], "uda"
+        "digits", ["train.steps=7", "teacher.lr=0.2", "model.hidden=[16, 8]", "method.uda_weight=2"], "uda"
     )
     assert cfg.train.steps == 7 and isinstance(cfg.train.steps, int)
     assert cfg.teacher.lr == 0.2
     assert cfg.model.hidden == [16, 8]
-    assert cfg.method.baseline is False
+    assert cfg.method.settings.uda_weight == 2.0
     assert cfg.method.name == "uda"
+
+
+def test_method_section_is_the_chosen_methods_settings():
+    """The `method` section holds the chosen method's keys only; the preset's keys of other methods are dropped,
+    shared ones kept; a key of another method given by the user names the method it belongs to."""
+    from metapl.methods.mpl import MPLSettings
+    from metapl.methods.supervised import SupervisedSettings
+    from metapl.methods.uda import UDASettings
+
+    mpl = build_config("digits")
+    assert type(mpl.method.settings) is MPLSettings and mpl.method.settings.label_smoothing == 0.15
+    uda = build_config("digits", method="uda")
+    assert type(uda.method.settings) is UDASettings
+    assert uda.method.settings.uda_ramp_steps == 500  # the preset's value of a key UDA shares with MPL
+    assert "feedback" not in uda.to_dict()["method"]
+    supervised = build_config("digits", ["method.name=supervised"])
+    assert type(supervised.method.settings) is SupervisedSettings
+    assert set(supervised.to_dict()["method"]) == {"name", "label_smoothing"}
+    with pytest.raises(ConfigError, match="method.feedback is a setting of method.name=mpl, not of uda"):
+        build_config("digits", ["method.feedback=soft"], "uda")
+    with pytest.raises(ConfigError, match="did you mean 'method.feedback'"):
+        build_config("digits", ["method.fedback=soft"])
+
+
+def test_derived_keys_are_refused_and_not_shown():
+    """total_steps and the fp16 loss scale follow from train.steps and train.precision: never set, never shown."""
+    with pytest.raises(ConfigError, match="teacher.total_steps cannot be set: it is train.steps"):
+        build_config("digits", ["teacher.total_steps=5"])
+    assert "total_steps" not in build_config("digits").to_dict()["teacher"]
+
+
+def test_config_file_round_trip_and_old_format(tmp_path):
+    """config.yaml carries its format; a metapl 0.1 file (every method's keys, derived optimiser keys) still reads."""
+    import yaml
+
+    cfg = build_config("digits", ["train.steps=9"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["config_format"] == 2
+    assert load_config_file(tmp_path / "config.yaml") == cfg
+    old = cfg.to_dict()
+    old["method"].update(teacher_fraction=0.5, supervised_loss=True)  # 0.1 wrote every method's keys
+    old["teacher"].update(total_steps=1000, fp16_loss_scale=False)
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    again = load_config_file(tmp_path / "old.yaml")
+    again.preset = cfg.preset
+    assert again == cfg
+    (tmp_path / "future.yaml").write_text(yaml.safe_dump({"config_format": 99, **cfg.to_dict()}))
+    with pytest.raises(ConfigError, match="config_format=99, which this metapl"):
+        load_config_file(tmp_path / "future.yaml")
+
+
+def test_api_settings_are_checked_like_the_config():
+    """A settings dataclass passed to a method's constructor is held to the same declared rules."""
+    from torch import nn
+
+    from metapl import MetaPseudoLabels, MPLSettings
+
+    with pytest.raises(ConfigError, match="method.baseline_decay=1.5 is impossible; it must be in \\[0, 1\\)"):
+        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(baseline_decay=1.5))
+    with pytest.raises(ValueError, match="did you mean 'soft'"):  # ConfigError is a ValueError for API users
+        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(feedback="sotf"))
 
 
 def test_int_accepted_where_float_expected():
@@ -56,6 +118,11 @@ def test_round_trip_through_dict():
         ("method.h=dots", "method.h='dots' is not allowed"),
         ("train", "is not key=value"),
         ("train=5", "'train' is a section"),
+        ("teacher.lr=inf", "teacher.lr=inf is impossible; it must be a finite number"),
+        ("data.noise=nan", "data.noise=nan is impossible; it must be a finite number"),
+        ("method.name=mlp", "did you mean 'mpl'"),
+        ("model.name=wrn", "model.name='wrn' is not allowed"),
+        ("data.name=digit", "did you mean 'digits'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, fragment):

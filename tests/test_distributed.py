@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from metapl import AuxLossSettings, Batch, MetaPseudoLabels, OptimSettings
+from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings
 
 STEPS = 6
 FEEDBACKS = [("hard", "dot"), ("hard", "taylor"), ("soft", "dot")]
@@ -30,12 +30,11 @@ def _method(teacher: nn.Module, student: nn.Module, feedback: str, h: str) -> Me
         teacher,
         student,
         4,
-        feedback=feedback,
-        h=h,
-        sampling="argmax",
+        MPLSettings(
+            feedback=feedback, h=h, sampling="argmax", label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0
+        ),
         teacher_optim=optim,
         student_optim=optim,
-        teacher_losses=AuxLossSettings(label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0),
     )
 
 

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from metapl import AuxLossSettings, Batch, MetaPseudoLabels
+from metapl import Batch, MetaPseudoLabels, MPLSettings
+from metapl.build import build_method
 from metapl.config import build_config
 from metapl.data import build_data
 from metapl.ema import ModelEMA
 from metapl.errors import ConfigError
-from metapl.experiment import build_method, run_experiment
+from metapl.experiment import run_experiment
 from metapl.optim import OptimSettings, Updater, lr_at
 
 
@@ -62,10 +63,10 @@ def test_student_wait_period_moves_momentum_bn_and_ema_but_not_weights():
         teacher,
         student,
         3,
+        MPLSettings(uda=False),
         teacher_optim=OptimSettings(lr=0.1, total_steps=10),
         student_optim=OptimSettings(lr=0.1, wait_steps=5, total_steps=10),
         ema_decay=0.9,
-        teacher_losses=AuxLossSettings(uda=False),
     )
     params = [p.detach().clone() for p in student.parameters()]
     teacher_params = [p.detach().clone() for p in teacher.parameters()]

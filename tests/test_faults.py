@@ -15,7 +15,8 @@ import torch
 
 from metapl.config import build_config
 from metapl.engine import checkpoint as checkpoint_module
-from metapl.engine.checkpoint import RunLock, atomic_save
+from metapl.engine.checkpoint import atomic_save
+from metapl.engine.run_dir import RunLock
 from metapl.errors import CheckpointError, TrainingError
 from metapl.experiment import run_experiment
 

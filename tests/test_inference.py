@@ -17,11 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
+from metapl.build import build_model
 from metapl.config import build_config, load_config_file
 from metapl.data import build_data
-from metapl.engine.evaluate import predict_proba
+from metapl.engine.evaluate import make_evaluator, predict_proba
 from metapl.errors import CheckpointError
-from metapl.experiment import build_model, make_evaluator, run_experiment
+from metapl.experiment import run_experiment
 from metapl.inference import evaluate_run, export_run, load_image, load_run, predict_run
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -72,7 +73,9 @@ def _check_prediction_rows(rows: list[dict], num_classes: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- eval
 def test_eval_gives_the_evaluators_numbers_and_writes_eval_json(run):
     model, data, cfg = _model_and_data(run)
-    expected = make_evaluator(data, cfg.train.eval_batch_size)(SimpleNamespace(eval_model=lambda: model))
+    expected = make_evaluator(data, cfg.train.eval_batch_size)(
+        SimpleNamespace(eval_model=lambda: model, reported_networks=dict)
+    )
     result = evaluate_run(run)
     for key, value in expected.items():
         assert result[key] == value, key

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metapl import AuxLossSettings, Batch, MetaPseudoLabels, OptimSettings
+from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.uda import auxiliary_losses
+from metapl.methods.uda import UDASettings, auxiliary_losses
 
 
 def test_uda_masks_on_the_sharpened_target_and_divides_by_all():
@@ -47,9 +47,9 @@ def test_tsa_threshold_and_mask():
 
 def test_uda_weight_ramps_linearly():
     assert [linear_ramp(t, 100) for t in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
-    settings = AuxLossSettings(uda_weight=8.0, uda_ramp_steps=100, uda_threshold=0.0)
+    settings = UDASettings(uda_weight=8.0, uda_ramp_steps=100, uda_threshold=0.0)
     z = torch.randn(4, 3)
-    _, metrics = auxiliary_losses(z, torch.tensor([0, 1, 2, 0]), z, z + 1, 25, settings)
+    _, metrics = auxiliary_losses(z, torch.tensor([0, 1, 2, 0]), z, z + 1, 25, settings, total_steps=1000)
     assert metrics["uda_weight"] == pytest.approx(2.0)
 
 
@@ -59,10 +59,10 @@ def test_teacher_update_is_aux_gradient_plus_feedback_term():
     teacher = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     student = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     plain = OptimSettings(lr=0.5, momentum=0.0, schedule="constant", total_steps=10)
-    aux = AuxLossSettings(label_smoothing=0.1, uda_weight=3.0, uda_ramp_steps=0, uda_threshold=0.0, uda_temperature=0.8)
-    mpl = MetaPseudoLabels(
-        teacher, student, 3, sampling="argmax", teacher_optim=plain, student_optim=plain, teacher_losses=aux
+    settings = MPLSettings(
+        sampling="argmax", label_smoothing=0.1, uda_weight=3.0, uda_ramp_steps=0, uda_threshold=0.0, uda_temperature=0.8
     )
+    mpl = MetaPseudoLabels(teacher, student, 3, settings, teacher_optim=plain, student_optim=plain)
     g = torch.Generator().manual_seed(3)
     x_l = torch.randn(4, 3, generator=g, dtype=torch.float64)
     y_l = torch.randint(0, 3, (4,), generator=g)

@@ -12,6 +12,7 @@ term moves it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -20,12 +21,12 @@ from torch import nn
 from torch.func import functional_call
 
 from metapl.losses import soft_cross_entropy
-from metapl.methods import AuxLossSettings, Batch, MetaPseudoLabels
+from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
 from metapl.models.mlp import MLP
 from metapl.optim import OptimSettings
 
 IN, K, B, BU = 4, 3, 6, 5  # input width, classes, labeled batch, unlabeled batch (B ≠ BU on purpose)
-NO_AUX = AuxLossSettings(supervised=False, uda=False)  # isolate the MPL term
+NO_AUX = {"supervised_loss": False, "uda": False}  # isolate the MPL term
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons; conftest also sets one thread
@@ -61,16 +62,18 @@ def make_batch(seed: int) -> Batch:
 
 
 def make_mpl(teacher, student, feedback, h="dot", lr_t=1.0, lr_s=0.5, student_optim=None, teacher_optim=None, **kwargs):
-    kwargs.setdefault("teacher_losses", NO_AUX)
+    """An MPL step with plain SGD; `kwargs` are MPLSettings fields (the teacher's auxiliary losses off unless given)
+    or the constructor's other arguments (ema_decay)."""
+    fields = {f.name for f in dataclasses.fields(MPLSettings)}
+    settings = {**NO_AUX, **{k: v for k, v in kwargs.items() if k in fields}}
     return MetaPseudoLabels(
         teacher,
         student,
-        num_classes=K,
-        feedback=feedback,
-        h=h,
+        K,
+        MPLSettings(feedback=feedback, h=h, **settings),
         teacher_optim=teacher_optim or plain(lr_t),
         student_optim=student_optim or plain(lr_s),
-        **kwargs,
+        **{k: v for k, v in kwargs.items() if k not in fields},
     )
 
 

@@ -62,5 +62,9 @@ def test_overrides_apply_and_round_trip(steps, lr, mu, threshold, hidden, baseli
         ],
     )
     assert (cfg.train.steps, cfg.teacher.lr, cfg.data.mu) == (steps, lr, mu)
-    assert (cfg.method.uda_threshold, cfg.model.hidden, cfg.method.baseline) == (threshold, hidden, baseline)
+    assert (cfg.method.settings.uda_threshold, cfg.model.hidden, cfg.method.settings.baseline) == (
+        threshold,
+        hidden,
+        baseline,
+    )
     assert from_dict(cfg.to_dict()) == cfg

@@ -141,8 +141,8 @@ def test_unknown_preset_suggests_one(capsys, tmp_path):
 
 def test_model_num_classes_equal_to_the_datas_is_accepted():
     cfg = build_config("twomoon", ["model.num_classes=2", "train.steps=1"], "supervised")
+    from metapl.build import build_model
     from metapl.data import build_data
-    from metapl.experiment import build_model
 
     assert build_model(cfg, build_data(cfg.data, 0))(torch.zeros(1, 2)).shape == (1, 2)
 
@@ -323,7 +323,8 @@ def test_resume_from_a_bad_checkpoint_is_refused_and_destroys_nothing(capsys, ru
     before = files(run)
     line = one_line_error(capsys, *TRAIN, "--out", run)
     assert fragment in line
-    assert f"move {run / 'checkpoint.pt'} away to train this run from step 0, or pass another --out" in line
+    assert f"move {run / 'checkpoint.pt'} away to train this run from step 0, or add --restart" in line
+    assert line.endswith("or pass another --out")
     assert not marker.exists(), "the pickled code ran"
     assert files(run) == before
 
@@ -343,7 +344,7 @@ def test_a_run_without_checkpoint_is_not_overwritten_by_another_config(capsys, r
     (run / "checkpoint.pt").unlink()  # e.g. deleted to save disk once the run had finished
     before = files(run)
     line = one_line_error(capsys, "train", "--preset", "twomoon", "--set", "train.steps=2", "--out", run)
-    assert "holds a run with" in line and "pass a new --out" in line
+    assert "holds a trained run with" in line and "add --restart to discard it" in line
     assert files(run) == before
 
 
@@ -371,7 +372,7 @@ def _batches(xs: list[torch.Tensor]):
 def _supervised() -> Supervised:
     torch.manual_seed(0)
     settings = OptimSettings(lr=0.1, momentum=0.9, schedule="constant", total_steps=10)
-    return Supervised(nn.Linear(3, 2), 2, settings)
+    return Supervised(nn.Linear(3, 2), 2, optim=settings)
 
 
 def _no_eval(method) -> dict[str, float]:

@@ -140,8 +140,8 @@ def test_resume_with_another_config_is_refused(uninterrupted):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"metapl: error: {uninterrupted} holds a run with teacher.lr=0.05, not 0.2; "
-        "resume with the same settings or pass a new --out"
+        f"metapl: error: {uninterrupted} holds a trained run with teacher.lr=0.05, not 0.2; "
+        "resume with the same settings, add --restart to discard it and start over, or pass another --out"
     ]
     assert (uninterrupted / "checkpoint.pt").read_bytes() == before
 

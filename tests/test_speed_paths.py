@@ -21,7 +21,7 @@ from test_mpl_math import IN, K, make_batch
 from test_mpl_math import make_mpl as basic_mpl
 from torch import nn
 
-from metapl.methods import AuxLossSettings, MetaPseudoLabels
+from metapl.methods import MetaPseudoLabels
 from metapl.models.mlp import MLP
 from metapl.optim import OptimSettings, Updater
 
@@ -40,7 +40,11 @@ def make_mpl(feedback: str, h: str, teacher_graph: str, seed: int = 0) -> MetaPs
         h,
         teacher_optim=real,
         student_optim=real,
-        teacher_losses=AuxLossSettings(uda_ramp_steps=0, uda_threshold=0.0, label_smoothing=0.1),
+        supervised_loss=True,  # the teacher's auxiliary losses on, as in a real run
+        uda=True,
+        uda_ramp_steps=0,
+        uda_threshold=0.0,
+        label_smoothing=0.1,
         student_label_smoothing=0.1,
         teacher_graph=teacher_graph,
     )

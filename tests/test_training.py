@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metapl.build import build_method, seed_everything
 from metapl.config import build_config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream
+from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import read_metrics
-from metapl.experiment import build_method, make_evaluator, run_experiment, seed_everything
+from metapl.experiment import run_experiment
 
 
 def _train(method: str, steps: int, *overrides: str):

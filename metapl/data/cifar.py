@@ -13,6 +13,8 @@ import numpy as np
 import torch
 
 from metapl.data.datasets import ArrayDataset
+from metapl.data.randaugment import color_pipeline
+from metapl.data.registry import DatasetEntry, LoadedDataset
 from metapl.errors import DataError
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # spec §8.2
@@ -89,3 +91,28 @@ def load_cifar(name: str, root: str = "") -> ArrayDataset:
             raise DataError(f"{folder}: {split} labels outside 0..{classes - 1}; delete the folder and download again")
         parts[split] = (torch.from_numpy(images), torch.from_numpy(labels))
     return ArrayDataset(*parts["train"], *parts["test"], classes)
+
+
+def _loader(name: str):
+    def load(cfg, seed: int) -> LoadedDataset:
+        labeled, weak, strong, views = color_pipeline(cfg)
+        return LoadedDataset(load_cifar(name, cfg.root), labeled, weak, strong, views, None, (CIFAR_MEAN, CIFAR_STD))
+
+    return load
+
+
+def _downloader(name: str):
+    def download(cfg) -> None:
+        from torchvision import datasets
+
+        if cifar_folder(name, cfg.root).is_dir():
+            return
+        cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+        for train in (True, False):
+            cls(cfg.root or "data", train=train, download=True)
+
+    return download
+
+
+CIFAR10 = DatasetEntry(_loader("cifar10"), _downloader("cifar10"))
+CIFAR100 = DatasetEntry(_loader("cifar100"), _downloader("cifar100"))

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metapl.data import augment
+from metapl.data.registry import DatasetEntry, LoadedDataset
 from metapl.errors import DataError
 
 
@@ -120,3 +122,40 @@ def load_fashion_mnist(root: str = "") -> ArrayDataset:
         )
     classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
     return ArrayDataset(*arrays["train"], *arrays["test"], classes)
+
+
+def _load_twomoon(cfg, seed: int) -> LoadedDataset:
+    strong = augment.point_jitter(cfg.jitter if cfg.augment else 0.0)
+    return LoadedDataset(load_twomoon(cfg.num_points, cfg.noise, seed), augment.identity, augment.identity, strong)
+
+
+def _load_digits(cfg, seed: int) -> LoadedDataset:
+    weak = augment.small_image_weak if cfg.augment else augment.identity
+    strong = augment.small_image_strong if cfg.augment else augment.identity
+    return LoadedDataset(load_digits(), weak, weak, strong)
+
+
+def _load_fashion_mnist(cfg, seed: int) -> LoadedDataset:
+    weak, strong = augment.image_views(flip=True) if cfg.augment else (augment.identity, augment.identity)
+    return LoadedDataset(load_fashion_mnist(cfg.root), weak, weak, strong)
+
+
+def _download_fashion_mnist(cfg) -> None:
+    """torchvision's download into a temporary folder, then the .gz IDX files into data.root."""
+    import tempfile
+
+    from torchvision import datasets
+
+    if not cfg.root:
+        raise DataError("--download for fashion_mnist needs data.root, the IDX folder to download into")
+    with tempfile.TemporaryDirectory(dir=cfg.root if Path(cfg.root).is_dir() else None) as tmp:
+        for train in (True, False):
+            datasets.FashionMNIST(tmp, train=train, download=True)
+        Path(cfg.root).mkdir(parents=True, exist_ok=True)
+        for file in (Path(tmp) / "FashionMNIST" / "raw").glob("*.gz"):
+            file.replace(Path(cfg.root) / file.name)
+
+
+TWOMOON = DatasetEntry(_load_twomoon)
+DIGITS = DatasetEntry(_load_digits)
+FASHION_MNIST = DatasetEntry(_load_fashion_mnist, _download_fashion_mnist)

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metapl.data import augment
 from metapl.data.datasets import ArrayDataset
 from metapl.data.folders import ImageFiles, labeled_source, unlabeled_source
+from metapl.data.registry import DatasetEntry, LoadedDataset
 from metapl.data.streaming import ImagePipeline
 from metapl.errors import DataError
 
@@ -57,3 +59,17 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
         num_classes=len(classes),
     )
     return dataset, len(paths)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _load(cfg, seed: int) -> LoadedDataset:
+    dataset, labelable = load_image_set(cfg)
+    identity = augment.identity  # the loader workers augment (streaming.py)
+    return LoadedDataset(dataset, identity, identity, identity, None, labelable, (IMAGENET_MEAN, IMAGENET_STD))
+
+
+IMAGENET = DatasetEntry(_load)
+FOLDER = DatasetEntry(_load)

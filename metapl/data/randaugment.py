@@ -354,3 +354,21 @@ __all__ = [
     "rand_augment",
     "rand_augment_batch",
 ]
+
+
+def color_pipeline(cfg):
+    """(labeled, weak, strong, views) for 32×32 uint8 colour batches (CIFAR, SVHN; #augmentation)."""
+    from functools import partial
+
+    from metapl.data import augment
+
+    if not cfg.augment:
+        return augment.identity, augment.identity, augment.identity, None
+    magnitude = cfg.magnitude or 16
+    weak = partial(cifar_weak, flip=cfg.flip)
+    views = partial(cifar_views, magnitude=magnitude, flip=cfg.flip)
+
+    def strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return views(x, generator)[1]
+
+    return weak, weak, strong, views

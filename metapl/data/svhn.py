@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from metapl.data.datasets import ArrayDataset
+from metapl.data.randaugment import color_pipeline
+from metapl.data.registry import DatasetEntry, LoadedDataset
 from metapl.errors import DataError
 
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
@@ -56,3 +58,21 @@ def load_svhn(root: str = "", extra: bool = False) -> tuple[ArrayDataset, int]:
         torch.from_numpy(x_train), torch.from_numpy(y_train), torch.from_numpy(x_test), torch.from_numpy(y_test), 10
     )
     return dataset, labelable
+
+
+def _load(cfg, seed: int) -> LoadedDataset:
+    dataset, labelable = load_svhn(cfg.root, cfg.extra)
+    labeled, weak, strong, views = color_pipeline(cfg)
+    return LoadedDataset(dataset, labeled, weak, strong, views, labelable, (SVHN_MEAN, SVHN_STD))
+
+
+def _download(cfg) -> None:
+    from torchvision import datasets
+
+    root = cfg.root or "data"
+    for split in ("train", "test") + (("extra",) if cfg.extra else ()):
+        if not (Path(root) / f"{split}_32x32.mat").is_file():
+            datasets.SVHN(root, split=split, download=True)
+
+
+SVHN = DatasetEntry(_load, _download)

@@ -119,49 +119,43 @@ class CheckpointKeeper:
                 old.unlink()
 
 
-class RunLock:
-    """`RUN/.lock` holds the PID of the process training into RUN; a second process is refused, a stale lock
-    (its process is gone) is taken over."""
-
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
-        self.held = False
-
-    def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is not None and holder != os.getpid() and _alive(holder):
-                    raise CheckpointError(
-                        f"{self.path.parent} is in use by process {holder}; wait for it to end or pass another --out"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
-            self.held = True
-            return
-        raise CheckpointError(f"cannot lock {self.path}; remove it if no metapl process uses {self.path.parent}")
-
-    def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
-
-    def _holder(self) -> int | None:
-        try:
-            return int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
+# ---------------------------------------------------------------------------------------------- the format
+# checkpoint.pt: one dict of tensors and plain values (loads with weights_only=True). FORMAT counts its layout;
+# a file of a format in READABLE_FORMATS loads, any other is refused in one line that says why.
+FORMAT = 1
+READABLE_FORMATS = (1,)
+PHASES = ("train", "finetune")  # a run's phases, in order
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+def training_state(phase: str, step: int, method: dict, finetune: dict | None, stream: dict, results: dict) -> dict:
+    """What checkpoint.pt holds after `step` steps of `phase`: the method's state (and the finetuning method's),
+    the batch stream's position, the phases' results so far, and every RNG state."""
+    return {
+        "format": FORMAT,
+        "phase": phase,
+        "step": step,
+        "method": method,
+        "finetune": finetune,
+        "stream": stream,
+        "results": results,
+        "rng": rng_state(),
+    }
+
+
+def read_training_state(path: Path, fix: str) -> dict:
+    """A checkpoint written by training_state; a file of another format, or not one at all, is one
+    CheckpointError ending in `fix`."""
+    saved = load_weights(path, fix=fix)
+    if not isinstance(saved, dict) or "format" not in saved:
+        raise CheckpointError(f"{path} is not a checkpoint written by metapl train; {fix}")
+    if saved["format"] not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} has checkpoint format {saved['format']!r}, which this metapl (format {FORMAT}) cannot read; "
+            f"resume it with the metapl that wrote it, or {fix}"
+        )
+    missing = {"phase", "step", "method", "stream", "results", "rng", "finetune"} - saved.keys()
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(sorted(missing))}; {fix}")
+    if saved["phase"] not in PHASES or (saved["phase"] == "finetune" and saved["finetune"] is None):
+        raise CheckpointError(f"{path} names an unknown phase; {fix}")
+    return saved

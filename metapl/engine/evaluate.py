@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metapl.methods.base import Method
 
 
 @torch.no_grad()
@@ -55,3 +59,24 @@ def _batches(x, batch_size: int):
     for xb in eval_batches(x, batch_size):
         yield start, xb
         start += len(xb)
+
+
+def make_evaluator(data, batch_size: int) -> Callable[[Method], dict[str, float]]:
+    """Validation and test scores of the method's evaluated model (the EMA student), and of the networks it
+    reports besides (the teacher's, as teacher_val_top1, ...)."""
+
+    def score(model: nn.Module, prefix: str) -> dict[str, float]:
+        scores = {}
+        for split, x, y in (("val", data.x_val, data.y_val), ("test", data.x_test, data.y_test)):
+            scores.update({f"{prefix}{split}_{k}": v for k, v in evaluate(model, x, y, batch_size).items()})
+        return scores
+
+    def run(method: Method) -> dict[str, float]:
+        evaluated = method.eval_model()
+        scores = score(evaluated, "")
+        for name, network in method.reported_networks().items():
+            if network is not evaluated:
+                scores.update(score(network, f"{name}_"))
+        return scores
+
+    return run

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -27,6 +27,12 @@ class Batch:
     x_u_strong: torch.Tensor | None = None
     y_u: torch.Tensor | None = None
 
+    def unlabeled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_u_weak, x_u_strong), for the methods that need them."""
+        if self.x_u_weak is None or self.x_u_strong is None:
+            raise ValueError("this method needs unlabeled data, and the batch has none")
+        return self.x_u_weak, self.x_u_strong
+
     def to(self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False) -> Batch:
         """The same batch on `device`; image tensors in NHWC memory format with `channels_last`."""
         return self._map(lambda t: t.to(device, non_blocking=non_blocking, memory_format=_format(t, channels_last)))
@@ -44,14 +50,31 @@ def _format(t: torch.Tensor, channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last and t.dim() == 4 else torch.preserve_format
 
 
-class Method(Protocol):
-    """One semi-supervised algorithm: it owns its models, optimisers, schedules and EMA."""
+# What a step returns: scalars, as 0-dim tensors (no host sync inside a step) or Python floats.
+Metrics = dict[str, torch.Tensor | float]
 
-    def step(self, batch: Batch, step: int) -> dict[str, float]:
+
+class Method(Protocol):
+    """One semi-supervised algorithm: it owns its models, optimisers, schedules and EMA.
+
+    The engine reads two class attributes: `uses_unlabeled` (False: batches carry only labeled data) and
+    `finetunes` (True: the finetuning phase follows on the labeled data, starting from eval_model()).
+    """
+
+    uses_unlabeled: ClassVar[bool]
+    finetunes: ClassVar[bool]
+
+    def step(self, batch: Batch, step: int) -> Metrics:
         """One optimisation step; returns scalar metrics."""
+
+    def networks(self) -> dict[str, nn.Module]:
+        """The trained networks by name: what the engine checkpoints, compiles and converts to SyncBatchNorm."""
 
     def eval_model(self) -> nn.Module:
         """The network that evaluation and export use (the EMA student when EMA is on)."""
+
+    def reported_networks(self) -> dict[str, nn.Module]:
+        """Networks scored besides eval_model() (their metrics get the name as prefix: teacher_val_top1)."""
 
     def state_dict(self) -> dict:
         """Models, optimisers, EMA, baselines, counters."""
@@ -116,8 +139,32 @@ def module_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+@dataclass
+class BuildContext:
+    """What a method's build function gets from the run (the method never reads a config or a file)."""
+
+    num_classes: int
+    total_steps: int  # the training phase's steps (train.steps)
+    ema_decay: float | None  # the student's EMA decay; None: no EMA
+    new_network: Callable[[], nn.Module]  # a fresh network of the configured model, on the run's device
+    optim: Callable[[str, int], OptimSettings]  # ("teacher" | "student", its steps) -> its optimiser settings
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A method's registration: its settings dataclass (the config's `method` section and the constructor's
+    argument), how to build it for a run, and a short label of its settings for plots and tables."""
+
+    settings: type
+    build: Callable[[Any, BuildContext], Method]
+    label: Callable[[Any], str] = lambda settings: ""
+
+
 class SingleModelMethod:
     """State handling for the one-network methods (supervised, UDA): model, optimiser, optional EMA."""
+
+    uses_unlabeled: ClassVar[bool] = True
+    finetunes: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, num_classes: int, optim: OptimSettings | None, ema_decay: float | None):
         self.model = model
@@ -133,6 +180,12 @@ class SingleModelMethod:
 
     def eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"model": self.model}
+
+    def reported_networks(self) -> dict[str, nn.Module]:
+        return {}
 
     def state_dict(self) -> dict:
         return {
@@ -151,6 +204,8 @@ class SingleModelMethod:
 class TwoModelMethod:
     """State handling for teacher–student methods (pseudo-label, MPL): two models, two optimisers, student EMA."""
 
+    uses_unlabeled: ClassVar[bool] = True
+    finetunes: ClassVar[bool] = False
     teacher: nn.Module
     student: nn.Module
     teacher_updater: Updater
@@ -179,8 +234,15 @@ class TwoModelMethod:
             self.ema.update(self.student, step)
         return grad_norm
 
-    def _student_eval_model(self) -> nn.Module:
+    def eval_model(self) -> nn.Module:
+        """The EMA student when EMA is on, else the student: only the student is used for prediction."""
         return self.ema.module if self.ema is not None else self.student
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher, "student": self.student}
+
+    def reported_networks(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
 
     def state_dict(self) -> dict:
         return {

@@ -30,6 +30,8 @@ part of J_T, so no part of that backward can run before c without a second backw
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,73 +39,91 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl import distributed
-from metapl.errors import TrainingError
+from metapl.errors import ConfigError, TrainingError
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, TwoModelMethod, frozen_bn_stats, replayed_randomness, rng_state
+from metapl.methods.base import (
+    Batch,
+    BuildContext,
+    MethodEntry,
+    Metrics,
+    TwoModelMethod,
+    frozen_bn_stats,
+    replayed_randomness,
+    rng_state,
+)
 from metapl.methods.supervised import Supervised, finetuner
-from metapl.methods.uda import AuxLossSettings, auxiliary_losses
+from metapl.methods.uda import UDASettings, auxiliary_losses
 from metapl.optim import OptimSettings, global_norm
+from metapl.settings import check_settings, choice, fraction
 
-FEEDBACKS = ("hard", "soft", "official")
-H_ESTIMATORS = ("dot", "cosine", "taylor")
-TEACHER_GRAPHS = ("keep", "recompute")
+if TYPE_CHECKING:
+    from metapl.config import Config
 
 MplTerm = Callable[[torch.Tensor], torch.Tensor]  # T(x_u_strong)'s logits, with their graph → the MPL term
 
 
+@dataclass
+class FeedbackSettings:
+    """How the student's step is credited to the teacher (docs/method.md#feedback-modes)."""
+
+    feedback: str = choice("hard", ("hard", "soft", "official"))
+    h: str = choice("dot", ("dot", "cosine", "taylor"))  # hard: the estimate of the student's improvement
+    sampling: str = choice("sample", ("sample", "argmax"))  # hard: ŷ ~ T(x_u_strong), or its argmax
+    h_sign: int = choice(1, (1, -1))  # 1: h > 0 when the student improved (the paper); -1 flips the feedback
+    baseline: bool = True  # subtract b, a moving average of h
+    baseline_decay: float = fraction(0.99)
+    # hard: CE(ŷ, T) averaged over the batch (the code's scale) or summed (the unbiased estimate, #hard-labels)
+    reinforce_reduction: str = choice("mean", ("mean", "sum"))
+    student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
+
+
+@dataclass
+class MPLSettings(FeedbackSettings, UDASettings):
+    """The config's `method` section for method.name=mpl: the feedback, and the teacher's auxiliary losses
+    (UDA's settings, each part switchable)."""
+
+    supervised_loss: bool = True  # the teacher's supervised CE on the labeled batch
+    uda: bool = True  # the teacher's UDA consistency loss
+    # keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
+    # forward, about a third less peak memory); the same update either way (#teacher-graph)
+    teacher_graph: str = choice("keep", ("keep", "recompute"))
+
+    def check_with(self, cfg: Config) -> None:
+        """Settings that conflict with the run's other sections (config.validate calls it)."""
+        if cfg.train.compile and self.feedback == "soft":
+            raise ConfigError(
+                "train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false"
+            )
+
+
 class MetaPseudoLabels(TwoModelMethod):
     """A teacher that learns from how much its pseudo labels help the student on labeled data."""
+
+    finetunes: ClassVar[bool] = True
 
     def __init__(
         self,
         teacher: nn.Module,
         student: nn.Module,
         num_classes: int,
-        feedback: str = "hard",
-        h: str = "dot",
+        settings: MPLSettings | None = None,
         *,
         teacher_optim: OptimSettings | None = None,
         student_optim: OptimSettings | None = None,
-        teacher_losses: AuxLossSettings | None = None,
-        student_label_smoothing: float = 0.0,
-        sampling: str = "sample",
-        h_sign: int = 1,
-        baseline: bool = True,
-        baseline_decay: float = 0.99,
-        reinforce_reduction: str = "mean",
         ema_decay: float | None = None,
-        teacher_graph: str = "keep",
     ):
-        if feedback not in FEEDBACKS:
-            raise ValueError(f"feedback={feedback!r}; use one of {', '.join(FEEDBACKS)}")
-        if h not in H_ESTIMATORS:
-            raise ValueError(f"h={h!r}; use one of {', '.join(H_ESTIMATORS)}")
-        if sampling not in ("sample", "argmax"):
-            raise ValueError(f"sampling={sampling!r}; use 'sample' or 'argmax'")
-        if reinforce_reduction not in ("mean", "sum"):
-            raise ValueError(
-                f"reinforce_reduction={reinforce_reduction!r}; use 'mean' (the code's) or 'sum' (unbiased)"
-            )
-        if teacher_graph not in TEACHER_GRAPHS:
-            raise ValueError(f"teacher_graph={teacher_graph!r}; use 'keep' (fastest) or 'recompute' (less memory)")
-        if h_sign not in (1, -1):
-            raise ValueError(f"h_sign={h_sign!r}; use 1 (paper: h > 0 when the student improved) or -1")
+        self.settings = settings or MPLSettings()
+        check_settings(self.settings, "method")
         self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
         self.num_classes = num_classes
-        self.feedback, self.h_estimator, self.sampling, self.h_sign = feedback, h, sampling, h_sign
-        self.teacher_losses = teacher_losses or AuxLossSettings()
-        self.student_label_smoothing = student_label_smoothing
-        self.use_baseline, self.baseline_decay = baseline, baseline_decay
-        self.reinforce_reduction = reinforce_reduction
-        self.teacher_graph = teacher_graph
         names = {id(p): name for name, p in student.named_parameters()}
         self._student_param_names = [names[id(p)] for p in self.student_updater.params]
-        self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (§14b)
+        self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (#decisions)
 
     # ------------------------------------------------------------------ the step
-    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def step(self, batch: Batch, step: int) -> Metrics:
         """One MPL step: student update on the teacher's pseudo labels, then the teacher update."""
-        x_l, y_l, u_weak, u_strong = batch.x_l, batch.y_l, batch.x_u_weak, batch.x_u_strong
+        (x_l, y_l), (u_weak, u_strong) = (batch.x_l, batch.y_l), batch.unlabeled()
         b, bu = x_l.shape[0], u_strong.shape[0]
         lr_teacher = self.teacher_updater.set_step(step)
         lr_student = self.student_updater.set_step(step)  # η_S in force now (0 during the wait, §14c)
@@ -112,7 +132,7 @@ class MetaPseudoLabels(TwoModelMethod):
 
         # 1. Teacher forward at θ_T, BN statistics over the whole concatenation.
         teacher_input = torch.cat([x_l, u_weak, u_strong])
-        if self.teacher_graph == "keep":
+        if self.settings.teacher_graph == "keep":
             teacher_logits = self.teacher(teacher_input)  # its graph waits for c (step 5)
         else:
             dropout_rng = rng_state(teacher_input.device)
@@ -121,14 +141,26 @@ class MetaPseudoLabels(TwoModelMethod):
 
         # 2–4. Pseudo labels, the student's update, and the teacher's feedback: the MPL term as a function of z_strong.
         feedback_step = {"hard": self._hard_feedback, "soft": self._soft_feedback, "official": self._official_feedback}
-        mpl_term, metrics = feedback_step[self.feedback](batch, teacher_logits[b + bu :].detach(), step, lr_student)
+        mpl_term, metrics = feedback_step[self.settings.feedback](
+            batch, teacher_logits[b + bu :].detach(), step, lr_student
+        )
 
         # 5. Teacher update: L_sup + λ·L_UDA + MPL term in one backward, every gradient taken at the old θ_T.
-        if self.teacher_graph == "recompute":
+        if self.settings.teacher_graph == "recompute":
             with frozen_bn_stats(self.teacher), replayed_randomness(dropout_rng):
                 teacher_logits = self.teacher(teacher_input)
         logits_l, logits_weak, logits_strong = teacher_logits.split([b, bu, bu])
-        aux_loss, aux_metrics = auxiliary_losses(logits_l, y_l, logits_weak, logits_strong, step, self.teacher_losses)
+        aux_loss, aux_metrics = auxiliary_losses(
+            logits_l,
+            y_l,
+            logits_weak,
+            logits_strong,
+            step,
+            self.settings,
+            self.teacher_updater.settings.total_steps,
+            supervised=self.settings.supervised_loss,
+            uda=self.settings.uda,
+        )
         mpl_loss = mpl_term(logits_strong)
         teacher_loss = aux_loss + mpl_loss
         metrics.update({f"teacher_{k}": v for k, v in aux_metrics.items()})
@@ -151,7 +183,7 @@ class MetaPseudoLabels(TwoModelMethod):
         """Student learns a sampled ŷ; teacher term stop_grad(h − b)·CE(ŷ, T(x_u_strong)) for that same ŷ."""
         with torch.no_grad():
             teacher_probs = F.softmax(logits_strong.float(), dim=-1)
-            if self.sampling == "sample":
+            if self.settings.sampling == "sample":
                 try:
                     pseudo = torch.multinomial(teacher_probs, 1).squeeze(1)  # ŷ ~ T(x_u_strong; θ_T)
                 except RuntimeError:  # NaN or infinite probabilities: the teacher diverged
@@ -162,18 +194,18 @@ class MetaPseudoLabels(TwoModelMethod):
                 pseudo = teacher_probs.argmax(dim=-1)
 
         # taylor: L_l(θ_S) and L_l(θ'_S) on one labeled batch, same BN mode and dropout mask, so h = 0 iff θ'_S = θ_S.
-        if self.h_estimator == "taylor":
+        if self.settings.h == "taylor":
             dropout_rng = rng_state(batch.x_l.device)
             loss_before = self._labeled_loss_no_grad(batch)
 
         # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
         student_logits = self.student(batch.x_u_strong)
-        student_loss = smoothed_cross_entropy(student_logits, pseudo, self.student_label_smoothing)
+        student_loss = smoothed_cross_entropy(student_logits, pseudo, self.settings.student_label_smoothing)
         g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
 
         # h: how much the step on ŷ helped the student on labeled data.
-        if self.h_estimator == "taylor":
+        if self.settings.h == "taylor":
             with replayed_randomness(dropout_rng):
                 loss_after = self._labeled_loss_no_grad(batch)
             h = distributed.mean(loss_before - loss_after)  # the global batch's losses, as dot and cosine use
@@ -182,12 +214,14 @@ class MetaPseudoLabels(TwoModelMethod):
                 loss_after = F.cross_entropy(self.student(batch.x_l), batch.y_l)
             v = self.student_updater.gradients(loss_after)  # ∇L_l(θ'_S); not into .grad
             dot = _flat_dot(v, g_u)
-            if self.h_estimator == "dot":
+            if self.settings.h == "dot":
                 h = lr_student * dot
             else:  # cosine has no η_S factor: zero it while the student waits (§14c)
                 h = dot / (global_norm(v) * global_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
             loss_after = loss_after.detach()
-        h = self.h_sign * torch.nan_to_num(h.detach(), nan=0.0, posinf=0.0, neginf=0.0)  # fp16 overflow: no feedback
+        h = self.settings.h_sign * torch.nan_to_num(
+            h.detach(), nan=0.0, posinf=0.0, neginf=0.0
+        )  # fp16 overflow: no feedback
         if self.student_updater.skipped:  # the student did not move (fp16 overflow): θ'_S = θ_S, nothing to credit
             h = torch.zeros_like(h)
 
@@ -196,7 +230,7 @@ class MetaPseudoLabels(TwoModelMethod):
         def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
             # c·CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the
             # unbiased REINFORCE estimate for the batch as one compound action (spec §2.2), matching `soft` to first order.
-            return coefficient * F.cross_entropy(z_strong, pseudo, reduction=self.reinforce_reduction)
+            return coefficient * F.cross_entropy(z_strong, pseudo, reduction=self.settings.reinforce_reduction)
 
         metrics = self._student_metrics(batch, student_logits, logits_strong, pseudo, student_loss, student_grad_norm)
         metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
@@ -207,7 +241,9 @@ class MetaPseudoLabels(TwoModelMethod):
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
     ) -> tuple[MplTerm, dict]:
         """Exact ∇_θT L_l(θ'_S) through one SGD step: (η_S/B_u)·∇_θT Σ_ik T_ik·J_ik, J = JVP of log S at θ_S along v."""
-        target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.student_label_smoothing)
+        target = smooth_targets(
+            F.softmax(logits_strong, dim=-1), self.num_classes, self.settings.student_label_smoothing
+        )
         theta_old = [p.detach().clone() for p in self.student_updater.params]  # θ_S, kept until v is known
         buffers_old = {name: buf.detach().clone() for name, buf in self.student.named_buffers()}
         dropout_rng = rng_state(batch.x_u_strong.device)
@@ -231,7 +267,7 @@ class MetaPseudoLabels(TwoModelMethod):
         _, jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))  # J_ik = ⟨∇_θS log S_ik, v⟩
         jacobian_v = jacobian_v.detach()
         bu = batch.x_u_strong.shape[0]
-        scale = lr_student * (1.0 - self.student_label_smoothing) / bu
+        scale = lr_student * (1.0 - self.settings.student_label_smoothing) / bu
         if self.student_updater.skipped:  # fp16 overflow: the student did not take the step being differentiated
             scale = 0.0
 
@@ -250,14 +286,14 @@ class MetaPseudoLabels(TwoModelMethod):
         """The released code: soft smoothed targets, d = L_new − L_old, MPL term CE(stop_grad(p), p) (zero gradient)."""
         x_l, y_l, u_strong = batch.x_l, batch.y_l, batch.x_u_strong
         # The released code smooths the student's soft target with the teacher's label_smoothing.
-        target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.teacher_losses.label_smoothing)
+        target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.settings.label_smoothing)
         student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
         student_loss = soft_cross_entropy(student_logits, target)
         loss_before = F.cross_entropy(logits_l_old.detach(), y_l)
         student_grad_norm = self._update_student(self.student_updater.gradients(student_loss), step)
         with torch.no_grad(), frozen_bn_stats(self.student):
             loss_after = F.cross_entropy(self.student(x_l), y_l)
-        d = self.h_sign * distributed.mean(loss_after - loss_before)  # the code's sign: new − old
+        d = self.settings.h_sign * distributed.mean(loss_after - loss_before)  # the code's sign: new − old
         coefficient = self._baseline_coefficient(d)
 
         def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
@@ -275,9 +311,9 @@ class MetaPseudoLabels(TwoModelMethod):
 
     def _baseline_coefficient(self, h: torch.Tensor) -> torch.Tensor:
         """b ← decay·b + (1 − decay)·h, updated before use; returns stop_grad(h − b), or h without a baseline."""
-        if not self.use_baseline:
+        if not self.settings.baseline:
             return h.detach()
-        self.baseline = self.baseline_decay * self.baseline + (1.0 - self.baseline_decay) * h.detach()
+        self.baseline = self.settings.baseline_decay * self.baseline + (1.0 - self.settings.baseline_decay) * h.detach()
         return (h - self.baseline).detach()
 
     def _student_metrics(
@@ -304,10 +340,6 @@ class MetaPseudoLabels(TwoModelMethod):
         return metrics
 
     # ------------------------------------------------------------------ interface
-    def eval_model(self) -> nn.Module:
-        """The EMA student when EMA is on, else the student: only the student is used for prediction."""
-        return self._student_eval_model()
-
     def finetuner(self, optim: OptimSettings | None = None, label_smoothing: float = 0.0) -> Supervised:
         """The finetuning phase (spec §5): a supervised method on a copy of the evaluated student."""
         return finetuner(self.eval_model(), self.num_classes, optim, label_smoothing)
@@ -322,3 +354,25 @@ class MetaPseudoLabels(TwoModelMethod):
 
 def _flat_dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
+
+
+def _build(settings: MPLSettings, run: BuildContext) -> MetaPseudoLabels:
+    return MetaPseudoLabels(
+        run.new_network(),
+        run.new_network(),
+        run.num_classes,
+        settings,
+        teacher_optim=run.optim("teacher", run.total_steps),
+        student_optim=run.optim("student", run.total_steps),
+        ema_decay=run.ema_decay,
+    )
+
+
+def _label(settings: MPLSettings) -> str:
+    """'hard/dot', 'soft', 'official', with what is switched off."""
+    parts = [f"{settings.feedback}/{settings.h}" if settings.feedback == "hard" else settings.feedback]
+    parts += [f"no teacher {name}" for name, on in (("UDA", settings.uda), ("CE", settings.supervised_loss)) if not on]
+    return ", ".join(parts)
+
+
+METHOD = MethodEntry(MPLSettings, _build, _label)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, TwoModelMethod
+from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, TwoModelMethod
 from metapl.optim import OptimSettings
+from metapl.settings import check_settings, fraction, ranged
+
+
+@dataclass
+class PseudoLabelSettings:
+    """The config's `method` section for method.name=pseudo_label."""
+
+    teacher_fraction: float = ranged(0.5, lambda v: 0 < v < 1, "in (0, 1)")  # share of the steps training the teacher
+    label_smoothing: float = fraction(0.0)  # ε of the teacher's supervised CE
+    student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
+    soft: bool = False  # the student learns the teacher's distribution instead of its argmax
 
 
 class PseudoLabel(TwoModelMethod):
@@ -20,29 +33,28 @@ class PseudoLabel(TwoModelMethod):
         teacher: nn.Module,
         student: nn.Module,
         num_classes: int,
-        teacher_steps: int,
+        settings: PseudoLabelSettings | None = None,
         *,
+        teacher_steps: int,
         teacher_optim: OptimSettings | None = None,
         student_optim: OptimSettings | None = None,
-        label_smoothing: float = 0.0,
-        student_label_smoothing: float = 0.0,
-        soft: bool = False,
         ema_decay: float | None = None,
     ):
+        self.settings = settings or PseudoLabelSettings()
+        check_settings(self.settings, "method")
         self._init_models(teacher, student, teacher_optim, student_optim, ema_decay)
         self.num_classes, self.teacher_steps = num_classes, teacher_steps
-        self.label_smoothing, self.student_label_smoothing, self.soft = label_smoothing, student_label_smoothing, soft
 
-    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def step(self, batch: Batch, step: int) -> Metrics:
         if step < self.teacher_steps:
             return self._teacher_step(batch, step)
         return self._student_step(batch, step - self.teacher_steps)
 
-    def _teacher_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def _teacher_step(self, batch: Batch, step: int) -> Metrics:
         lr = self.teacher_updater.set_step(step)
         self.teacher.train()
         logits = self.teacher(batch.x_l)
-        loss = smoothed_cross_entropy(logits, batch.y_l, self.label_smoothing)
+        loss = smoothed_cross_entropy(logits, batch.y_l, self.settings.label_smoothing)
         grad_norm = self.teacher_updater.apply(self.teacher_updater.gradients(loss))
         return {
             "teacher_loss": loss.detach(),
@@ -51,21 +63,21 @@ class PseudoLabel(TwoModelMethod):
             "lr_teacher": lr,
         }
 
-    def _student_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def _student_step(self, batch: Batch, step: int) -> Metrics:
         lr = self.student_updater.set_step(step)
+        x_u_weak, x_u_strong = batch.unlabeled()
         self.teacher.eval()  # frozen: its predictions no longer change, so dropout and batch statistics are off
         with torch.no_grad():
-            teacher_probs = F.softmax(self.teacher(batch.x_u_weak), dim=-1)
+            teacher_probs = F.softmax(self.teacher(x_u_weak), dim=-1)
         self.student.train()
-        logits = self.student(batch.x_u_strong)
-        if self.soft:
-            loss = soft_cross_entropy(
-                logits, smooth_targets(teacher_probs, self.num_classes, self.student_label_smoothing)
-            )
+        logits = self.student(x_u_strong)
+        smoothing = self.settings.student_label_smoothing
+        if self.settings.soft:
+            loss = soft_cross_entropy(logits, smooth_targets(teacher_probs, self.num_classes, smoothing))
         else:
-            loss = smoothed_cross_entropy(logits, teacher_probs.argmax(-1), self.student_label_smoothing)
+            loss = smoothed_cross_entropy(logits, teacher_probs.argmax(-1), smoothing)
         grad_norm = self._update_student(self.student_updater.gradients(loss), step)
-        metrics = {
+        metrics: Metrics = {
             "student_loss": loss.detach(),
             "student_grad_norm": grad_norm,
             "agreement": (logits.detach().argmax(-1) == teacher_probs.argmax(-1)).float().mean(),
@@ -75,6 +87,19 @@ class PseudoLabel(TwoModelMethod):
             metrics["pseudo_label_acc"] = (teacher_probs.argmax(-1) == batch.y_u).float().mean()
         return metrics
 
-    def eval_model(self) -> nn.Module:
-        """The (EMA) student, also while the teacher trains: selection must never pick the teacher."""
-        return self._student_eval_model()
+
+def _build(settings: PseudoLabelSettings, run: BuildContext) -> PseudoLabel:
+    teacher_steps = max(1, int(round(run.total_steps * settings.teacher_fraction)))
+    return PseudoLabel(
+        run.new_network(),
+        run.new_network(),
+        run.num_classes,
+        settings,
+        teacher_steps=teacher_steps,
+        teacher_optim=run.optim("teacher", teacher_steps),
+        student_optim=run.optim("student", run.total_steps - teacher_steps),
+        ema_decay=run.ema_decay,
+    )
+
+
+METHOD = MethodEntry(PseudoLabelSettings, _build, lambda s: "soft" if s.soft else "")

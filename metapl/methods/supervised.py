@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
 from torch import nn
 
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, SingleModelMethod
 from metapl.optim import OptimSettings
+from metapl.settings import check_settings, fraction
+
+
+@dataclass
+class SupervisedSettings:
+    """The config's `method` section for method.name=supervised."""
+
+    label_smoothing: float = fraction(0.0)  # ε of the label-smoothed CE
 
 
 class Supervised(SingleModelMethod):
     """Trains `model` on labeled data only."""
 
+    uses_unlabeled: ClassVar[bool] = False
+
     def __init__(
         self,
         model: nn.Module,
         num_classes: int,
+        settings: SupervisedSettings | None = None,
+        *,
         optim: OptimSettings | None = None,
-        label_smoothing: float = 0.0,
         ema_decay: float | None = None,
     ):
+        self.settings = settings or SupervisedSettings()
+        check_settings(self.settings, "method")
         super().__init__(model, num_classes, optim, ema_decay)
-        self.label_smoothing = label_smoothing
 
-    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def step(self, batch: Batch, step: int) -> Metrics:
         lr = self.updater.set_step(step)
         self.model.train()
         logits = self.model(batch.x_l)
-        loss = smoothed_cross_entropy(logits, batch.y_l, self.label_smoothing)
+        loss = smoothed_cross_entropy(logits, batch.y_l, self.settings.label_smoothing)
         grad_norm = self._finish_update(self.updater.gradients(loss), step)
         return {
             "loss": loss.detach(),
@@ -43,6 +56,22 @@ class Supervised(SingleModelMethod):
 def finetuner(
     model: nn.Module, num_classes: int, optim: OptimSettings | None = None, label_smoothing: float = 0.0
 ) -> Supervised:
-    """The finetuning phase (spec §5): supervised training of a copy of `model` (default SGD, LR 1e-5, constant)."""
+    """The finetuning phase (docs/method.md#finetuning): supervised training of a copy of `model` (default SGD,
+    LR 1e-5, constant)."""
     settings = optim or OptimSettings(lr=1e-5, schedule="constant", total_steps=1000)
-    return Supervised(copy.deepcopy(model).requires_grad_(True), num_classes, settings, label_smoothing)
+    return Supervised(
+        copy.deepcopy(model).requires_grad_(True), num_classes, SupervisedSettings(label_smoothing), optim=settings
+    )
+
+
+def _build(settings: SupervisedSettings, run: BuildContext) -> Supervised:
+    return Supervised(
+        run.new_network(),
+        run.num_classes,
+        settings,
+        optim=run.optim("student", run.total_steps),
+        ema_decay=run.ema_decay,
+    )
+
+
+METHOD = MethodEntry(SupervisedSettings, _build)

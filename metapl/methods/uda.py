@@ -1,4 +1,4 @@
-"""UDA baseline, and the teacher's auxiliary losses (supervised + UDA) that MPL reuses (spec §4)."""
+"""UDA baseline, and the auxiliary losses (supervised + UDA) that MPL's teacher reuses (docs/method.md#aux-losses)."""
 
 from __future__ import annotations
 
@@ -8,23 +8,25 @@ import torch
 from torch import nn
 
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.base import Batch, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, SingleModelMethod
 from metapl.optim import OptimSettings
+from metapl.settings import above, at_least, check_settings, choice, fraction
+
+TSA_SCHEDULES = ("none", "linear", "log", "exp")
 
 
 @dataclass
-class AuxLossSettings:
-    """The teacher's auxiliary losses: label-smoothed CE on labeled data and UDA consistency on unlabeled data."""
+class UDASettings:
+    """The config's `method` section for method.name=uda; also the teacher's auxiliary losses in MPL."""
 
-    supervised: bool = True
-    label_smoothing: float = 0.0
-    tsa: str | None = None  # None (off, as in the official code), "linear", "log" or "exp"
-    tsa_steps: int = 1000  # the TSA threshold reaches 1 here
-    uda: bool = True
-    uda_weight: float = 8.0
-    uda_temperature: float = 0.7
-    uda_threshold: float = 0.6
-    uda_ramp_steps: int = 5000  # λ(t) = uda_weight · min(1, t / uda_ramp_steps)
+    label_smoothing: float = fraction(0.0)  # ε of the supervised CE
+    tsa: str = choice(
+        "none", TSA_SCHEDULES
+    )  # training-signal annealing of the supervised CE (off in the official code)
+    uda_weight: float = at_least(0, 8.0)  # λ, reached after uda_ramp_steps
+    uda_temperature: float = above(0, 0.7)  # the weak view's target is softmax(logits / temperature)
+    uda_threshold: float = fraction(0.6, closed=True)  # unlabeled examples whose target's max is below are masked
+    uda_ramp_steps: int = at_least(0, 5000)  # λ(t) = uda_weight · min(1, t / uda_ramp_steps)
 
 
 def auxiliary_losses(
@@ -33,25 +35,32 @@ def auxiliary_losses(
     logits_weak: torch.Tensor,
     logits_strong: torch.Tensor,
     step: int,
-    settings: AuxLossSettings,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-    """L_sup + λ(t)·L_UDA on one network's logits; returns the loss and its parts as metrics."""
+    settings: UDASettings,
+    total_steps: int,
+    *,
+    supervised: bool = True,
+    uda: bool = True,
+) -> tuple[torch.Tensor, Metrics]:
+    """L_sup + λ(t)·L_UDA on one network's logits; returns the loss and its parts as metrics. TSA's threshold
+    reaches 1 at `total_steps`; `supervised` and `uda` switch either part off."""
     total = logits_l.new_zeros(())
-    metrics: dict[str, torch.Tensor | float] = {}
-    if settings.supervised:
+    metrics: Metrics = {}
+    if supervised:
         mask = None
-        if settings.tsa:
-            threshold = tsa_threshold(settings.tsa, step, settings.tsa_steps, logits_l.shape[-1])
+        if settings.tsa != "none":
+            threshold = tsa_threshold(settings.tsa, step, total_steps, logits_l.shape[-1])
             mask = tsa_mask(logits_l, labels, threshold)
             metrics["tsa_ratio"] = mask.mean()
         sup = smoothed_cross_entropy(logits_l, labels, settings.label_smoothing, mask)
         total = total + sup
         metrics["sup_loss"] = sup.detach()
-    if settings.uda:
-        uda, mask = uda_consistency(logits_weak, logits_strong, settings.uda_temperature, settings.uda_threshold)
+    if uda:
+        consistency, mask = uda_consistency(
+            logits_weak, logits_strong, settings.uda_temperature, settings.uda_threshold
+        )
         weight = settings.uda_weight * linear_ramp(step, settings.uda_ramp_steps)
-        total = total + weight * uda
-        metrics["uda_loss"] = uda.detach()
+        total = total + weight * consistency
+        metrics["uda_loss"] = consistency.detach()
         metrics["uda_mask"] = mask.mean()
         metrics["uda_weight"] = weight
     return total, metrics
@@ -64,20 +73,24 @@ class UDA(SingleModelMethod):
         self,
         model: nn.Module,
         num_classes: int,
+        settings: UDASettings | None = None,
+        *,
         optim: OptimSettings | None = None,
-        losses: AuxLossSettings | None = None,
         ema_decay: float | None = None,
     ):
+        self.settings = settings or UDASettings()
+        check_settings(self.settings, "method")
         super().__init__(model, num_classes, optim, ema_decay)
-        self.losses = losses or AuxLossSettings()
 
-    def step(self, batch: Batch, step: int) -> dict[str, torch.Tensor | float]:
+    def step(self, batch: Batch, step: int) -> Metrics:
         lr = self.updater.set_step(step)
         self.model.train()
-        b, bu = batch.x_l.shape[0], batch.x_u_strong.shape[0]
-        logits = self.model(torch.cat([batch.x_l, batch.x_u_weak, batch.x_u_strong]))
+        x_u_weak, x_u_strong = batch.unlabeled()
+        b, bu = batch.x_l.shape[0], x_u_strong.shape[0]
+        logits = self.model(torch.cat([batch.x_l, x_u_weak, x_u_strong]))
         logits_l, logits_w, logits_s = logits.split([b, bu, bu])
-        loss, metrics = auxiliary_losses(logits_l, batch.y_l, logits_w, logits_s, step, self.losses)
+        total_steps = self.updater.settings.total_steps
+        loss, metrics = auxiliary_losses(logits_l, batch.y_l, logits_w, logits_s, step, self.settings, total_steps)
         metrics["grad_norm"] = self._finish_update(self.updater.gradients(loss), step)
         metrics.update(
             loss=loss.detach(), lr=lr, labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean()
@@ -85,3 +98,16 @@ class UDA(SingleModelMethod):
         if batch.y_u is not None:
             metrics["unlabeled_acc"] = (logits_w.detach().argmax(-1) == batch.y_u).float().mean()
         return metrics
+
+
+def _build(settings: UDASettings, run: BuildContext) -> UDA:
+    return UDA(
+        run.new_network(),
+        run.num_classes,
+        settings,
+        optim=run.optim("student", run.total_steps),
+        ema_decay=run.ema_decay,
+    )
+
+
+METHOD = MethodEntry(UDASettings, _build)

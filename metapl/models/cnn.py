@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from metapl.models.registry import ModelEntry, image_channels
+
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [
@@ -35,3 +37,10 @@ class SmallCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x))
+
+
+def _create(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0, **options) -> nn.Module:
+    return SmallCNN(image_channels("small_cnn", input_shape), num_classes, dropout=dropout, **options)
+
+
+MODEL = ModelEntry(_create, lambda cfg: {"width": cfg.width})

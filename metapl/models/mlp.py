@@ -6,6 +6,8 @@ import math
 
 from torch import nn
 
+from metapl.models.registry import ModelEntry
+
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky_relu": lambda: nn.LeakyReLU(0.2)}
 
 
@@ -48,3 +50,17 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.net(x)
+
+
+def _create(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0, **options) -> nn.Module:
+    return MLP(math.prod(input_shape), num_classes, dropout=dropout, **options)
+
+
+def _options(cfg) -> dict:
+    options = {"hidden": tuple(cfg.hidden), "activation": cfg.activation, "batch_norm": cfg.batch_norm}
+    if cfg.init_range > 0:
+        options["init_range"] = cfg.init_range
+    return options
+
+
+MODEL = ModelEntry(_create, _options)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from metapl.models.registry import ModelEntry, image_channels
+
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # TF decay 0.99
@@ -78,3 +80,12 @@ class WideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head_act(self.head_bn(self.blocks(self.stem(x))))
         return self.fc(self.dropout(out.mean(dim=(2, 3))))
+
+
+def _create(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0) -> nn.Module:
+    return WideResNet(
+        num_classes, depth=28, widen=2, dropout=dropout, in_channels=image_channels("wrn28_2", input_shape)
+    )
+
+
+MODEL = ModelEntry(_create)

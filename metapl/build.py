@@ -1,0 +1,84 @@
+"""From a validated Config to the run's parts: device, seeds, networks and the method (looked up by name)."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from metapl.config import Config
+from metapl.data.loaders import DataBundle
+from metapl.errors import ConfigError
+from metapl.methods import METHODS
+from metapl.methods.base import BuildContext, Method
+from metapl.models import MODELS
+from metapl.models.normalize import Standardized
+from metapl.optim import OptimSettings
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device='cuda' but no CUDA GPU is visible; use train.device=auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, data: DataBundle) -> nn.Module:
+    """A fresh network of model.name for the data's inputs and classes (standardising uint8 images)."""
+    check_num_classes(cfg, data)
+    entry = MODELS.get(cfg.model.name)
+    try:
+        model = entry.create(data.num_classes, data.input_shape, cfg.model.dropout, **entry.options(cfg.model))
+    except ValueError as err:  # the model cannot take this data's inputs
+        raise ConfigError(f"model.name={cfg.model.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
+    if data.normalization is not None:
+        model = Standardized(model, *data.normalization)
+    return model
+
+
+def check_num_classes(cfg: Config, data: DataBundle) -> None:
+    """model.num_classes, when set, must be the data's class count (a guard for folder and CSV datasets)."""
+    if cfg.model.num_classes and cfg.model.num_classes != data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes} but data.name={cfg.data.name!r} has {data.num_classes} "
+            f"classes; set model.num_classes={data.num_classes}, or 0 to take the data's"
+        )
+
+
+def optim_settings(cfg: Config, network: str, total_steps: int) -> OptimSettings:
+    """One network's optimiser settings for the run ("teacher" or "student" section): its step budget, the
+    batch-scaled LR (train.scale_lr) and fp16 loss scaling (train.precision=fp16)."""
+    section = getattr(cfg, network)
+    lr = section.lr * cfg.data.batch_size / 256 if cfg.train.scale_lr else section.lr
+    fp16 = cfg.train.precision == "fp16"
+    return OptimSettings(
+        **{**dataclasses.asdict(section), "lr": lr}, total_steps=max(total_steps, 1), fp16_loss_scale=fp16
+    )
+
+
+def build_method(cfg: Config, data: DataBundle, device: torch.device) -> Method:
+    """The method named by method.name, built by its registered entry, with fresh networks on `device`."""
+    context = BuildContext(
+        num_classes=data.num_classes,
+        total_steps=cfg.train.steps,
+        ema_decay=cfg.train.ema_decay or None,
+        new_network=lambda: build_model(cfg, data).to(device),
+        optim=lambda network, steps: optim_settings(cfg, network, steps),
+    )
+    return METHODS.get(cfg.method.name).build(cfg.method.settings, context)
+
+
+def method_label(cfg: Config) -> str:
+    """'mpl (hard/dot)', 'uda': the method's name and its entry's label of the settings."""
+    label = METHODS.get(cfg.method.name).label(cfg.method.settings)
+    return f"{cfg.method.name} ({label})" if label else cfg.method.name

@@ -1,0 +1,24 @@
+"""Using a finished run: evaluate its weights again, predict on image files or CSV rows, export to safetensors/ONNX."""
+
+from metapl.inference.evaluation import evaluate_run, format_eval_table
+from metapl.inference.export import EXPORT_FORMATS, ExportResult, export_run
+from metapl.inference.inputs import image_extensions, load_image, load_inputs
+from metapl.inference.outputs import check_output
+from metapl.inference.predict import predict_run
+from metapl.inference.run import WEIGHTS, LoadedRun, load_run
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "WEIGHTS",
+    "ExportResult",
+    "LoadedRun",
+    "check_output",
+    "evaluate_run",
+    "export_run",
+    "format_eval_table",
+    "image_extensions",
+    "load_image",
+    "load_inputs",
+    "load_run",
+    "predict_run",
+]

@@ -1,0 +1,151 @@
+"""What `metapl predict` reads: an image file, a folder of images, or a CSV of image paths or flattened inputs."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metapl.errors import ConfigError, DataError
+
+
+def image_extensions() -> set[str]:
+    """File suffixes (lower case, with the dot) of the formats Pillow can open."""
+    from PIL import Image
+
+    # registered_extensions() also lists save-only formats (PDF, ...); keep those Pillow can read.
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, pipeline=None) -> torch.Tensor:
+    """An image file as a (C, H, W) tensor in [0, 1] for a model of `input_shape`: grey or RGB, bilinear resize.
+
+    A run trained on image files passes its `pipeline`, so that an image is cropped exactly as in evaluation.
+    """
+    from PIL import Image, ImageOps
+
+    if pipeline is not None:
+        from metapl.data.folders import decode
+
+        image = pipeline.evaluate(decode(str(path), input_shape[0])).float() / 255.0
+        return 1.0 - image if invert else image
+    channels, height, width = _image_shape(input_shape)
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)  # photos taken sideways carry their rotation in EXIF
+            if "A" in image.getbands() or "transparency" in image.info:
+                # Transparent pixels would turn black; drawings on a transparent canvas mean ink on white paper.
+                rgba = image.convert("RGBA")
+                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read image {path}: {err}; pass a PNG, JPEG or other image Pillow can open") from None
+    array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
+    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return 1.0 - tensor if invert else tensor
+
+
+def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    size = math.prod(input_shape)
+    if len(input_shape) != 3:
+        raise DataError(
+            f"the run's model takes inputs of shape {tuple(input_shape)}, not images; "
+            f"pass a CSV of {size} numbers per row"
+        )
+    if input_shape[0] not in (1, 3):
+        raise DataError(
+            f"the run's model takes {input_shape[0]}-channel images, but image files give 1 (grey) "
+            "or 3 (RGB) channels; "
+            f"pass a CSV of {size} numbers per row"
+        )
+    return input_shape[0], input_shape[1], input_shape[2]
+
+
+def load_inputs(
+    source: Path, input_shape: tuple[int, ...], invert: bool = False, pipeline=None
+) -> tuple[list[str], torch.Tensor]:
+    """Names and a batch of inputs from an image file, a folder of images (sorted, not recursive) or a CSV."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"no input at {source}; pass an image file, a folder of images or a CSV file")
+    if source.is_dir():
+        extensions = image_extensions()
+        # Names starting with a dot are editor or macOS metadata files (._scan.png), never the user's images.
+        files = sorted(
+            p for p in source.iterdir() if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
+        )
+        if not files:
+            raise DataError(f"no image files in {source}; put PNG or JPEG files there, or pass a CSV file")
+        return [str(p) for p in files], torch.stack([load_image(p, input_shape, invert, pipeline) for p in files])
+    if source.suffix.lower() == ".csv":
+        return _load_csv(source, input_shape, invert, pipeline)
+    return [str(source)], load_image(source, input_shape, invert, pipeline)[None]
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=None) -> tuple[list[str], torch.Tensor]:
+    size = math.prod(input_shape)
+    expected = f"write one image path or {size} numbers (the input of shape {tuple(input_shape)}, flattened) per row"
+    names: list[str] = []
+    inputs: list[torch.Tensor] = []
+    images = 0  # rows naming an image file
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: drop the BOM spreadsheet programs write
+            reader = csv.reader(handle)
+            first = True
+            for row in reader:
+                cells = [cell.strip() for cell in row]
+                if not any(cells):
+                    continue
+                line = reader.line_num
+                numbers = [_number(cell) for cell in cells]
+                if first and _is_header(cells, numbers, path.parent):
+                    first = False
+                    continue
+                first = False
+                where = f"row {line} of {path}"
+                if len(cells) == 1 and numbers[0] is None:
+                    image_path = Path(cells[0]) if Path(cells[0]).is_absolute() else path.parent / cells[0]
+                    if not image_path.is_file():
+                        raise DataError(
+                            f"{where}: no image file at {image_path}; {expected} (paths relative to the CSV)"
+                        )
+                    try:
+                        inputs.append(load_image(image_path, input_shape, invert, pipeline))
+                    except DataError as err:
+                        raise DataError(f"{where}: {err}") from None
+                    names.append(cells[0])
+                    images += 1
+                    continue
+                bad = next((c for c, n in zip(cells, numbers) if n is None or not math.isfinite(n)), None)
+                if bad is not None:
+                    raise DataError(f"{where}: {bad!r} is not a finite number; {expected}")
+                if len(numbers) != size:
+                    raise DataError(f"{where} has {len(numbers)} values where the model takes {size}; {expected}")
+                inputs.append(torch.tensor(numbers, dtype=torch.float32).reshape(input_shape))
+                names.append(f"{path.name}:{line}")
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 CSV file") from None
+    if not inputs:
+        raise DataError(f"{path} has no rows; {expected}")
+    if invert and images == 0:
+        raise ConfigError(f"--invert maps image pixels, but every row of {path} holds numbers; drop --invert")
+    return names, torch.stack(inputs)
+
+
+def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> bool:
+    if all(n is not None for n in numbers):
+        return False
+    if len(cells) > 1:
+        return True  # a row of values with a word in it can only be column names
+    # One word: a header ("path") unless it names an image file.
+    return not (Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0]).is_file()

@@ -1,0 +1,94 @@
+"""Loading a finished run: its config.yaml rebuilds the model and the data (through splits.json, the exact split
+the run used), and model.pt (the evaluated model, the EMA student) or best_model.pt (the best on validation) fills
+the model's weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from metapl.build import build_model
+from metapl.config import Config, load_config_file
+from metapl.data import build_data
+from metapl.data.loaders import DataBundle
+from metapl.engine.checkpoint import load_weights
+from metapl.engine.run_dir import CHECKPOINT
+from metapl.errors import CheckpointError, ConfigError
+
+WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
+
+
+@dataclass
+class LoadedRun:
+    """A run's config, its rebuilt data and its model with the chosen weights loaded, in eval mode."""
+
+    run: Path
+    config: Config
+    data: DataBundle
+    model: nn.Module
+    weights_path: Path
+
+
+def load_run(run: Path, weights: str = "final", device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a run's data and model and load its final (model.pt) or best (best_model.pt) weights."""
+    run = Path(run)
+    if not run.is_dir():
+        raise CheckpointError(f"no run directory at {run}; pass a directory written by metapl train --out")
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{run} is not a run directory (no config.yaml); pass a directory written by metapl train"
+        )
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights={weights!r} is not allowed; use one of: {', '.join(WEIGHTS)}")
+    cfg = load_config_file(run / "config.yaml")
+    if (run / "splits.json").is_file():
+        # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
+        cfg.data.split_file = str(run / "splits.json")
+    data = build_data(cfg.data, cfg.train.seed)
+    path = run / WEIGHTS[weights]
+    if not (run / WEIGHTS["final"]).is_file() and (run / CHECKPOINT).is_file():
+        raise CheckpointError(
+            f"no {path}: the run's training has not finished; run the same metapl train command again to finish it "
+            f"(it resumes from {run / CHECKPOINT})"
+        )
+    if weights == "best" and not path.is_file():
+        raise CheckpointError(f"no {path}: the run kept no best-on-validation weights; use --weights final")
+    state = load_weights(path, fix="pass a run whose weights are intact, or train this one again")
+    model = build_model(cfg, data)
+    _load_state(model, state, path, cfg, data)
+    model.to(device).eval()
+    return LoadedRun(run, cfg, data, model, path)
+
+
+def _load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: DataBundle) -> None:
+    # Compare keys and shapes first: load_state_dict's own message is many lines and starts with no detail.
+    fix = (
+        f"pass weights written by this run (its config.yaml builds {cfg.model.name} with {data.num_classes} classes "
+        f"and input shape {tuple(data.input_shape)})"
+    )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
+    expected = model.state_dict()
+    problem = None
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing:
+        problem = f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
+    elif unexpected:
+        problem = f"it has the unknown key {unexpected[0]!r}"
+    else:
+        for key, tensor in expected.items():
+            if state[key].shape != tensor.shape:
+                problem = f"{key} has shape {tuple(state[key].shape)} where the model needs {tuple(tensor.shape)}"
+                break
+    if problem is None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:  # anything the checks above did not foresee, reduced to its first detail
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            problem = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+    if problem is not None:
+        raise CheckpointError(f"{path} does not fit the model of {path.parent / 'config.yaml'}: {problem}; {fix}")

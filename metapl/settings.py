@@ -1,0 +1,79 @@
+"""Settings fields that carry their own rules: each default, allowed value and range is declared once, on the
+field, and `check_settings` enforces them for the config (one-line errors) and for the Python API alike.
+
+Torch-free on purpose: `metapl config` and the CLI's start import this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from metapl.errors import ConfigError
+
+Rule = Callable[[Any], bool]
+
+
+def choice(default: Any, options: Sequence[Any]) -> Any:
+    """A field whose value must be one of `options`."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(options)})
+
+
+def ranged(default: Any = dataclasses.MISSING, rule: Rule | None = None, allowed: str = "", **kwargs: Any) -> Any:
+    """A field whose value must satisfy `rule`; `allowed` says so in words ("in [0, 1)")."""
+    return dataclasses.field(default=default, metadata={"rule": rule, "allowed": allowed}, **kwargs)
+
+
+# The ranges used again and again, each with its wording.
+def at_least(low: float, default: Any, note: str = "") -> Any:
+    return ranged(default, lambda v: v >= low, f"{_num(low)} or more{note}" if low != 1 else f"at least 1{note}")
+
+
+def above(low: float, default: Any) -> Any:
+    return ranged(default, lambda v: v > low, f"above {_num(low)}")
+
+
+def fraction(default: float, *, closed: bool = False) -> Any:
+    """A value in [0, 1) (or [0, 1] with `closed`)."""
+    if closed:
+        return ranged(default, lambda v: 0 <= v <= 1, "in [0, 1]")
+    return ranged(default, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def suggest(word: str, options: Sequence[str]) -> str:
+    """' (did you mean 'x'?)' for the closest option, or ''."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_settings(settings: Any, prefix: str) -> None:
+    """Raise ConfigError naming `prefix.field`, the value and what is allowed, for the first field that breaks
+    its declared rule. Every float must be finite: no setting of metapl means anything at inf or nan."""
+    for f in dataclasses.fields(settings):
+        key, value = f"{prefix}.{f.name}", getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            check_settings(value, key)
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number")
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            shown = ", ".join(str(c) for c in choices)
+            hint = suggest(str(value), [str(c) for c in choices])
+            raise ConfigError(f"{key}={value!r} is not allowed{hint}; use one of: {shown}")
+        rule = f.metadata.get("rule")
+        if rule is not None and not rule(value):
+            raise ConfigError(f"{key}={value!r} is impossible; it must be {f.metadata['allowed']}")
+
+
+def choices_of(settings_type: type, name: str) -> tuple[Any, ...]:
+    """The allowed values declared on a field (for help texts and tests)."""
+    field = next(f for f in dataclasses.fields(settings_type) if f.name == name)
+    return tuple(field.metadata["choices"])

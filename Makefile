@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-dev lint clean bench-accuracy bench-speed
+.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,16 @@ test: install-dev
 	@$(BIN)/python -m pytest; status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$status
 
+# make test-fast: the tests not marked slow (no end-to-end runs or subprocesses), for quick checks while editing.
+test-fast: install-dev
+	@$(BIN)/python -m pytest -m "not slow"; status=$$?; \
+	if [ $$status -eq 5 ]; then echo 'make test-fast: pytest collected no tests' >&2; exit 1; fi; exit $$status
+
+# make lint: ruff (style, imports, bugbear) over the code and tests, and mypy's type check of metapl/.
 lint: install-dev
 	$(BIN)/ruff check metapl tests benchmarks
+	$(BIN)/ruff format --check metapl tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -33,7 +33,7 @@ from metapl.data.datasets import FASHION_MNIST_ROOT
 from metapl.experiment import run_experiment
 
 # name -> (method, overrides on top of the preset). Only the "+ finetune" row finetunes: the MPL (hard, dot)
-# student, then trained on the labeled images alone (spec §5), with the preset's finetune settings where it has
+# student, then trained on the labeled images alone (docs/method.md#finetuning), with the preset's finetune settings where it has
 # them (cifar10_4k, svhn_1k, imagenet_10pct), else FINETUNE_FRACTION of the training steps at FINETUNE_LR, on top
 # of the training budget. Its training phase is, step for step, the "mpl hard dot" run: one run gives both rows.
 VARIANTS: dict[str, tuple[str, list[str]]] = {

@@ -1,4 +1,4 @@
-"""Loader speed: images per second of the paper's augmentation (spec §8) on one worker, against what a step consumes.
+"""Loader speed: images per second of the paper's augmentation (docs/method.md#augmentation) on one worker, against what a step consumes.
 
     python benchmarks/loader_speed.py [--seconds 2] [--cifar-step-time 0.2] [--imagenet-step-time 2.5]
 
@@ -7,10 +7,10 @@ CIFAR (32×32×3): the weak view and the (weak, strong) pair, per image (batch o
 batched. ImageNet: a synthetic 375×500 photo-like image, JPEG-encoded once; decoding (torchvision.io and PIL),
 then the 224 labeled view and the (weak, strong) pair, with and without decoding.
 
-Per step (spec §9): CIFAR-10-4K takes B = 128 labeled weak views and μB = 896 unlabeled pairs; ImageNet-10% takes
+Per step (docs/method.md#presets): CIFAR-10-4K takes B = 128 labeled weak views and μB = 896 unlabeled pairs; ImageNet-10% takes
 B = 1,024 labeled views and μB = 15,360 unlabeled pairs, each decoded from JPEG. Worker-seconds per step divided by
 the step time gives the workers needed to keep up. The step times are assumptions, not measurements; pass your own:
-  - CIFAR-10-4K, 0.2 s: MPL with WRN-28-2 runs about 3,300 image forward+backward passes per step (spec §12),
+  - CIFAR-10-4K, 0.2 s: MPL with WRN-28-2 runs about 3,300 image forward+backward passes per step (docs/method.md#compute-memory),
     assumed at about 16,000 images/s on one recent GPU;
   - ImageNet-10%, 2.5 s: MPL with ResNet-50 runs about 50,000 image passes per step, assumed on 8 GPUs at about
     2,500 images/s each.

@@ -8,7 +8,7 @@ Setting: labeled batch B = 16, μ = 7 (112 unlabeled images, each in two views),
 --threads intra-op threads (2), channels_last, the CIFAR-10-4K recipe (Nesterov SGD, wd 5e-4, EMA 0.995, label
 smoothing 0.15, dropout 0.2, UDA teacher losses). The data path is not timed: every step reuses one batch.
 
-The floor is the passes an MPL step cannot avoid (spec §3, §12), each timed alone on its own networks:
+The floor is the passes an MPL step cannot avoid (docs/method.md#step-order, docs/method.md#compute-memory), each timed alone on its own networks:
     teacher fwd+bwd   forward + backward on [x_l; x_u_weak; x_u_strong], B + 2μB images     every mode
     student fwd+bwd   forward + backward on x_u_strong, μB images                         hard, soft
                       ... on [x_u_strong; x_l], μB + B images (its forward includes x_l)    official
@@ -107,7 +107,7 @@ def optim() -> OptimSettings:
 
 
 def make_method(name: str, model: str, channels_last: bool):
-    """The configuration's method, with the CIFAR-10-4K recipe's settings (spec §9.1)."""
+    """The configuration's method, with the CIFAR-10-4K recipe's settings (docs/method.md#preset-cifar10)."""
     losses = dict(label_smoothing=0.15, uda_ramp_steps=0)  # full UDA weight from the first step
     if name == "supervised":
         return Supervised(

@@ -1,4 +1,4 @@
-"""Exponential moving average of a model, parameters and BN buffers alike (spec §7)."""
+"""Exponential moving average of a model, parameters and BN buffers alike (docs/method.md#optimisation)."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def run_experiment(
                 f"{world} processes; use a multiple of {world}"
             )
         use_rank_device = rank_device is not None and cfg.train.device == "auto"
-        device = rank_device if use_rank_device else resolve_device(cfg.train.device)
+        device = rank_device if rank_device is not None and use_rank_device else resolve_device(cfg.train.device)
         check_switches(cfg.train, device)
         saved = run_dir.resume_state(out_dir, cfg, restart)
         seed_everything(cfg.train.seed)
@@ -139,7 +140,7 @@ def _run_phases(
 
     resume_step = _run_step(cfg, phase, saved["step"]) if saved is not None else None
     logger = RunLogger(out_dir, tensorboard=tensorboard, resume_step=resume_step or 0) if main else None
-    common = dict(
+    common: dict[str, Any] = dict(  # what both phases' loops share
         evaluate=make_evaluator(data, cfg.train.eval_batch_size),
         logger=logger,
         device=device,

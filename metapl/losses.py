@@ -1,4 +1,4 @@
-"""Loss functions shared by every method: pure functions of logits and targets (spec §4)."""
+"""Loss functions shared by every method: pure functions of logits and targets (docs/method.md#aux-losses)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def smoothed_cross_entropy(
 def uda_consistency(
     logits_weak: torch.Tensor, logits_strong: torch.Tensor, temperature: float, threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """UDA loss (spec §4): masked CE(sharpen(weak), strong), divided by the full unlabeled count.
+    """UDA loss (docs/method.md#aux-losses): masked CE(sharpen(weak), strong), divided by the full unlabeled count.
 
     Returns (loss, mask); the target and the mask carry no gradient.
     """
@@ -73,7 +73,7 @@ def tsa_mask(logits: torch.Tensor, labels: torch.Tensor, threshold: float) -> to
 
 
 def linear_ramp(step: int, ramp_steps: int) -> float:
-    """min(1, t / ramp_steps): the UDA weight's warm-up factor (spec §4)."""
+    """min(1, t / ramp_steps): the UDA weight's warm-up factor (docs/method.md#aux-losses)."""
     if ramp_steps <= 0:
         return 1.0
     return min(1.0, step / ramp_steps)

@@ -1,9 +1,10 @@
-"""Optimiser settings, the step-based LR schedule, and one SGD update with coupled weight decay and clipping (spec §7)."""
+"""Optimiser settings, the step-based LR schedule, and one SGD update with coupled weight decay and clipping (docs/method.md#optimisation)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,7 +27,9 @@ class OptimConfig:
     grad_clip: float = at_least(0, 0.0, " (0 turns clipping off)")  # global-norm bound
     schedule: str = choice("cosine", ("cosine", "constant"))  # cosine: to 0 at total_steps
     warmup_steps: int = at_least(0, 0)
-    wait_steps: int = at_least(0, 0)  # LR 0 for this many steps (the student's wait period, #student-wait)
+    wait_steps: int = at_least(
+        0, 0
+    )  # LR 0 for this many steps (the student's wait period, docs/method.md#student-wait)
 
 
 @dataclass
@@ -38,7 +41,7 @@ class OptimSettings(OptimConfig):
 
 
 def lr_at(settings: OptimSettings, step: int) -> float:
-    """LR at `step` (spec §7): 0 during the wait, linear warm-up, then cosine to 0 at total_steps or constant."""
+    """LR at `step` (docs/method.md#optimisation): 0 during the wait, linear warm-up, then cosine to 0 at total_steps or constant."""
     t = step - settings.wait_steps
     if t < 0:
         return 0.0
@@ -63,11 +66,11 @@ def split_decay_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[n
     return [p for p in params if id(p) not in no_decay_ids], [p for p in params if id(p) in no_decay_ids]
 
 
-def _sgd(params: list[nn.Parameter], settings: OptimSettings) -> torch.optim.SGD:
+def _sgd(params: list[torch.Tensor], settings: OptimSettings) -> torch.optim.SGD:
     """torch's SGD with its fused kernel where this torch and device have one (one kernel for all tensors), else
     its foreach path; the per-tensor loop costs ~8× more on a CPU."""
     momentum = settings.momentum
-    options = dict(lr=settings.lr, momentum=momentum, nesterov=settings.nesterov and momentum > 0)
+    options: dict[str, Any] = dict(lr=settings.lr, momentum=momentum, nesterov=settings.nesterov and momentum > 0)
     try:
         return torch.optim.SGD(params, **options, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused SGD for this torch version, device or dtype
@@ -81,11 +84,11 @@ class Updater:
     def __init__(self, model: nn.Module, settings: OptimSettings):
         self.settings = settings
         decay, no_decay = split_decay_parameters(model)
-        self.params = decay + no_decay
+        self.params: list[torch.Tensor] = [*decay, *no_decay]
         self._num_decay = len(decay)
         self.optimizer = _sgd(self.params, settings)
         self.lr = 0.0
-        self.loss_scale = 2.0**16 if settings.fp16_loss_scale else None
+        self.loss_scale: float | None = 2.0**16 if settings.fp16_loss_scale else None
         self._good_steps = 0
         self.skipped = False  # whether the last apply() dropped its update (float16 overflow)
 
@@ -126,6 +129,7 @@ class Updater:
 
     def _scaled_step_ok(self, norm: torch.Tensor) -> bool:
         """Dynamic loss scale: halve it after an overflow, double it after 2,000 finite steps in a row."""
+        assert self.loss_scale is not None
         if not torch.isfinite(norm):  # a host sync, paid only under float16
             self.loss_scale /= 2.0
             self._good_steps = 0

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

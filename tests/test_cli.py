@@ -20,6 +20,7 @@ def metapl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_train_writes_config_metrics_tensorboard_and_summary(tmp_path):
     out = tmp_path / "run"
     result = metapl(
@@ -94,6 +95,7 @@ def test_presets_and_config_commands():
     assert yaml.safe_load(shown.stdout)["train"]["steps"] == 9
 
 
+@pytest.mark.slow
 def test_unwritable_or_odd_paths_are_one_line(tmp_path):
     a_file = tmp_path / "file.txt"
     a_file.write_text("not a directory")
@@ -107,6 +109,7 @@ def test_unwritable_or_odd_paths_are_one_line(tmp_path):
     assert a_file.read_text() == "not a directory"
 
 
+@pytest.mark.slow
 def test_plot_errors_are_one_line(tmp_path):
     run = tmp_path / "run"
     assert (

@@ -21,7 +21,7 @@ def test_split_is_class_balanced_disjoint_and_seeded():
     assert np.bincount(labels[a.labeled]).tolist() == [5] * 4
     assert np.bincount(labels[a.validation]).tolist() == [3] * 4
     assert not set(a.validation) & set(a.unlabeled)
-    assert set(a.labeled) <= set(a.unlabeled)  # labeled images are also unlabeled by default (spec §10)
+    assert set(a.labeled) <= set(a.unlabeled)  # labeled images are also unlabeled by default (docs/method.md#splits)
     assert len(a.unlabeled) == 120 - 12
     excluded = make_split(labels, 5, 3, seed=7, unlabeled_includes_labeled=False)
     assert not set(excluded.labeled) & set(excluded.unlabeled)

@@ -14,6 +14,8 @@ from torch import nn
 
 from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 STEPS = 6
 FEEDBACKS = [("hard", "dot"), ("hard", "taylor"), ("soft", "dot")]
 

@@ -144,6 +144,7 @@ def test_channels_last_and_bf16_train_like_fp32(tmp_path):
     assert bf16 != reference and bf16 == pytest.approx(reference, rel=0.1)
 
 
+@pytest.mark.slow
 def test_compile_trains_like_eager(tmp_path):
     cfg = ["train.steps=4", "train.log_every=1", "train.eval_every=0"]
     runs = {}
@@ -173,6 +174,7 @@ def test_switches_that_need_a_gpu_are_refused_on_cpu(tmp_path, override, fragmen
         )
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_only_rank0_writes(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(

@@ -20,6 +20,8 @@ from metapl.engine.run_dir import RunLock
 from metapl.errors import CheckpointError, TrainingError
 from metapl.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ARGS = [
     "train",

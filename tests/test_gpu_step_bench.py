@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
 TINY = ["data.batch_size=4", "data.mu=2", "data.val_per_class=2", "data.labeled_per_class=2"]
 

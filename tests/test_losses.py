@@ -1,4 +1,4 @@
-"""The teacher's auxiliary losses against hand computations (spec §4), and the teacher's whole update with them on."""
+"""The teacher's auxiliary losses against hand computations (docs/method.md#aux-losses), and the teacher's whole update with them on."""
 
 from __future__ import annotations
 

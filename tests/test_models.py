@@ -1,4 +1,4 @@
-"""Models: WRN-28-2 is the official variant of spec §6.1; ResNet-50 and the small networks build and run."""
+"""Models: WRN-28-2 is the official variant of docs/method.md#wrn28-2; ResNet-50 and the small networks build and run."""
 
 from __future__ import annotations
 

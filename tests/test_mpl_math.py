@@ -1,4 +1,4 @@
-"""Math-correctness tests for MetaPseudoLabels (spec §2.2, §2.3, §2.5, §3.3, §14).
+"""Math-correctness tests for MetaPseudoLabels (docs/method.md#hard-labels, docs/method.md#h-estimators, docs/method.md#soft-exact, docs/method.md#gradient-flow, docs/method.md#decisions).
 
 Every expected value is computed here, independently of metapl's step code: from deep copies of the
 models taken before the step, with `torch.func.functional_call` forwards (train mode, on copies of the
@@ -293,7 +293,7 @@ def test_hard_teacher_gradient_is_h_times_ce_gradient_of_the_sampled_label(kind,
     y_hat = draw_pseudo_labels(copy.deepcopy(teacher), batch, seed)
     t_state = params(teacher0, True)
     argmax = teacher_strong_logits(teacher0, t_state, batch).argmax(-1)
-    assert (y_hat != argmax).any()  # the test tells the sampled ŷ from argmax (spec §13.4)
+    assert (y_hat != argmax).any()  # the test tells the sampled ŷ from argmax (docs/method.md#pitfalls)
 
     mpl = make_mpl(teacher, student, "hard", h=kind, lr_t=lr_t, lr_s=lr_s, baseline=baseline, sampling="sample")
     torch.manual_seed(seed)
@@ -412,7 +412,7 @@ def test_official_mpl_term_has_zero_gradient():
     mpl = make_mpl(teacher, student, "official", lr_s=lr_s)
     metrics, teacher_grad = step_and_teacher_grad(mpl, batch, 1.0)
     assert torch.linalg.vector_norm(teacher_grad) < 1e-12
-    # The student did learn (soft targets), and d = L_new − L_old is the code's sign (spec §3.2).
+    # The student did learn (soft targets), and d = L_new − L_old is the code's sign (docs/method.md#official-code).
     s_old, s_new = params(student0), params(mpl.student)
     assert not torch.equal(flat(s_old.values()), flat(s_new.values()))
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The paper's RandAugment variant and view pipelines (spec §8): each op, the magnitude table, seeding, batching."""
+"""The paper's RandAugment variant and view pipelines (docs/method.md#augmentation): each op, the magnitude table, seeding, batching."""
 
 from __future__ import annotations
 

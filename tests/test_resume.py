@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ARGS = [
     "train",

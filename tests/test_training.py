@@ -13,6 +13,8 @@ from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import read_metrics
 from metapl.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 
 def _train(method: str, steps: int, *overrides: str):
     cfg = build_config("digits", [f"train.steps={steps}", "train.eval_every=0", *overrides], method)

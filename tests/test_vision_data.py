@@ -27,6 +27,8 @@ from metapl.data.svhn import load_svhn
 from metapl.errors import DataError
 from metapl.experiment import run_experiment
 
+pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
+
 TINY_RUN = ["train.steps=2", "train.eval_every=0", "train.log_every=1", "finetune.steps=1", "finetune.batch_size=4"]
 
 
@@ -55,7 +57,7 @@ def test_cifar10_preset_splits_and_trains(tmp_path):
     data = build_data(build_config("cifar10_4k", overrides).data, seed=0)
     assert len(data.y_labeled) == 20 and len(data.y_val) == 10
     assert sorted(np.bincount(data.y_labeled.numpy()).tolist()) == [2] * 10
-    assert len(data.x_unlabeled) == 90  # the pool minus validation; labeled images included (spec §10)
+    assert len(data.x_unlabeled) == 90  # the pool minus validation; labeled images included (docs/method.md#splits)
     assert data.normalization is not None and data.x_unlabeled.dtype == torch.uint8
     summary = _train("cifar10_4k", tmp_path / "run", overrides)
     assert (tmp_path / "run" / "splits.json").is_file() and (tmp_path / "run" / "model.pt").is_file()

@@ -17,7 +17,7 @@ from metapl.data.randaugment import color_pipeline
 from metapl.data.registry import DatasetEntry, LoadedDataset
 from metapl.errors import DataError
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # spec §8.2
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # docs/method.md#cifar-pipeline
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 _LAYOUTS = {

@@ -1,4 +1,4 @@
-"""Datasets that need no download: TwoMoon (spec §9.6), scikit-learn's 8×8 digits, and Fashion-MNIST from the
+"""Datasets that need no download: TwoMoon (docs/method.md#preset-twomoon), scikit-learn's 8×8 digits, and Fashion-MNIST from the
 IDX files on disk (Debian's dataset-fashion-mnist)."""
 
 from __future__ import annotations

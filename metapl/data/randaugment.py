@@ -1,4 +1,4 @@
-"""The paper's augmentation on uint8 tensors (spec §8): its RandAugment variant and the CIFAR and ImageNet views.
+"""The paper's augmentation on uint8 tensors (docs/method.md#augmentation): its RandAugment variant and the CIFAR and ImageNet views.
 
 Images are uint8, (C,H,W) per image or (N,C,H,W) batched, with C = 1 or 3. Every random number comes from the
 `generator` argument, a CPU torch.Generator (draws are made on the CPU and moved to the images' device), so a
@@ -17,8 +17,8 @@ from torchvision.transforms import InterpolationMode
 
 from metapl.errors import ConfigError, DataError
 
-FILL = 128  # spec §8: every pixel an op uncovers becomes 128
-MAX_LEVEL = 10.0  # the magnitude scale's nominal top; M = 16 or 17 extrapolates beyond it (spec §8.1)
+FILL = 128  # docs/method.md#augmentation: every pixel an op uncovers becomes 128
+MAX_LEVEL = 10.0  # the magnitude scale's nominal top; M = 16 or 17 extrapolates beyond it (docs/method.md#randaugment)
 
 OPS: tuple[str, ...] = (
     "auto_contrast",
@@ -48,7 +48,7 @@ _DRAWS_PER_LAYER = 5
 
 @dataclass(frozen=True)
 class OpLevels:
-    """The fixed strength of each op at one magnitude (spec §8.1 table); geometric ones before their random sign."""
+    """The fixed strength of each op at one magnitude (docs/method.md#randaugment table); geometric ones before their random sign."""
 
     rotate_degrees: float
     shear: float
@@ -60,7 +60,7 @@ class OpLevels:
 
 
 def op_levels(magnitude: float = 16, cutout_const: int = 4, translate_const: int = 4) -> OpLevels:
-    """The op strengths at `magnitude` with the given Cutout and translate constants (spec §8.1)."""
+    """The op strengths at `magnitude` with the given Cutout and translate constants (docs/method.md#randaugment)."""
     _check_settings(magnitude, 0, cutout_const, translate_const)
     level = magnitude / MAX_LEVEL
     return OpLevels(
@@ -70,7 +70,7 @@ def op_levels(magnitude: float = 16, cutout_const: int = 4, translate_const: int
         enhance_factor=level * 1.8 + 0.1,
         posterize_bits=int(level * 4),
         cutout_size=2 * int(level * cutout_const),
-        # the official code casts to uint8, which wraps: 409 -> 153 at M = 16 (spec §8.1)
+        # the official code casts to uint8, which wraps: 409 -> 153 at M = 16 (docs/method.md#randaugment)
         solarize_threshold=int(level * 256) % 256,
     )
 
@@ -133,7 +133,7 @@ def rand_augment_batch(
 
 
 def cifar_weak(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
-    """Weak view of an (N,C,H,W) uint8 batch (spec §8.2): random flip, then pad by H/8 with 128 and crop back."""
+    """Weak view of an (N,C,H,W) uint8 batch (docs/method.md#cifar-pipeline): random flip, then pad by H/8 with 128 and crop back."""
     _check_images(x, 4)
     if flip:
         x = _random_hflip(x, generator)
@@ -148,7 +148,7 @@ def cifar_strong(
     num_layers: int = 2,
     cutout: bool = True,
 ) -> torch.Tensor:
-    """Strong view from a weak one (spec §8.2): RandAugment, Cutout of half the side, then flip and pad-crop again."""
+    """Strong view from a weak one (docs/method.md#cifar-pipeline): RandAugment, Cutout of half the side, then flip and pad-crop again."""
     x = rand_augment_batch(weak, generator, magnitude, num_layers, cutout_const=4, translate_const=4)
     if cutout:
         n, _, height, width = x.shape
@@ -194,14 +194,14 @@ def inception_crop(img: torch.Tensor, generator: torch.Generator, size: int = 22
 
 
 def imagenet_labeled(img: torch.Tensor, generator: torch.Generator, size: int = 224) -> torch.Tensor:
-    """Labeled ImageNet view of a (C,H,W) uint8 image (spec §8.3): Inception crop, then a random flip."""
+    """Labeled ImageNet view of a (C,H,W) uint8 image (docs/method.md#imagenet-pipeline): Inception crop, then a random flip."""
     return _maybe_hflip(inception_crop(img, generator, size), generator)
 
 
 def imagenet_views(
     img: torch.Tensor, generator: torch.Generator, size: int = 224, magnitude: float = 17
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weak, strong) ImageNet views (spec §8.3): one crop, independent flips, RandAugment on strong, no Cutout."""
+    """(weak, strong) ImageNet views (docs/method.md#imagenet-pipeline): one crop, independent flips, RandAugment on strong, no Cutout."""
     crop = inception_crop(img, generator, size)
     weak = _maybe_hflip(crop, generator)
     strong = _maybe_hflip(crop, generator)
@@ -209,7 +209,7 @@ def imagenet_views(
 
 
 def center_crop_eval(img: torch.Tensor, size: int = 224) -> torch.Tensor:
-    """Evaluation view (spec §8.3): the central square of size/256 of the shorter side, bicubic-resized to size²."""
+    """Evaluation view (docs/method.md#imagenet-pipeline): the central square of size/256 of the shorter side, bicubic-resized to size²."""
     _check_images(img, 3)
     _check_size(size)
     height, width = img.shape[-2:]
@@ -236,7 +236,7 @@ def _apply(x: torch.Tensor, op: str, levels: OpLevels, negate: bool, centres: to
     sign = -1.0 if negate else 1.0
     fill = [float(FILL)] * x.shape[-3]
     # Enhance ops: torchvision's blend clamps to [0, 255] before the uint8 cast, a saturating (PIL-like) blend.
-    # The official TF blend may wrap instead for factors > 1 (spec §8.1, §13.21, unverified); we saturate.
+    # The official TF blend may wrap instead for factors > 1 (docs/method.md#randaugment, docs/method.md#pitfalls, unverified); we saturate.
     factor = levels.enhance_factor
     if op == "auto_contrast":
         return TF.autocontrast(x)
@@ -357,7 +357,7 @@ __all__ = [
 
 
 def color_pipeline(cfg):
-    """(labeled, weak, strong, views) for 32×32 uint8 colour batches (CIFAR, SVHN; #augmentation)."""
+    """(labeled, weak, strong, views) for 32×32 uint8 colour batches (CIFAR, SVHN; docs/method.md#augmentation)."""
     from functools import partial
 
     from metapl.data import augment

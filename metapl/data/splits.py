@@ -68,7 +68,7 @@ def make_split(
     `balanced` draws that many of every class (seeded), `random` draws them uniformly (seeded, unbalanced, as
     for ImageNet-10%), `first` takes the first ones in file order (the official CIFAR code), `all` labels
     every example left after validation. The unlabeled pool is the rest of the pool; it includes the labeled
-    examples by default (spec §10).
+    examples by default (docs/method.md#splits).
     """
     if selection not in SELECTIONS:
         raise DataError(f"unknown data.labeled_selection {selection!r}; use one of {', '.join(SELECTIONS)}")

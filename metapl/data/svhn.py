@@ -42,7 +42,7 @@ def read_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_svhn(root: str = "", extra: bool = False) -> tuple[ArrayDataset, int]:
     """SVHN train (73,257) [+ extra (531,131)] and test (26,032); returns the dataset and the size of the part
-    that may be labeled (train): the extra images only join the unlabeled pool (spec §10, SVHN-1K)."""
+    that may be labeled (train): the extra images only join the unlabeled pool (docs/method.md#splits, SVHN-1K)."""
     folder = Path(root or "data")
     if not folder.is_dir():
         raise DataError(

@@ -77,7 +77,7 @@ def rng_state() -> dict:
         "python": {"version": version, "state": list(mt_state), "gauss": gauss},
         "numpy": {
             "name": np_name,
-            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
             "pos": int(np_pos),
             "has_gauss": int(np_has_gauss),
             "gauss": float(np_gauss),

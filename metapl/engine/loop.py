@@ -120,7 +120,7 @@ def fit(
                 if bad is None:
                     result.skipped_in_a_row = 0
                 else:
-                    method.load_state_dict(before)
+                    method.load_state_dict(before)  # type: ignore[arg-type]  # a copy of a state dict
                     result.skipped_steps += 1
                     result.skipped_in_a_row += 1
                     if result.skipped_in_a_row > max_skipped_in_a_row:

@@ -27,7 +27,7 @@ def apply_switches(train, method: Method, image_inputs: bool) -> None:
     EMA copied the student)."""
     for net in method.networks().values():
         if train.channels_last and image_inputs:
-            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            net.to(memory_format=torch.channels_last)
         if train.sync_bn:
             convert_sync_bn(net)
         if train.compile:

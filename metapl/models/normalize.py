@@ -13,6 +13,9 @@ from torch import nn
 class Standardized(nn.Module):
     """`net` applied to (x / 255 − mean) / std for uint8 x, or (x − mean) / std for x already in [0, 1]."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net

@@ -1,4 +1,4 @@
-"""WRN-28-k, the official MPL variant (spec §6.1): 32-channel stem, LeakyReLU(0.2), BN eps 1e-3 / momentum 0.01."""
+"""WRN-28-k, the official MPL variant (docs/method.md#wrn28-2): 32-channel stem, LeakyReLU(0.2), BN eps 1e-3 / momentum 0.01."""
 
 from __future__ import annotations
 

@@ -10,6 +10,13 @@ test accuracy reported (`test_top1_selected`), next to the final step's (`test_t
 curves of the first seed (curves.png: student and teacher test accuracy, h and b, pseudo-label accuracy on
 unlabeled data, teacher–student agreement). results.json is rewritten after every run ("complete": false
 until the end), so `--plot-only` draws what a long benchmark has finished; `--merge` adds variants to it.
+
+A budget sweep runs the same variants at several training budgets in one command, into OUT/steps-N/ each,
+and writes one OUT/sweep.json and OUT/budgets.png (test accuracy against steps, selected and final, one line
+per method, the seed spread as error bars); `STEPS:SEEDS` gives one budget fewer seeds:
+
+    python benchmarks/accuracy.py --preset digits --budgets 2000 4000 16000 64000:3 --seeds 5 --jobs 2 \
+        --variants supervised uda "mpl hard dot" "mpl hard dot + finetune" "mpl official"
 """
 
 from __future__ import annotations
@@ -379,6 +386,13 @@ def main() -> None:
     parser.add_argument("--docs-name", default=None, help="file stem of the copied plots (default: the preset)")
     parser.add_argument("--merge", action="store_true", help="keep OUT/results.json's other variants")
     parser.add_argument("--plot-only", action="store_true", help="redraw table and plots from OUT/results.json")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        default=None,
+        metavar="STEPS[:SEEDS]",
+        help="a budget sweep: train.steps values (each with its own seed count after ':', else --seeds)",
+    )
     args = parser.parse_args()
     args.command = "python benchmarks/" + " ".join([Path(__file__).name, *os.sys.argv[1:]])
     if args.quick:
@@ -396,6 +410,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     args.out = args.out or Path("runs/accuracy") / (args.preset + ("-quick" if args.quick else ""))
+    cfg = build_config(args.preset, list(args.overrides))
+    if cfg.data.name == "fashion_mnist" and not cfg.data.root and not args.plot_only:
+        ensure_fashion_mnist()
+    if args.budgets:
+        budgets = [_budget(spec, args.seeds, parser) for spec in args.budgets]
+        if args.plot_only:
+            sweep = json.loads((args.out / "sweep.json").read_text())
+            plot_budgets(sweep, args.out / "budgets.png", f"{sweep['preset']}: test accuracy against training budget")
+            return
+        run_sweep(args, budgets)
+        return
 
     if args.plot_only:
         saved = json.loads((args.out / "results.json").read_text())
@@ -406,29 +431,10 @@ def main() -> None:
     earlier: dict[str, list[dict]] = {}
     if args.merge and (args.out / "results.json").is_file():
         earlier = json.loads((args.out / "results.json").read_text())["results"]
-    cfg = build_config(args.preset, list(args.overrides))
-    if cfg.data.name == "fashion_mnist" and not cfg.data.root:
-        ensure_fashion_mnist()
-    shared = "mpl hard dot" in args.variants and "mpl hard dot + finetune" in args.variants
-    names = [n for n in args.variants if not (shared and n == "mpl hard dot")]
     # Longest runs first within a seed, so that parallel jobs finish together; seed by seed, so that a partial
     # results.json (written after every run) already holds whole seeds.
-    names.sort(key=lambda n: ("soft" not in n, "finetune" not in n, VARIANTS[n][0] != "mpl"))
-    tasks = [
-        (
-            name,
-            VARIANTS[name],
-            args.preset,
-            seed,
-            args.steps,
-            args.overrides,
-            args.out,
-            args.threads,
-            shared and "finetune" in name,
-        )
-        for seed in range(args.seeds)
-        for name in names
-    ]
+    names, shared = _ordered_names(args.variants)
+    tasks = _tasks(args, names, args.steps, args.seeds, args.out, shared)
     started = time.perf_counter()
     finished: list[dict] = []
     with Pool(args.jobs) as pool:
@@ -438,6 +444,135 @@ def main() -> None:
             _write_json(args.out / "results.json", _record(args, partial, time.perf_counter() - started, False))
     results = _collect(args.variants, finished, earlier)
     write_outputs(args, results, _record(args, results, time.perf_counter() - started, True))
+
+
+def _ordered_names(variants: list[str]) -> tuple[list[str], bool]:
+    """The variants to run (the '+ finetune' run also gives 'mpl hard dot'), longest first."""
+    shared = "mpl hard dot" in variants and "mpl hard dot + finetune" in variants
+    names = [n for n in variants if not (shared and n == "mpl hard dot")]
+    names.sort(key=lambda n: ("soft" not in n, "finetune" not in n, VARIANTS[n][0] != "mpl"))
+    return names, shared
+
+
+def _tasks(args, names: list[str], steps: int | None, seeds: int, out: Path, shared: bool) -> list[tuple]:
+    return [
+        (
+            name,
+            VARIANTS[name],
+            args.preset,
+            seed,
+            steps,
+            args.overrides,
+            out,
+            args.threads,
+            shared and "finetune" in name,
+        )
+        for seed in range(seeds)
+        for name in names
+    ]
+
+
+def _budget(spec: str, default_seeds: int, parser: argparse.ArgumentParser) -> tuple[int, int]:
+    steps, _, seeds = spec.partition(":")
+    try:
+        budget = (int(steps), int(seeds) if seeds else default_seeds)
+    except ValueError:
+        parser.error(f"--budgets {spec!r}: write STEPS or STEPS:SEEDS, e.g. 16000 or 64000:3")
+    if budget[0] < 1 or budget[1] < 1:
+        parser.error(f"--budgets {spec!r}: steps and seeds must be at least 1")
+    return budget
+
+
+def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
+    """Every variant at every budget, all runs in one pool (short budgets first), into OUT/steps-N/; the table
+    of each budget as in a single run, then OUT/sweep.json (rewritten after every run) and OUT/budgets.png."""
+    names, shared = _ordered_names(args.variants)
+    tasks = [
+        t for steps, seeds in budgets for t in _tasks(args, names, steps, seeds, args.out / f"steps-{steps}", shared)
+    ]
+    started = time.perf_counter()
+    finished: dict[int, list[dict]] = {steps: [] for steps, _ in budgets}
+
+    def sweep_record(complete: bool) -> dict:
+        return {
+            "preset": args.preset,
+            "budgets": {str(steps): _collect(args.variants, finished[steps], {}) for steps, _ in budgets},
+            "seeds": {str(steps): seeds for steps, seeds in budgets},
+            "variants": args.variants,
+            "overrides": args.overrides,
+            "seconds": round(time.perf_counter() - started, 1),
+            "complete": complete,
+            "machine": machine(),
+            "command": args.command,
+        }
+
+    with Pool(args.jobs) as pool:
+        for records in pool.imap_unordered(_run_budget, tasks, chunksize=1):
+            steps, records = records
+            finished[steps] += records
+            _write_json(args.out / "sweep.json", sweep_record(False))
+    record = sweep_record(True)
+    _write_json(args.out / "sweep.json", record)
+    for steps, _ in budgets:
+        print(f"\n### {steps} steps\n\n{make_table(record['budgets'][str(steps)])}")
+    plot_budgets(record, args.out / "budgets.png", f"{args.preset}: test accuracy against training budget")
+    if args.docs:
+        args.docs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out / "budgets.png", args.docs / f"budgets_{args.docs_name or args.preset}.png")
+    print(f"wrote {args.out}/sweep.json and budgets.png ({record['seconds']:.0f} s)")
+
+
+def _run_budget(task: tuple) -> tuple[int, list[dict]]:
+    return task[4], _run(task)
+
+
+def plot_budgets(sweep: dict, path: Path, title: str) -> None:
+    """Test accuracy against the training budget (log scale), one colour per method: the validation-selected
+    checkpoint (solid) and the final step (dashed), mean over seeds with the standard deviation as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    budgets = sorted(int(b) for b in sweep["budgets"])
+    names = list(dict.fromkeys(n for b in budgets for n in sweep["budgets"][str(b)] if sweep["budgets"][str(b)][n]))
+    colours = plt.get_cmap("tab10")
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, name in enumerate(names):
+        for key, style in (("selected", "-"), ("final", "--")):
+            xs, means, stds = [], [], []
+            for b in budgets:
+                values = [r[key] for r in sweep["budgets"][str(b)].get(name, []) if r.get(key) is not None]
+                if values:
+                    xs.append(b)
+                    means.append(float(np.mean(values)))
+                    stds.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+            if xs:
+                label = f"{name} ({'selected on val' if key == 'selected' else 'final step'})"
+                ax.errorbar(
+                    xs,
+                    means,
+                    yerr=stds,
+                    fmt="o" + style,
+                    color=colours(i % 10),
+                    capsize=3,
+                    lw=1.2,
+                    ms=4,
+                    label=label,
+                    alpha=1.0 if key == "selected" else 0.6,
+                )
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

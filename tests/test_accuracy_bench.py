@@ -49,3 +49,24 @@ def test_quick_path_writes_table_json_and_plots(tmp_path):
     for path in (out / "bars.png", out / "curves.png", docs / "accuracy_tiny.png", docs / "curves_tiny.png"):
         assert path.stat().st_size > 1000
     assert (out / "table.md").read_text().startswith("| method |")
+
+
+def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
+    """Two budgets, the second with fewer seeds: one sweep.json holding both, each budget's runs in its own
+    folder, and the plot of accuracy against budget."""
+    out = tmp_path / "sweep"
+    args = ["--preset", "digits", "--budgets", "6", "12:1", "--seeds", "2", "--jobs", "2", "--out", str(out)]
+    args += ["--variants", "supervised", "mpl official", "--set", "train.eval_every=3", "--set", "train.log_every=3"]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["complete"] and sweep["seeds"] == {"6": 2, "12": 1}
+    assert [r["seed"] for r in sweep["budgets"]["6"]["mpl official"]] == [0, 1]
+    assert [r["seed"] for r in sweep["budgets"]["12"]["supervised"]] == [0]
+    summary = json.loads((out / "steps-12" / "supervised-seed0" / "summary.json").read_text())
+    assert summary["train_steps"] == 12 and sweep["budgets"]["12"]["supervised"][0]["final"] == summary["test_top1"]
+    assert (out / "budgets.png").stat().st_size > 1000
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--budgets", "2k"], capture_output=True, text=True, env=ENV)
+    assert bad.returncode == 2 and "write STEPS or STEPS:SEEDS" in bad.stderr

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Protocol
 
@@ -19,6 +19,7 @@ class Batch:
     """One training step's data: B labeled examples and μB unlabeled ones in a weak and a strong view.
 
     `y_u` holds the unlabeled examples' true labels when they are known; it is used only for metrics.
+    `p_l` and `p_u` hold a stored teacher's class distributions of the same images (data.label_dir; Reduced MPL).
     """
 
     x_l: torch.Tensor
@@ -26,6 +27,8 @@ class Batch:
     x_u_weak: torch.Tensor | None = None
     x_u_strong: torch.Tensor | None = None
     y_u: torch.Tensor | None = None
+    p_l: torch.Tensor | None = None
+    p_u: torch.Tensor | None = None
 
     def unlabeled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_u_weak, x_u_strong), for the methods that need them."""
@@ -42,8 +45,10 @@ class Batch:
         return self._map(lambda t: t.pin_memory() if t.is_cpu else t)  # images augmented on the GPU stay there
 
     def _map(self, fn) -> Batch:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{name: (None if t is None else fn(t)) for name, t in values.items()})
+        mapped: dict[str, Any] = {
+            f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)
+        }
+        return Batch(**mapped)
 
 
 def _format(t: torch.Tensor, channels_last: bool) -> torch.memory_format:
@@ -85,7 +90,7 @@ class Method(Protocol):
 
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[None]:
-    """Run train-mode forwards without changing BN running statistics (spec §3.3: forward 2 and lookaheads).
+    """Run train-mode forwards without changing BN running statistics (docs/method.md#gradient-flow: forward 2 and lookaheads).
 
     The forwards update scratch copies swapped in for the statistics; the originals are put back untouched.
     (Restoring them in place instead would bump the version of tensors that BN's autograd node saved, and a
@@ -172,7 +177,7 @@ class SingleModelMethod:
         self.updater = Updater(model, optim or OptimSettings())
         self.ema = ModelEMA(model, ema_decay) if ema_decay else None
 
-    def _finish_update(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+    def _finish_update(self, grads: Sequence[torch.Tensor], step: int) -> torch.Tensor:
         grad_norm = self.updater.apply(list(grads))
         if self.ema is not None and not self.updater.skipped:
             self.ema.update(self.model, step)
@@ -227,11 +232,14 @@ class TwoModelMethod:
         self.student_updater = Updater(student, student_optim or OptimSettings())
         self.ema = ModelEMA(student, ema_decay) if ema_decay else None
 
-    def _update_student(self, grads: tuple[torch.Tensor, ...], step: int) -> torch.Tensor:
+    def _update_student(self, grads: Sequence[torch.Tensor], step: int) -> torch.Tensor:
         """Apply the student's gradient (left untouched for the caller), then update its EMA."""
         grad_norm = self.student_updater.apply(list(grads))
         if self.ema is not None and not self.student_updater.skipped:
             self.ema.update(self.student, step)
+        # Autocast keeps the low-precision copies of the weights it casts until its region ends, and a step runs
+        # in one region: without this, the student's forwards at θ'_S (the feedback) would reuse θ_S's copies.
+        torch.clear_autocast_cache()
         return grad_norm
 
     def eval_model(self) -> nn.Module:

@@ -29,7 +29,8 @@ bench-accuracy: install
 	$(BIN)/python benchmarks/accuracy.py --quick --jobs 2
 
 # make bench-speed: step time and peak memory of supervised, UDA and every MPL mode against MPL's floor, on
-# WRN-28-2 and the small CNN, 2 CPU threads (about 10 minutes; BENCH_ARGS=--quick for a short run).
+# WRN-28-2 and the small CNN, 2 CPU threads (about 10 minutes; BENCH_ARGS=--quick for a short run). With
+# KEK_DIR=<checkout of kekmodel/MPL-pytorch> it also times the peer beside metapl (benchmarks/peer.py).
 bench-speed: install
 	$(BIN)/python benchmarks/speed.py $(BENCH_ARGS)
 

@@ -23,7 +23,8 @@ timed rounds (after warm-up rounds); ratios are ratios of medians. Memory: every
 process (Linux); "peak Δ" is the peak RSS during the steps (VmHWM, reset just before them) minus the RSS after
 building the networks and the batch: what the steps add (activations, gradients, optimiser state, allocator
 caches). "peak RSS" is the whole process's peak during the steps.
-Prints a Markdown table and the issue-#6 targets; writes JSON (--out).
+Prints a Markdown table and the issue-#6 targets; writes JSON (--out). With KEK_DIR naming a checkout of
+kekmodel/MPL-pytorch, it then times the peer beside metapl in alternating processes (benchmarks/peer.py).
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ def main() -> None:
     )
     parser.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory processes")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-speed.json"))
+    parser.add_argument("--peer-rounds", type=int, default=3, help="with KEK_DIR set: alternating peer/metapl rounds")
     parser.add_argument("--probe", nargs=2, metavar=("MODEL", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -447,6 +449,13 @@ def main() -> None:
         "targets": targets,
         "table_markdown": table,
     }
+    if os.environ.get("KEK_DIR"):  # the peer beside us, in the same sitting (benchmarks/peer.py)
+        import peer
+
+        precisions = ["fp32", "bf16"] if peer.has_bf16_instructions() else ["fp32"]
+        print("\nkekmodel/MPL-pytorch side by side (KEK_DIR is set):", flush=True)
+        payload["peer"] = peer.compare(os.environ["KEK_DIR"], args.peer_rounds, args.threads, precisions)
+        print(peer.markdown(payload["peer"]))
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(args.out)

@@ -16,6 +16,12 @@ Two measurements, on synthetic data of the preset's real shapes (no data set is 
 Each runs with the speed switches a GPU user sets: train.precision=bf16, train.channels_last=true (and, with
 --compile, train.compile=true). Prints a table with the implied time of the preset's whole run
 (train.steps × s/step) and writes JSON.
+
+  --floor      MPL's floor on the device: the passes its step cannot avoid, each timed alone with the same
+               switches (teacher forward + backward on B + 2μB images, student forward + backward on μB, the
+               labeled forward + backward at θ'_S on B), and the step's ratio to their sum.
+  --profile D  torch.profiler over a few MPL model-only steps: D/profile_mpl.txt (the operators by device time)
+               and D/trace_mpl.json (a Chrome trace), for docs/performance.md's before/after.
 """
 
 from __future__ import annotations
@@ -121,6 +127,92 @@ def model_only(preset: str, method: str, steps: int, warmup: int, extra: list[st
     return {"s_per_step": statistics.median(times), "images_per_step": images_per_step(cfg, method), "peak_gib": peak}
 
 
+def _model_batch(cfg: Config, method: str, device: torch.device) -> tuple[Batch, tuple[int, ...], int]:
+    shape, classes = SHAPES[cfg.data.name]
+    b, mu = cfg.data.batch_size, cfg.data.mu
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+
+    def images(n: int) -> torch.Tensor:
+        return torch.randn(n, *shape, device=device).contiguous(memory_format=fmt)
+
+    labels = torch.randint(0, classes, (b,), device=device)
+    if method == "supervised":
+        return Batch(images(b), labels), shape, classes
+    return Batch(images(b), labels, images(mu * b), images(mu * b)), shape, classes
+
+
+def mpl_floor(preset: str, steps: int, warmup: int, extra: list[str], device: torch.device) -> dict:
+    """The MPL step (hard, dot) against its floor passes, each timed alone on the device: medians, and the ratio."""
+    import torch.nn.functional as F
+
+    cfg = build_config(preset, [*SPEED, *extra], "mpl")
+    batch, shape, classes = _model_batch(cfg, "mpl", device)
+    data = SimpleNamespace(num_classes=classes, input_shape=shape, normalization=None)
+    method = build_method(cfg, data, device)
+    apply_switches(cfg.train, method, image_inputs=len(shape) == 3)
+    teacher, student = method.networks()["teacher"], method.networks()["student"]
+    x_u_weak, x_u_strong = batch.unlabeled()
+    teacher_input = torch.cat([batch.x_l, x_u_weak, x_u_strong])
+    y_all = torch.randint(0, classes, (teacher_input.shape[0],), device=device)
+    y_u = torch.randint(0, classes, (x_u_strong.shape[0],), device=device)
+
+    def fwd_bwd(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+        params = [p for p in net.parameters() if p.requires_grad]
+        return lambda: torch.autograd.grad(F.cross_entropy(net(x), y), params)
+
+    calls = {
+        "step": lambda i: method.step(batch, cfg.train.steps // 2 + i),
+        "teacher fwd+bwd": lambda i: fwd_bwd(teacher, teacher_input, y_all)(),
+        "student fwd+bwd": lambda i: fwd_bwd(student, x_u_strong, y_u)(),
+        "labeled fwd+bwd": lambda i: fwd_bwd(student, batch.x_l, batch.y_l)(),
+    }
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for i in range(warmup + steps):
+        for name, call in calls.items():  # interleaved, so that clocks and load hit all alike
+            sync(device)
+            started = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                call(i)
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - started)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    floor = sum(v for k, v in medians.items() if k != "step")
+    return {"step_s": medians["step"], "floor_s": floor, "x_floor": medians["step"] / floor, "passes_s": medians}
+
+
+def profile_mpl(preset: str, steps: int, extra: list[str], device: torch.device, out: Path) -> Path:
+    """torch.profiler over `steps` MPL model-only steps (after 3 untimed ones): an operator table and a trace."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = build_config(preset, [*SPEED, *extra], "mpl")
+    batch, shape, classes = _model_batch(cfg, "mpl", device)
+    data = SimpleNamespace(num_classes=classes, input_shape=shape, normalization=None)
+    method = build_method(cfg, data, device)
+    apply_switches(cfg.train, method, image_inputs=len(shape) == 3)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def run(i: int) -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            method.step(batch, cfg.train.steps // 2 + i)
+
+    for i in range(3):
+        run(i)
+    sync(device)
+    with profile(activities=activities) as prof:
+        for i in range(steps):
+            run(3 + i)
+        sync(device)
+    out.mkdir(parents=True, exist_ok=True)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = out / "profile_mpl.txt"
+    table.write_text(prof.key_averages().table(sort_by=sort, row_limit=40))
+    prof.export_chrome_trace(str(out / "trace_mpl.json"))
+    return table
+
+
 def images_per_step(cfg: Config, method: str) -> int:
     """Images one step passes in: B labeled, plus μB unlabeled in two views for every method but supervised."""
     b, mu = cfg.data.batch_size, cfg.data.mu
@@ -150,8 +242,24 @@ def main() -> None:
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_step.json"))
+    parser.add_argument("--floor", action="store_true", help="only MPL's step against its floor passes, per preset")
+    parser.add_argument("--profile", type=Path, default=None, help="only a torch.profiler run of MPL into this folder")
     args = parser.parse_args()
     device = resolve_device("auto")
+    if args.floor or args.profile:
+        for preset in args.presets:
+            overrides = list(args.overrides)
+            if args.floor:
+                r = mpl_floor(preset, args.model_steps, 3, overrides, device)
+                passes = ", ".join(f"{k} {v:.4f}" for k, v in r["passes_s"].items() if k != "step")
+                print(
+                    f"{preset}: MPL step {r['step_s']:.4f} s, floor {r['floor_s']:.4f} s ({passes}): {r['x_floor']:.2f}×"
+                )
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps({"device": str(device), "preset": preset, **r}, indent=1))
+            if args.profile:
+                print(f"{preset}: wrote {profile_mpl(preset, 5, overrides, device, args.profile / preset)}")
+        return
     gpu = device.type == "cuda"
     # Most telling rows first (the JSON is rewritten after each row, so a time limit keeps what finished):
     # model-only steps, then the in-memory presets end to end with GPU augmentation, then MPL end to end with

@@ -61,3 +61,15 @@ def test_a_scaled_down_step_is_extrapolated_by_images(bench):
     fewer_mu = build_config("imagenet_10pct", ["data.batch_size=8", "data.mu=5"])
     scaled = bench.full_batch_seconds(0.5, bench.images_per_step(fewer_mu, "mpl"), preset, "mpl")
     assert scaled == pytest.approx(0.5 * (1024 * 31) / (8 * 11))
+
+
+def test_floor_and_profile_run_on_a_shrunk_preset(bench, tmp_path):
+    """The device floor (the MPL step against its passes timed alone) and the profiler path, on the CPU."""
+    torch.set_num_threads(1)
+    cpu = [*TINY, "train.precision=fp32"]
+    r = bench.mpl_floor("cifar10_4k", 2, 1, cpu, torch.device("cpu"))
+    assert set(r["passes_s"]) == {"step", "teacher fwd+bwd", "student fwd+bwd", "labeled fwd+bwd"}
+    assert r["floor_s"] == pytest.approx(sum(v for k, v in r["passes_s"].items() if k != "step"))
+    assert r["x_floor"] > 0.5  # the step does at least about the floor's work
+    table = bench.profile_mpl("cifar10_4k", 1, cpu, torch.device("cpu"), tmp_path)
+    assert "aten::" in table.read_text() and (tmp_path / "trace_mpl.json").stat().st_size > 1000

@@ -47,6 +47,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl.methods import UDA, Batch, MetaPseudoLabels, MPLSettings, Supervised, SupervisedSettings, UDASettings
+from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher
 from metapl.models import compile_network, create_model
 from metapl.optim import OptimSettings
 
@@ -67,6 +68,12 @@ FLOORS: dict[str, list[str]] = {
     "mpl soft": ["teacher fwd+bwd", "student fwd+bwd", "labeled fwd+bwd", "student JVP"],
     "mpl official": ["teacher fwd+bwd", "student+labeled fwd+bwd", "labeled fwd"],
     "mpl hard/taylor (recompute)": ["teacher fwd+bwd", "student fwd+bwd", "labeled fwd", "labeled fwd"],
+    # Reduced MPL: the big teacher's stored distributions replace its passes; what is left is the student's step
+    # (the MLP teacher on K-dimensional inputs costs next to nothing). Its yardstick is the student's own
+    # supervised step on the same μB images.
+    "supervised (μB)": ["student fwd+bwd"],
+    "reduced_mpl hard/dot": ["student fwd+bwd", "labeled fwd+bwd"],
+    "reduced_mpl hard/taylor": ["student fwd+bwd", "labeled fwd", "labeled fwd"],
 }
 COMPILABLE = ("supervised", "uda", "mpl hard/taylor", "mpl hard/dot")  # soft's JVP does not compile
 REFERENCE = {"mpl_s": 3.9, "uda_s": 2.4, "peak_rss_gib": 2.3, "speedup": 1.3}  # issue #6, WRN-28-2, this machine kind
@@ -100,7 +107,18 @@ def make_batch(model: str, channels_last: bool) -> Batch:
         x = torch.randn(n, *shape, generator=g)
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
-    return Batch(images(B), torch.randint(0, NUM_CLASSES, (B,), generator=g), images(MU * B), images(MU * B))
+    def stored(n: int) -> torch.Tensor:  # a big teacher's stored class distributions (Reduced MPL)
+        return torch.softmax(3 * torch.randn(n, NUM_CLASSES, generator=g), dim=-1)
+
+    x_l, y_l, weak, strong = images(B), torch.randint(0, NUM_CLASSES, (B,), generator=g), images(MU * B), images(MU * B)
+    return Batch(x_l, y_l, weak, strong, p_l=stored(B), p_u=stored(MU * B))
+
+
+def step_batch(name: str, batch: Batch) -> Batch:
+    """The batch a configuration steps on: 'supervised (μB)' learns the μB strong-view images as labeled data."""
+    if name == "supervised (μB)":
+        return Batch(batch.x_u_strong, torch.randint(0, NUM_CLASSES, (batch.x_u_strong.shape[0],)))
+    return batch
 
 
 def optim() -> OptimSettings:
@@ -110,7 +128,19 @@ def optim() -> OptimSettings:
 def make_method(name: str, model: str, channels_last: bool):
     """The configuration's method, with the CIFAR-10-4K recipe's settings (docs/method.md#preset-cifar10)."""
     losses = dict(label_smoothing=0.15, uda_ramp_steps=0)  # full UDA weight from the first step
-    if name == "supervised":
+    if name.startswith("reduced_mpl"):
+        feedback, _, h = name.removeprefix("reduced_mpl ").partition("/")
+        settings = ReducedMPLSettings(feedback=feedback, h=h, student_label_smoothing=0.15)
+        return ReducedMetaPseudoLabels(
+            ReducedTeacher(NUM_CLASSES),
+            make_net(model, channels_last),
+            NUM_CLASSES,
+            settings,
+            teacher_optim=optim(),
+            student_optim=optim(),
+            ema_decay=0.995,
+        )
+    if name in ("supervised", "supervised (μB)"):
         return Supervised(
             make_net(model, channels_last), NUM_CLASSES, SupervisedSettings(0.15), optim=optim(), ema_decay=0.995
         )
@@ -199,7 +229,8 @@ def time_model(
                 for net in networks(method):
                     compile_network(net)
             counter = iter(range(10**9))
-            calls[Row(model, name, compiled)] = lambda m=method, c=counter: m.step(batch, next(c))
+            own = step_batch(name, batch)
+            calls[Row(model, name, compiled)] = lambda m=method, c=counter, b=own: m.step(b, next(c))
         needed = {p for name in wanted for p in FLOORS[name]}
         for pass_name, fn in floor_passes(model, channels_last, compiled).items():
             if pass_name in needed:
@@ -237,6 +268,7 @@ def probe_memory(model: str, name: str, steps: int) -> dict:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status_mib("VmRSS")
+    batch = step_batch(name, batch)
     for step in range(steps):
         method.step(batch, step)
     peak = _status_mib("VmHWM")
@@ -324,6 +356,18 @@ def check_targets(rows: list[dict], threads: int = 2) -> list[dict]:
                 add(f"{tag} ≤ 1.55 × UDA", r["x_uda"], 1.55, r["x_uda"] <= 1.55)
         if method == "mpl hard/dot":
             add(f"{tag} ≤ 1.10 × floor", r["x_floor"], 1.10, r["x_floor"] <= 1.10)
+        own = by_key.get((model, "supervised (μB)", compiled))
+        if method.startswith("reduced_mpl") and own:
+            ratio = r["step_s"] / own["step_s"]
+            add(f"{tag} ≤ 1.6 × the student's supervised step on μB images", ratio, 1.6, ratio <= 1.6)
+            if "peak_delta_mib" in r and "peak_delta_mib" in own:
+                limit = 1.1 * own["peak_delta_mib"]  # the student alone plus the MLP (a few MiB) and its state
+                add(
+                    f"{tag}: peak Δ ≤ 1.1 × the student's supervised step's",
+                    r["peak_delta_mib"],
+                    limit,
+                    r["peak_delta_mib"] <= limit,
+                )
         uda, sup = by_key.get((model, "uda", compiled)), by_key.get((model, "supervised", compiled))
         if method.startswith("mpl hard/taylor") and "peak_delta_mib" in r and uda and sup and "peak_delta_mib" in uda:
             limit = uda["peak_delta_mib"] + sup["peak_delta_mib"]

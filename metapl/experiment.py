@@ -8,6 +8,7 @@ methods that have it. Rank 0 alone writes under torchrun.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from metapl import distributed
 from metapl.build import build_method, check_num_classes, method_label, resolve_device, seed_everything
 from metapl.config import Config
 from metapl.data import build_data
-from metapl.data.loaders import BatchStream, DataBundle
+from metapl.data.loaders import BatchStream, DataBundle, check_stream_data
 from metapl.engine import run_dir
+from metapl.engine.budget import check_data_settings, check_step_memory
 from metapl.engine.checkpoint import (
     CheckpointKeeper,
     atomic_save,
@@ -69,19 +71,26 @@ def run_experiment(
         check_switches(cfg.train, device)
         saved = run_dir.resume_state(out_dir, cfg, restart)
         seed_everything(cfg.train.seed)
-        data = build_data(cfg.data, cfg.train.seed)
+        check_data_settings(cfg.data)
+        data_cfg = cfg.data
+        if saved is not None and (out_dir / "splits.json").is_file():  # the run's own split, checked against the data
+            data_cfg = dataclasses.replace(cfg.data, split_file=str(out_dir / "splits.json"))
+        data = build_data(data_cfg, cfg.train.seed)
         check_num_classes(cfg, data)
         if len(data.y_labeled) < cfg.data.batch_size:
             raise DataError(
                 f"the labeled set has {len(data.y_labeled)} examples, fewer than data.batch_size={cfg.data.batch_size}; "
                 f"set data.batch_size to at most {len(data.y_labeled)} or label more examples"
             )
+        check_step_memory(cfg, data, device, world)  # sizes that cannot fit, before the networks are allocated
         method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
+        check_stream_data(data, labeled_only=not method.uses_unlabeled)
         # Only now, with every check passed, is the directory written.
         if main:
             out_dir.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-            run_dir.start(out_dir, cfg, data.split, fresh=saved is None)
+            names = data.class_names or [str(k) for k in range(data.num_classes)]
+            run_dir.start(out_dir, cfg, data.split, fresh=saved is None, class_names=names)
             if saved is not None and announce is not None:
                 phase_step = _run_step(cfg, saved["phase"], saved["step"])
                 announce(f"resuming the run in {out_dir} from its checkpoint at step {phase_step}")

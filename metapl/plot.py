@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,7 @@ from metapl.engine.checkpoint import load_weights  # noqa: E402
 from metapl.engine.evaluate import predict_proba  # noqa: E402
 from metapl.engine.logger import read_metrics  # noqa: E402
 from metapl.errors import CheckpointError, ConfigError  # noqa: E402
+from metapl.inference.run import load_state  # noqa: E402
 
 CURVE_PANELS = (
     ("accuracy", ("train_eval/val_top1", "train_eval/test_top1", "finetune_eval/test_top1")),
@@ -47,6 +49,7 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
             if not (run / "metrics.jsonl").is_file():
                 raise CheckpointError(f"{run} has no metrics.jsonl; pass a run directory written by metapl train")
     out = Path(out) if out else runs[0] / f"{kind}.png"
+    check_image_name(out)
     if kind == "regions":
         plot_decision_regions(runs, configs, out)
     else:
@@ -54,18 +57,49 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
     return out
 
 
+def check_image_name(out: Path) -> None:
+    """Refuse an output name whose suffix names no format matplotlib writes (it would fail after the plot)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        shown = ", ".join(f".{f}" for f in ("png", "pdf", "svg", "jpg"))
+        what = f"the suffix .{suffix}" if suffix else "no suffix"
+        raise ConfigError(f"--out {out} has {what}, which names no image format; end it in one of {shown}")
+
+
+def _read_series(run: Path) -> dict[str, tuple[list[float], list[float]]]:
+    """{'phase/metric': (steps, values)} of a run's metrics.jsonl; records that are not metapl's are skipped."""
+    try:
+        records = read_metrics(run)
+    except (OSError, ValueError) as err:  # ValueError: bytes that are not UTF-8
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"cannot read {run / 'metrics.jsonl'}: {first[:160]}; pass a run directory written by metapl train"
+        ) from None
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for record in records:
+        if not isinstance(record, dict) or not _finite_number(record.get("step")):
+            continue
+        for key, value in record.items():
+            if key in ("phase", "step") or not _finite_number(value):
+                continue
+            steps, values = series.setdefault(f"{record.get('phase')}/{key}", ([], []))
+            steps.append(float(record["step"]))
+            values.append(float(value))
+    return series
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def plot_curves(runs: list[Path], out: Path) -> None:
     """Accuracy, losses, h and b, and unlabeled-data diagnostics over steps, one line per run and metric."""
     fig, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(5 * len(CURVE_PANELS), 3.8))
     for run in runs:
-        series: dict[str, tuple[list[int], list[float]]] = {}
-        for record in read_metrics(run):
-            for key, value in record.items():
-                if key in ("phase", "step") or not isinstance(value, (int, float)):
-                    continue
-                steps, values = series.setdefault(f"{record['phase']}/{key}", ([], []))
-                steps.append(record["step"])
-                values.append(value)
+        series = _read_series(run)
         label = run.name if len(runs) > 1 else ""
         for ax, (title, keys) in zip(axes, CURVE_PANELS):
             for key in keys:
@@ -89,16 +123,20 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
     for ax, run, cfg in zip(axes[0], runs, configs):
+        if (run / "splits.json").is_file():  # the run's own split, checked against the data (as eval does)
+            cfg.data.split_file = str(run / "splits.json")
         data = build_data(cfg.data, cfg.train.seed)
         model = build_model(cfg, data)
-        model.load_state_dict(load_weights(run / "model.pt"))
+        path = run / "model.pt"
+        load_state(model, load_weights(path, fix="pass a finished run with intact weights"), path, cfg, data)
         points = torch.cat([data.x_unlabeled, data.x_labeled])
         lo, hi = points.min(0).values.numpy() - 0.5, points.max(0).values.numpy() + 0.5
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 300), np.linspace(lo[1], hi[1], 300))
         grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], 1), dtype=torch.float32)
         prob = predict_proba(model, grid)[:, 1].numpy().reshape(gx.shape)
         ax.contourf(gx, gy, prob > 0.5, levels=[-0.5, 0.5, 1.5], colors=["#f4c6c6", "#c6d4f4"], alpha=0.9)
-        ax.scatter(*data.x_unlabeled.numpy().T, c=data.y_unlabeled.numpy(), cmap="coolwarm_r", s=3, alpha=0.6)
+        colours = data.y_unlabeled.numpy() if data.y_unlabeled is not None else None  # TwoMoon knows every label
+        ax.scatter(*data.x_unlabeled.numpy().T, c=colours, cmap="coolwarm_r", s=3, alpha=0.6)
         ax.scatter(
             *data.x_labeled.numpy().T,
             c=data.y_labeled.numpy(),

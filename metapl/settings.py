@@ -15,6 +15,7 @@ from typing import Any
 from metapl.errors import ConfigError
 
 Rule = Callable[[Any], bool]
+FLOAT32_MAX = 3.4028234663852886e38  # settings meet float32 tensors: a larger value would turn into inf there
 
 
 def choice(default: Any, options: Sequence[Any]) -> Any:
@@ -61,8 +62,11 @@ def check_settings(settings: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             check_settings(value, key)
             continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+            raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number (float32: within ±3.4e38)")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in numbers):
+            raise ConfigError(f"{key}={value!r} is impossible; it must fit in 64 bits (below 2**63)")
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             shown = ", ".join(str(c) for c in choices)

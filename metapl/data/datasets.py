@@ -7,6 +7,7 @@ import gzip
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,11 +21,12 @@ from metapl.errors import DataError
 class ArrayDataset:
     """A training pool and a test set as tensors, with the classes' count."""
 
-    x_train: torch.Tensor
+    x_train: Any  # a tensor, or ImageFiles (paths decoded by loader workers) for image-file data sets
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Any
     y_test: torch.Tensor
     num_classes: int
+    class_names: list[str] | None = None  # the classes' names in label order, when the data names them
 
 
 def two_moons(num_points: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

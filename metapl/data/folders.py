@@ -40,8 +40,16 @@ class ImageFiles:
         return ImageFiles(np.atleast_1d(picked), self.size, self.channels, self.workers, self.pipeline)
 
 
-def decode(path: str, channels: int = 3) -> torch.Tensor:
-    """One image file as a uint8 (C, H, W) tensor; a DataError names the file when it cannot be decoded."""
+# What to do about an image of the training pool that cannot be decoded. Deleting it changes the pool the run's
+# split was drawn from, which the run then refuses to resume (splits.py: check_source).
+POOL_IMAGE_FIX = (
+    "replace it with an intact copy and run the same command, or remove it and start the run over "
+    "(metapl train --restart): the run's split was drawn with it"
+)
+
+
+def decode(path: str, channels: int = 3, fix: str = POOL_IMAGE_FIX) -> torch.Tensor:
+    """One image file as a uint8 (C, H, W) tensor; a DataError names the file and `fix` when it cannot be decoded."""
     from PIL import Image, ImageOps
 
     try:
@@ -50,7 +58,7 @@ def decode(path: str, channels: int = 3) -> torch.Tensor:
             array = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable buffer
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot decode image {path} ({first}); delete or replace the file") from None
+        raise DataError(f"cannot decode image {path} ({first}); {fix}") from None
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels)).permute(2, 0, 1).contiguous()
 
 
@@ -92,7 +100,8 @@ def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
     Relative paths are relative to the CSV's folder; every path must exist.
     """
     try:
-        with open(path, newline="") as handle:
+        # utf-8-sig: a spreadsheet program's byte-order mark is dropped, not read into the first column's name
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = [c.strip() for c in reader.fieldnames or []]
             wanted = ["path", "label"] if need_label else ["path"]

@@ -57,6 +57,7 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
         x_test=files(test[0]),
         y_test=torch.tensor(test[1], dtype=torch.long),
         num_classes=len(classes),
+        class_names=list(classes),
     )
     return dataset, len(paths)
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from metapl.config import Config, flatten, load_config_file, save_config
-from metapl.engine.checkpoint import read_training_state
+from metapl.engine.checkpoint import atomic_write_json, read_training_state
 from metapl.errors import CheckpointError, ConfigError
 
 CHECKPOINT = "checkpoint.pt"
@@ -21,6 +21,7 @@ CHECKPOINT = "checkpoint.pt"
 RUN_OUTPUTS = (
     "config.yaml",
     "splits.json",
+    "classes.json",
     "metrics.jsonl",
     "tensorboard",
     "model.pt",
@@ -73,8 +74,9 @@ def start_over_hint(checkpoint: Path) -> str:
     return f"move {checkpoint} away to train this run from step 0, or {_RESTART}"
 
 
-def start(out_dir: Path, cfg: Config, split, fresh: bool) -> None:
-    """Create the directory; on a fresh start remove what an earlier attempt left and write config and splits."""
+def start(out_dir: Path, cfg: Config, split, fresh: bool, class_names: list[str] | None = None) -> None:
+    """Create the directory; on a fresh start remove what an earlier attempt left and write config, splits and
+    the class names (classes.json: the data's names in label order, or "0".."K-1" when it has none)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if fresh:
         for name in RUN_OUTPUTS + COMMAND_OUTPUTS:
@@ -87,6 +89,8 @@ def start(out_dir: Path, cfg: Config, split, fresh: bool) -> None:
             path.unlink()
         save_config(cfg, out_dir / "config.yaml")
         split.save(out_dir / "splits.json")
+        if class_names is not None:
+            atomic_write_json({"names": list(class_names)}, out_dir / "classes.json")
 
 
 def config_difference(old: Config, new: Config) -> tuple[str, object, object] | None:

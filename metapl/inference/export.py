@@ -13,8 +13,8 @@ import torch
 from metapl.build import build_model
 from metapl.data import example_inputs
 from metapl.errors import ConfigError, ExportError
-from metapl.inference.outputs import check_output
-from metapl.inference.run import LoadedRun, load_run
+from metapl.inference.outputs import check_not_among, check_output
+from metapl.inference.run import LoadedRun, data_files, load_run
 
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch that an export may show
@@ -39,6 +39,7 @@ def export_run(run: Path, fmt: str, out: Path | None = None, weights: str = "fin
         check_output(Path(out), [Path(run)])
     loaded = load_run(run, weights, "cpu")  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
     out = Path(out) if out is not None else Path(run) / f"{loaded.weights_path.stem}.{fmt}"
+    check_not_among(out, data_files(loaded.data), "the run's data")
     out.parent.mkdir(parents=True, exist_ok=True)
     source = loaded.data.x_test if len(loaded.data.x_test) else loaded.data.x_labeled  # a folder may lack a test set
     x = example_inputs(source, CHECK_EXAMPLES)  # what predict feeds: floats in [0, 1]
@@ -114,6 +115,7 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
             dynamic_shapes=({0: torch.export.Dim("batch")},),
         )
     except Exception as err:  # the exporter raises many types (export, lowering, serialisation); report the first line
+        _raise_os_error(err)  # a file that cannot be written is the path's problem, not the format's
         raise ExportError(
             f"torch.onnx.export failed for {loaded.weights_path}: {_first_line(err)}; try --format safetensors"
         ) from None
@@ -121,6 +123,7 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     except Exception as err:  # onnxruntime raises its own exception types for files it cannot load or run
+        _raise_os_error(err)
         raise ExportError(
             f"onnxruntime cannot run the exported model: {_first_line(err)}; try --format safetensors"
         ) from None
@@ -133,6 +136,17 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
             f"on {len(x)} test inputs; export with --format safetensors instead"
         )
     return diff
+
+
+def _raise_os_error(err: BaseException | None) -> None:
+    """Re-raise the OSError (no permission, disk full) behind an exporter's own exception, for the command
+    line's one line naming the path; other errors are left to the caller."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            raise err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
 
 
 def _first_line(err: BaseException) -> str:

@@ -30,7 +30,8 @@ def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, p
     if pipeline is not None:
         from metapl.data.folders import decode
 
-        image = pipeline.evaluate(decode(str(path), input_shape[0])).float() / 255.0
+        fix = "pass a PNG, JPEG or other image Pillow can open"
+        image = pipeline.evaluate(decode(str(path), input_shape[0], fix)).float() / 255.0
         return 1.0 - image if invert else image
     channels, height, width = _image_shape(input_shape)
     try:
@@ -83,6 +84,23 @@ def load_inputs(
     if source.suffix.lower() == ".csv":
         return _load_csv(source, input_shape, invert, pipeline)
     return [str(source)], load_image(source, input_shape, invert, pipeline)[None]
+
+
+def csv_image_paths(path: Path) -> list[Path]:
+    """The image files a predict CSV names (rows of one cell that is a path to a file), for the check that the
+    output does not overwrite one; an unreadable CSV gives [] here and its error when it is loaded."""
+    found = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            for row in csv.reader(handle):
+                cells = [cell.strip() for cell in row]
+                if len(cells) == 1 and cells[0] and _number(cells[0]) is None:
+                    file = Path(cells[0]) if Path(cells[0]).is_absolute() else path.parent / cells[0]
+                    if file.is_file():
+                        found.append(file)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+        return []
+    return found
 
 
 def _number(text: str) -> float | None:

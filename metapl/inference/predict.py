@@ -7,28 +7,43 @@ from pathlib import Path
 
 from metapl.build import resolve_device
 from metapl.engine.evaluate import predict_proba
-from metapl.inference.inputs import load_inputs
-from metapl.inference.outputs import check_output
-from metapl.inference.run import load_run
+from metapl.inference.inputs import csv_image_paths, load_inputs
+from metapl.inference.outputs import check_not_among, check_output
+from metapl.inference.run import data_files, load_run
 
 
 def predict_run(
     run: Path, source: Path, out: Path | None = None, weights: str = "final", invert: bool = False
 ) -> tuple[Path, int]:
-    """Class probabilities per input, written as input,class,prob_0..prob_{K-1} to `out` (RUN/predictions.csv)."""
+    """Class probabilities per input, written as input,class,prob_0..prob_{K-1} to `out` (RUN/predictions.csv).
+
+    A run whose classes have names (an image folder's class folders, a CSV's labels) gets a `label` column after
+    `class` with the predicted class's name; `class` stays the index, as for every run.
+    """
+    source = Path(source)
     out = Path(out) if out is not None else Path(run) / "predictions.csv"
-    check_output(out, [Path(run)], (Path(source),))
+    check_output(out, [Path(run)], (source,))
+    if source.suffix.lower() == ".csv" and source.is_file():
+        check_not_among(out, [str(p) for p in csv_image_paths(source)], f"the input CSV {source}")
     loaded = load_run(run, weights, resolve_device("auto"))
+    check_not_among(out, data_files(loaded.data), "the run's data")
     pipeline = getattr(loaded.data.x_labeled, "pipeline", None)  # runs on image files: their eval crop
     names, x = load_inputs(source, loaded.data.input_shape, invert, pipeline)
     proba = predict_proba(loaded.model, x, batch_size=loaded.config.train.eval_batch_size)
     classes = proba.argmax(dim=1)
+    labels = loaded.class_names
+    named = labels != [str(k) for k in range(len(labels))]  # only names that say more than the index
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["input", "class", *(f"prob_{k}" for k in range(proba.shape[1]))])
-        for name, cls, row in zip(names, classes.tolist(), proba.tolist()):
-            writer.writerow([name, cls, *(f"{p:.8g}" for p in row)])
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(
+                ["input", "class", *(["label"] if named else []), *(f"prob_{k}" for k in range(proba.shape[1]))]
+            )
+            for name, cls, row in zip(names, classes.tolist(), proba.tolist()):
+                writer.writerow([name, cls, *([labels[cls]] if named else []), *(f"{p:.8g}" for p in row)])
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out, len(names)

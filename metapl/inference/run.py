@@ -4,7 +4,8 @@ the model's weights."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ class LoadedRun:
     data: DataBundle
     model: nn.Module
     weights_path: Path
+    class_names: list[str] = field(default_factory=list)  # in label order (classes.json; "0".."K-1" without)
 
 
 def load_run(run: Path, weights: str = "final", device: torch.device | str = "cpu") -> LoadedRun:
@@ -58,12 +60,40 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
         raise CheckpointError(f"no {path}: the run kept no best-on-validation weights; use --weights final")
     state = load_weights(path, fix="pass a run whose weights are intact, or train this one again")
     model = build_model(cfg, data)
-    _load_state(model, state, path, cfg, data)
+    load_state(model, state, path, cfg, data)
     model.to(device).eval()
-    return LoadedRun(run, cfg, data, model, path)
+    return LoadedRun(run, cfg, data, model, path, class_names(run, data))
 
 
-def _load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: DataBundle) -> None:
+def class_names(run: Path, data: DataBundle) -> list[str]:
+    """The run's class names in label order: its classes.json, else the data's names, else "0".."K-1" (runs of
+    metapl before classes.json)."""
+    path = Path(run) / "classes.json"
+    if not path.is_file():
+        return list(data.class_names or [str(k) for k in range(data.num_classes)])
+    try:
+        names = json.loads(path.read_text(encoding="utf-8")).get("names")
+    except (OSError, ValueError, AttributeError):
+        names = None
+    if not isinstance(names, list) or len(names) != data.num_classes or not all(isinstance(n, str) for n in names):
+        raise CheckpointError(
+            f"{path} does not hold the names of the run's {data.num_classes} classes; restore it, or delete it to "
+            "get class indices only"
+        )
+    return names
+
+
+def data_files(data: DataBundle) -> list[str]:
+    """Every image file a run's data reads (runs on image files), for the check that an output spares them."""
+    files: list[str] = []
+    for x in (data.x_labeled, data.x_unlabeled, data.x_val, data.x_test):
+        paths = getattr(x, "paths", None)
+        if paths is not None:
+            files.extend(str(p) for p in paths)
+    return files
+
+
+def load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: DataBundle) -> None:
     # Compare keys and shapes first: load_state_dict's own message is many lines and starts with no detail.
     fix = (
         f"pass weights written by this run (its config.yaml builds {cfg.model.name} with {data.num_classes} classes "

@@ -1,4 +1,4 @@
-"""Command line: metapl train | eval | predict | export | plot | demo | presets | config.
+"""Command line: metapl train | eval | predict | export | label | shard | plot | demo | presets | config.
 
 Every error a user can cause ends in one line on stderr that names the bad value and the fix, and exit code 2.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import os
 import re
 import sys
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--download",
         action="store_true",
-        help="fetch a missing CIFAR-10/100, SVHN or Fashion-MNIST into data.root (torchvision's download code)",
+        help="fetch a missing CIFAR-10/100, SVHN or Fashion-MNIST into data.root (torchvision's download code), "
+        "and timm weights that model.pretrained=cache reads into timm's local cache",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument("--no-tensorboard", action="store_true", help="do not write TensorBoard events")
@@ -126,6 +128,57 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, help="output file (default RUN/model.safetensors or RUN/model.onnx)")
     export.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+
+    label = commands.add_parser(
+        "label", help="store a teacher's class distributions on a data set's images, for method reduced_mpl"
+    )
+    label.add_argument(
+        "source", metavar="SOURCE", help="a run directory written by metapl train, or a registered model name"
+    )
+    label.add_argument("--out", type=Path, required=True, help="label directory (resumed if a run was killed)")
+    label.add_argument(
+        "--weights",
+        help="run: final (model.pt, default) or best (best_model.pt); model: its state-dict file (required)",
+    )
+    label.add_argument("--preset", help="model SOURCE: the preset whose data (and model settings) to use")
+    label.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (a run SOURCE: data.* keys only, e.g. a moved data.root; repeatable)",
+    )
+    label.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="store the k largest probabilities (0: all; default: all up to 100 classes, else 16)",
+    )
+    label.add_argument("--shard-size", type=int, default=10_000, help="images per shard file (default 10000)")
+    label.add_argument("--precision", choices=("fp16", "fp32"), default="fp16", help="stored precision (default fp16)")
+    label.add_argument(
+        "--bias",
+        default="",
+        metavar="A:B,C:D",
+        help="experiment tool: on images the teacher assigns to class A, move half of A's probability to B",
+    )
+    label.add_argument(
+        "--batch-size", type=int, default=None, help="images per forward (default train.eval_batch_size)"
+    )
+    label.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    label.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    shard = commands.add_parser(
+        "shard", help="write an image folder or CSV as WebDataset tar shards (unlabeled images)"
+    )
+    shard.add_argument(
+        "source", type=Path, help="a folder of images (searched recursively) or a CSV with a 'path' column"
+    )
+    shard.add_argument("--out", type=Path, required=True, help="a new or empty folder for shard-000000.tar, ...")
+    shard.add_argument("--shard-size", type=int, default=5000, help="images per shard (default 5000)")
+    shard.add_argument("--no-shuffle", action="store_true", help="keep the source's order (default: seeded shuffle)")
+    shard.add_argument("--seed", type=int, default=0, help="the shuffle's seed (default 0)")
+    shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(commands=commands.choices)
     return parser
 
@@ -152,6 +205,8 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
 def main(argv: list[str] | None = None) -> int:
     # torch.func.jvp (soft feedback) triggers a torch-internal deprecation warning that users cannot act on.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    # torch.load's remark on a file that is not a checkpoint at all: the error that follows names the file.
+    warnings.filterwarnings("ignore", message="Detected pickle protocol")
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
@@ -159,18 +214,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except Interrupted as stop:
-        print(f"metapl: {stop}", file=sys.stderr)
+        print(f"metapl: {_one_line(str(stop))}", file=sys.stderr)
         return stop.exit_code
     except MetaplError as err:
-        print(f"metapl: error: {err}", file=sys.stderr)
+        print(f"metapl: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
-    except OSError as err:  # a path that cannot be written or read: the OS names it and why
-        where = f": {err.filename}" if err.filename else ""
-        print(f"metapl: error: {err.strerror or err}{where}; check the path and its permissions", file=sys.stderr)
+    except (MemoryError, RuntimeError, OSError) as err:
+        message = _allocation_failure(err, args)  # an allocation that failed: one line naming the sizes
+        if message is None and isinstance(err, OSError):  # a path that cannot be written or read: the OS says why
+            where = f": {err.filename}" if err.filename else ""
+            message = f"{err.strerror or err}{where}; check the path and its permissions"
+        if message is None:
+            raise
+        print(f"metapl: error: {_one_line(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metapl: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    """The message with line breaks and other control characters escaped (a path or CSV cell may hold them)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _allocation_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    if not isinstance(err, (MemoryError, RuntimeError)) and getattr(err, "errno", None) != errno.ENOMEM:
+        return None  # budget imports PyTorch: only for what may be an allocation failure
+    from metapl.engine.budget import allocation_failure
+
+    return allocation_failure(err, args.command, getattr(args, "overrides", ()))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -182,8 +255,12 @@ def _train(args: argparse.Namespace) -> int:
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 speaks
     if args.download and main_rank:
         from metapl.data import download_dataset
+        from metapl.data.registry import DATASETS
+        from metapl.models.timm_models import download_pretrained
 
-        download_dataset(cfg.data)
+        weights = download_pretrained(cfg.model)  # model.pretrained=cache: timm's weights into its local cache
+        if not weights or DATASETS.get(cfg.data.name).download is not None:
+            download_dataset(cfg.data)
     summary = run_experiment(
         cfg,
         out,
@@ -260,6 +337,51 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from metapl.labeling import LabelOptions, label_pool, parse_bias
+
+    options = LabelOptions(
+        top_k=args.top_k,
+        shard_size=args.shard_size,
+        precision=args.precision,
+        bias=parse_bias(args.bias),
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    manifest = label_pool(
+        args.source,
+        args.out,
+        weights=args.weights,
+        preset=args.preset,
+        overrides=args.overrides,
+        options=options,
+        progress=not args.no_progress,
+        announce=lambda line: print(line, flush=True),
+    )
+    if os.environ.get("RANK", "0") == "0":
+        stored = f"top {manifest['top_k']}" if manifest["top_k"] else "all"
+        print(
+            f"{args.out} holds {manifest['pool_size']} distributions ({stored} of {manifest['num_classes']} classes, "
+            f"{manifest['precision']}) in {len(manifest['shards'])} shards"
+        )
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    from metapl.sharding import write_shards
+
+    write_shards(
+        args.source,
+        args.out,
+        shard_size=args.shard_size,
+        shuffle=not args.no_shuffle,
+        seed=args.seed,
+        progress=not args.no_progress,
+        announce=lambda line: print(line, flush=True),
+    )
+    return 0
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -273,6 +395,8 @@ _COMMANDS = {
     "eval": _eval,
     "predict": _predict,
     "export": _export,
+    "label": _label,
+    "shard": _shard,
 }
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def _step(mpl: MetaPseudoLabels, batch: Batch, bf16: bool) -> dict:
 
 
 def _update(before: torch.nn.Module, after: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([(a - b).flatten() for a, b in zip(after.parameters(), before.parameters())])
+    return torch.cat([(a - b).detach().flatten() for a, b in zip(after.parameters(), before.parameters())])
 
 
 @pytest.mark.parametrize("h", ["dot", "taylor"])

@@ -11,7 +11,7 @@ from metapl.data.datasets import ArrayDataset
 from metapl.data.folders import ImageFiles
 from metapl.data.loaders import BatchStream, DataBundle
 from metapl.data.registry import DATASETS, DatasetEntry, LoadedDataset
-from metapl.data.splits import Split, make_split
+from metapl.data.splits import Split, check_source, make_split, pool_fingerprint
 from metapl.errors import DataError
 
 
@@ -19,8 +19,11 @@ def build_data(cfg, seed: int) -> DataBundle:
     """The DataBundle for a DataConfig: load the dataset, split it (seeded), attach the augmentations."""
     loaded = DATASETS.get(cfg.name).load(cfg, seed)
     dataset, labelable = loaded.dataset, loaded.labelable
+    paths = dataset.x_train.paths if isinstance(dataset.x_train, ImageFiles) else None
+    source = pool_fingerprint(dataset.y_train.numpy(), paths, labelable)  # what the split is drawn from
     if cfg.split_file:
         split = Split.load(Path(cfg.split_file))
+        check_source(split.source, source, cfg.split_file)
         _check_split(split, len(dataset.y_train), cfg.split_file, labelable)
     else:
         split = make_split(
@@ -32,8 +35,17 @@ def build_data(cfg, seed: int) -> DataBundle:
             selection=cfg.labeled_selection,
             labelable=labelable,
         )
+        split.source = source
     bundle = bundle_from_split(dataset, split, loaded.labeled_augment, loaded.weak_augment, loaded.strong_augment)
     bundle.normalization, bundle.unlabeled_views = loaded.normalization, loaded.unlabeled_views
+    if getattr(cfg, "unlabeled_shards", ""):  # unlabeled images streamed from WebDataset shards (data/shards.py)
+        from metapl.data.shards import attach_shards
+
+        attach_shards(bundle, cfg)
+    if getattr(cfg, "label_dir", ""):  # a stored teacher's distributions (metapl label), aligned with the split
+        from metapl.data.label_store import attach
+
+        attach(bundle, dataset, cfg.label_dir)
     return bundle
 
 
@@ -85,6 +97,7 @@ def bundle_from_split(dataset: ArrayDataset, split: Split, labeled_aug, weak, st
         y_test=dataset.y_test,
         num_classes=dataset.num_classes,
         split=split,
+        class_names=dataset.class_names,
         labeled_augment=labeled_aug,
         weak_augment=weak,
         strong_augment=strong,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -12,18 +13,23 @@ from metapl.data.splits import Split
 from metapl.errors import DataError
 from metapl.methods.base import Batch
 
+if TYPE_CHECKING:
+    from metapl.data.label_store import Distributions
+    from metapl.data.streaming import FileBatches
+
 
 @dataclass
 class DataBundle:
     """Everything a run needs from its dataset: the split tensors, the augmentations and the split indices."""
 
-    x_labeled: torch.Tensor
+    # inputs: tensors, or ImageFiles (paths decoded by loader workers) for image-file data sets
+    x_labeled: Any
     y_labeled: torch.Tensor
-    x_unlabeled: torch.Tensor
+    x_unlabeled: Any
     y_unlabeled: torch.Tensor | None  # true labels, for metrics only
-    x_val: torch.Tensor
+    x_val: Any
     y_val: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Any
     y_test: torch.Tensor
     num_classes: int
     split: Split
@@ -32,8 +38,13 @@ class DataBundle:
     strong_augment: Augment = identity
     # uint8 images: the per-channel mean and std (in [0, 1] units) that the model standardises them with
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-    # (weak, strong) made together, when the strong view must start from the weak one (spec §8.2)
-    unlabeled_views: object = None
+    # (weak, strong) made together, when the strong view must start from the weak one (docs/method.md#cifar-pipeline)
+    unlabeled_views: Any = None
+    # a stored teacher's distributions of x_labeled, x_unlabeled and x_val (data.label_dir)
+    p_labeled: Distributions | None = None
+    p_unlabeled: Distributions | None = None
+    p_val: Distributions | None = None
+    class_names: list[str] | None = None  # the classes' names in label order (folder data sets), else None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -71,6 +82,15 @@ class _EpochSampler:
         self.order, self.position = state["order"].clone(), int(state["position"])
 
 
+def check_stream_data(data: DataBundle, labeled_only: bool) -> None:
+    """A DataError unless the split has labeled examples and, for a method that uses them, unlabeled ones."""
+    if len(data.y_labeled) == 0 or (not labeled_only and len(data.x_unlabeled) == 0):
+        raise DataError(
+            f"the split has {len(data.y_labeled)} labeled and {len(data.x_unlabeled)} unlabeled examples; "
+            "a semi-supervised method needs both: label fewer examples or set data.unlabeled_includes_labeled=true"
+        )
+
+
 class BatchStream:
     """Endless training batches: B labeled examples and μB unlabeled ones in a weak and a strong view.
 
@@ -96,16 +116,17 @@ class BatchStream:
         self.rank, self.world_size = rank, world_size
         # in-memory images can be augmented where the model runs: the batched ops are the same on a GPU
         self.augment_device = torch.device(augment_device) if augment_device is not None else None
-        if len(data.y_labeled) == 0 or (not labeled_only and len(data.x_unlabeled) == 0):
-            raise DataError(
-                f"the split has {len(data.y_labeled)} labeled and {len(data.x_unlabeled)} unlabeled examples; "
-                "a semi-supervised method needs both: label fewer examples or set data.unlabeled_includes_labeled=true"
-            )
+        check_stream_data(data, labeled_only)
         self.generator = torch.Generator().manual_seed(seed)
         self.labeled = _EpochSampler(len(data.y_labeled))
         self.unlabeled = _EpochSampler(len(data.x_unlabeled))
         self.files = isinstance(data.x_labeled, ImageFiles)
-        self._files_batches = None  # the loader workers' batches, for image files
+        self._files_batches: FileBatches | None = None  # the loader workers' batches, for image files
+        self._shards = None  # unlabeled images from WebDataset shards (data.unlabeled_shards; data/shards.py)
+        if not labeled_only and self.files and not isinstance(data.x_unlabeled, ImageFiles):
+            from metapl.data.shards import ShardStream
+
+            self._shards = ShardStream(data.x_unlabeled, batch_size * mu, seed, rank, world_size)
 
     def __iter__(self) -> BatchStream:
         return self
@@ -116,8 +137,9 @@ class BatchStream:
         data, gen = self.data, self.generator
         idx_l = self.labeled.take(self.batch_size, gen)
         x_l = data.labeled_augment(self._on_device(data.x_labeled[idx_l]), gen)
+        p_l = data.p_labeled.take(idx_l) if data.p_labeled is not None else None  # stored distributions
         if self.labeled_only:
-            return self._slice(Batch(x_l, data.y_labeled[idx_l]))
+            return self._slice(Batch(x_l, data.y_labeled[idx_l], p_l=p_l))
         idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
         x_u = self._on_device(data.x_unlabeled[idx_u])
         y_u = data.y_unlabeled[idx_u] if data.y_unlabeled is not None else None
@@ -125,7 +147,8 @@ class BatchStream:
             weak, strong = data.unlabeled_views(x_u, gen)
         else:
             weak, strong = data.weak_augment(x_u, gen), data.strong_augment(x_u, gen)
-        batch = Batch(x_l, data.y_labeled[idx_l], weak, strong, y_u)
+        p_u = data.p_unlabeled.take(idx_u) if data.p_unlabeled is not None else None
+        batch = Batch(x_l, data.y_labeled[idx_l], weak, strong, y_u, p_l, p_u)
         return self._slice(batch)
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,13 +178,17 @@ class BatchStream:
         seeds_l = torch.randint(2**62, (len(idx_l),), generator=gen)
         idx_l, seeds_l = self._share(idx_l), self._share(seeds_l)
         plan = {"paths_l": data.x_labeled.paths[idx_l.numpy()], "seeds_l": seeds_l, "y_l": data.y_labeled[idx_l]}
-        if not self.labeled_only:
+        if data.p_labeled is not None:
+            plan["p_l"] = data.p_labeled.take(idx_l)
+        if not self.labeled_only and self._shards is None:
             idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
             seeds_u = torch.randint(2**62, (len(idx_u),), generator=gen)
             idx_u, seeds_u = self._share(idx_u), self._share(seeds_u)
             plan.update(paths_u=data.x_unlabeled.paths[idx_u.numpy()], seeds_u=seeds_u)
             if data.y_unlabeled is not None:
                 plan["y_u"] = data.y_unlabeled[idx_u]
+            if data.p_unlabeled is not None:
+                plan["p_u"] = data.p_unlabeled.take(idx_u)
         return plan
 
     def _snapshot(self) -> dict:
@@ -176,7 +203,8 @@ class BatchStream:
 
         if self._files_batches is None:
             self._files_batches = FileBatches(self.data.x_labeled, self._draw_files_task, self._snapshot)
-        return next(self._files_batches)
+        batch = next(self._files_batches)
+        return batch if self._shards is None else self._shards.attach(batch)
 
     def close(self) -> None:
         """Stop the loader workers (image files); the stream goes on later from the last batch it gave."""
@@ -184,6 +212,12 @@ class BatchStream:
             self.load_state_dict(self.state_dict())
 
     def state_dict(self) -> dict:
+        state = self._sampler_state()
+        if self._shards is not None:  # the shard lanes' positions after the last batch received
+            state["shards"] = self._shards.state_dict()
+        return state
+
+    def _sampler_state(self) -> dict:
         received = self._files_batches.received if self._files_batches is not None else None
         if received is not None:  # workers run ahead: the state after the last batch the trainer received
             generator, (l_order, l_pos), (u_order, u_pos) = (
@@ -206,6 +240,8 @@ class BatchStream:
         self.generator.set_state(state["generator"])
         self.labeled.load_state_dict(state["labeled"])
         self.unlabeled.load_state_dict(state["unlabeled"])
+        if self._shards is not None:
+            self._shards.load_state_dict(state["shards"])
         if self._files_batches is not None:  # prefetched batches belong to the old position
             self._files_batches.close()
             self._files_batches = None

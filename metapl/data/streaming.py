@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +25,9 @@ CHUNK = 64  # images per worker task: a worker returns a piece of a batch, so me
 
 @dataclass(frozen=True)
 class ImagePipeline:
-    """What happens to one decoded image: `large` images get the ImageNet pipeline (spec §8.3: Inception crop,
+    """What happens to one decoded image: `large` images get the ImageNet pipeline (docs/method.md#imagenet-pipeline: Inception crop,
     RandAugment M = 17 on the strong view, centre crop for evaluation); `small` ones are resized to size×size
-    and get the CIFAR pipeline (spec §8.2: flip and pad-crop, RandAugment M = 16 and Cutout on the strong view).
+    and get the CIFAR pipeline (docs/method.md#cifar-pipeline: flip and pad-crop, RandAugment M = 16 and Cutout on the strong view).
     `flip=False` drops the flips, `augment=False` every random change (all views are the evaluation view)."""
 
     size: int
@@ -113,9 +113,9 @@ def _raise(message: str) -> None:
     raise {"ConfigError": ConfigError}.get(kind, DataError)(text)
 
 
-def run_tasks(files: ImageFiles, tasks) -> Iterator[dict]:
+def run_tasks(files: ImageFiles, tasks) -> Generator[dict, None, None]:
     """Outputs of `tasks` in order, made by `files.workers` processes (or here when 0); errors re-raised."""
-    producer = _Producer(files.channels, files.pipeline)
+    producer = _Producer(files.channels, files.pipeline)  # type: ignore[arg-type]  # ImageFiles keeps it untyped
     if files.workers == 0:
         outputs = (producer[task] for task in tasks)
     else:
@@ -126,8 +126,11 @@ def run_tasks(files: ImageFiles, tasks) -> Iterator[dict]:
             num_workers=files.workers,
             prefetch_factor=2,
             worker_init_fn=_own_process_group,
+            # its own generator: starting the workers draws their base seed from it, never from the global RNG
+            # (dropout, sampling), which a resumed run would otherwise see one draw ahead (tests/test_shards.py)
+            generator=torch.Generator(),
         )
-        outputs = iter(loader)
+        outputs = iter(loader)  # type: ignore[arg-type]  # batch_size=None: the producer's dicts as they are
     for out in outputs:
         if "error" in out:
             _raise(out["error"])
@@ -180,7 +183,9 @@ class FileBatches:
 
     def __next__(self) -> Batch:
         plan, state = self.pending[0] if self.pending else (None, None)
-        x_l, weak, strong = [], [], []
+        x_l: list[torch.Tensor] = []
+        weak: list[torch.Tensor] = []
+        strong: list[torch.Tensor] = []
         if plan is None:  # nothing drawn yet: the first chunk's request draws the plan
             first = next(self.outputs)
             plan, state = self.pending[0]
@@ -193,8 +198,15 @@ class FileBatches:
             strong.append(out["strong"])
         self.pending.popleft()
         self.received = state
-        unlabeled = (torch.cat(weak), torch.cat(strong)) if weak else (None, None)
-        return Batch(torch.cat(x_l), plan["y_l"], *unlabeled, plan.get("y_u"))
+        return Batch(
+            torch.cat(x_l),
+            plan["y_l"],
+            torch.cat(weak) if weak else None,
+            torch.cat(strong) if strong else None,
+            plan.get("y_u"),
+            plan.get("p_l"),
+            plan.get("p_u"),
+        )
 
     def close(self) -> None:
         self.outputs.close()  # ends the DataLoader iterator, which shuts its workers down

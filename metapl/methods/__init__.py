@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from metapl.methods.mpl import MPLSettings as MPLSettings
     from metapl.methods.pseudo_label import PseudoLabel as PseudoLabel
     from metapl.methods.pseudo_label import PseudoLabelSettings as PseudoLabelSettings
+    from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels as ReducedMetaPseudoLabels
+    from metapl.methods.reduced_mpl import ReducedMPLSettings as ReducedMPLSettings
     from metapl.methods.supervised import Supervised as Supervised
     from metapl.methods.supervised import SupervisedSettings as SupervisedSettings
     from metapl.methods.uda import UDA as UDA
@@ -34,6 +36,7 @@ METHODS: Registry[MethodEntry] = Registry(
         "pseudo_label": "metapl.methods.pseudo_label:METHOD",
         "uda": "metapl.methods.uda:METHOD",
         "mpl": "metapl.methods.mpl:METHOD",
+        "reduced_mpl": "metapl.methods.reduced_mpl:METHOD",
     },
 )
 
@@ -46,6 +49,8 @@ _EXPORTS = {
     "MPLSettings": "metapl.methods.mpl",
     "PseudoLabel": "metapl.methods.pseudo_label",
     "PseudoLabelSettings": "metapl.methods.pseudo_label",
+    "ReducedMetaPseudoLabels": "metapl.methods.reduced_mpl",
+    "ReducedMPLSettings": "metapl.methods.reduced_mpl",
     "Supervised": "metapl.methods.supervised",
     "SupervisedSettings": "metapl.methods.supervised",
     "UDA": "metapl.methods.uda",

@@ -151,18 +151,33 @@ class BuildContext:
     num_classes: int
     total_steps: int  # the training phase's steps (train.steps)
     ema_decay: float | None  # the student's EMA decay; None: no EMA
-    new_network: Callable[[], nn.Module]  # a fresh network of the configured model, on the run's device
+    # a fresh network of the configured model, on the run's device: new_network() the student (or the one
+    # network), new_network(role="teacher") the teacher (model.teacher_name, which may be another architecture)
+    new_network: Callable[..., nn.Module]
     optim: Callable[[str, int], OptimSettings]  # ("teacher" | "student", its steps) -> its optimiser settings
+
+
+@dataclass(frozen=True)
+class MemoryShape:
+    """What one step of a method holds at least, for the memory check before a run (engine/budget.py): the
+    networks of the run's model it trains (each with weights, gradients and momentum), the views of the μB
+    unlabeled images that go through a network with a graph, and whether the B labeled ones do."""
+
+    networks: int = 1
+    unlabeled_views: int = 1
+    labeled: bool = False
 
 
 @dataclass(frozen=True)
 class MethodEntry:
     """A method's registration: its settings dataclass (the config's `method` section and the constructor's
-    argument), how to build it for a run, and a short label of its settings for plots and tables."""
+    argument), how to build it for a run, a short label of its settings for plots and tables, and the memory
+    shape of its step."""
 
     settings: type
     build: Callable[[Any, BuildContext], Method]
     label: Callable[[Any], str] = lambda settings: ""
+    memory: MemoryShape = MemoryShape()
 
 
 class SingleModelMethod:

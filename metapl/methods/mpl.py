@@ -1,4 +1,4 @@
-"""Meta Pseudo Labels (Pham et al., CVPR 2021): one step, in the order of the paper (spec §3).
+"""Meta Pseudo Labels (Pham et al., CVPR 2021): one step, in the order of the paper (docs/method.md#step-order).
 
 Symbols: θ_T teacher, θ_S student, θ'_S the student after its update, η_S the student's LR,
 g_u = ∇_θS CE(ŷ, S(x_u; θ_S)) the student's raw pseudo-label gradient, h the teacher's feedback,
@@ -10,14 +10,14 @@ b its moving-average baseline, c = stop_grad(h − b) the MPL term's coefficient
     4. the student's labeled loss at θ'_S → the teacher's feedback (hard: h, soft: exact gradient)
     5. teacher update θ'_T from L_sup + λ·L_UDA + the MPL term, all taken at the old θ_T
 
-Feedback modes (spec §14a):
+Feedback modes (docs/method.md#feedback-modes):
     hard      ŷ ~ T(x_u_strong); the student learns that ŷ; MPL term = stop_grad(h − b)·CE(ŷ, T(x_u_strong))
               with h = η_S·⟨∇L_l(θ'_S), g_u⟩ (dot), cos(∇L_l(θ'_S), g_u) (cosine) or L_l(θ_S) − L_l(θ'_S) (taylor)
     soft      the student learns T(x_u_strong); the MPL term is the exact ∇_θT L_l(θ_S − η_S∇L_u(θ_T, θ_S))
-              through one SGD step, via a forward-mode JVP of the student (spec §2.5)
+              through one SGD step, via a forward-mode JVP of the student (docs/method.md#soft-exact)
     official  the released code: soft smoothed targets, d = L_new − L_old, and an MPL term whose gradient is 0
 
-The teacher's graph (spec §12). Its gradient is J_Tᵀ·(∂L_aux/∂z + c·∂CE(ŷ, z_strong)/∂z), J_T the Jacobian of its
+The teacher's graph (docs/method.md#compute-memory). Its gradient is J_Tᵀ·(∂L_aux/∂z + c·∂CE(ŷ, z_strong)/∂z), J_T the Jacobian of its
 logits z, and c exists only after step 4. BN statistics shared over the concatenation make every row of every layer
 part of J_T, so no part of that backward can run before c without a second backward. Two exact schedules:
     keep       step 1 keeps its graph until step 5: the least work (one teacher forward + backward), but the
@@ -29,7 +29,7 @@ part of J_T, so no part of that backward can run before c without a second backw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -44,6 +44,7 @@ from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_ent
 from metapl.methods.base import (
     Batch,
     BuildContext,
+    MemoryShape,
     MethodEntry,
     Metrics,
     TwoModelMethod,
@@ -72,7 +73,7 @@ class FeedbackSettings:
     h_sign: int = choice(1, (1, -1))  # 1: h > 0 when the student improved (the paper); -1 flips the feedback
     baseline: bool = True  # subtract b, a moving average of h
     baseline_decay: float = fraction(0.99)
-    # hard: CE(ŷ, T) averaged over the batch (the code's scale) or summed (the unbiased estimate, #hard-labels)
+    # hard: CE(ŷ, T) averaged over the batch (the code's scale) or summed (the unbiased estimate, docs/method.md#hard-labels)
     reinforce_reduction: str = choice("mean", ("mean", "sum"))
     student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
 
@@ -85,7 +86,7 @@ class MPLSettings(FeedbackSettings, UDASettings):
     supervised_loss: bool = True  # the teacher's supervised CE on the labeled batch
     uda: bool = True  # the teacher's UDA consistency loss
     # keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
-    # forward, about a third less peak memory); the same update either way (#teacher-graph)
+    # forward, about a third less peak memory); the same update either way (docs/method.md#teacher-graph)
     teacher_graph: str = choice("keep", ("keep", "recompute"))
 
     def check_with(self, cfg: Config) -> None:
@@ -118,41 +119,63 @@ class MetaPseudoLabels(TwoModelMethod):
         self.num_classes = num_classes
         names = {id(p): name for name, p in student.named_parameters()}
         self._student_param_names = [names[id(p)] for p in self.student_updater.params]
-        self.baseline = torch.zeros((), device=next(student.parameters()).device)  # b, starting at 0 (#decisions)
+        self.baseline = torch.zeros(
+            (), device=next(student.parameters()).device
+        )  # b, starting at 0 (docs/method.md#baseline-choice)
 
     # ------------------------------------------------------------------ the step
     def step(self, batch: Batch, step: int) -> Metrics:
-        """One MPL step: student update on the teacher's pseudo labels, then the teacher update."""
-        (x_l, y_l), (u_weak, u_strong) = (batch.x_l, batch.y_l), batch.unlabeled()
-        b, bu = x_l.shape[0], u_strong.shape[0]
+        """One MPL step: student update on the teacher's pseudo labels, then the teacher update.
+
+        Steps 1 and 5 (the teacher's forward and its update) are methods that Reduced MPL overrides
+        (methods/reduced_mpl.py); steps 2–4, the feedback modes, are shared as they are."""
         lr_teacher = self.teacher_updater.set_step(step)
         lr_student = self.student_updater.set_step(step)  # η_S in force now (0 during the wait, §14c)
         self.teacher.train()
         self.student.train()
 
-        # 1. Teacher forward at θ_T, BN statistics over the whole concatenation.
-        teacher_input = torch.cat([x_l, u_weak, u_strong])
-        if self.settings.teacher_graph == "keep":
-            teacher_logits = self.teacher(teacher_input)  # its graph waits for c (step 5)
-        else:
-            dropout_rng = rng_state(teacher_input.device)
-            with torch.no_grad():
-                teacher_logits = self.teacher(teacher_input)  # values only; rebuilt with a graph in step 5
+        # 1. Teacher forward at θ_T: T(x_u_strong)'s logits (values), and how step 5 gets the logits with a graph.
+        logits_strong, teacher_logits_with_graph = self._teacher_forward(batch)
 
         # 2–4. Pseudo labels, the student's update, and the teacher's feedback: the MPL term as a function of z_strong.
         feedback_step = {"hard": self._hard_feedback, "soft": self._soft_feedback, "official": self._official_feedback}
-        mpl_term, metrics = feedback_step[self.settings.feedback](
-            batch, teacher_logits[b + bu :].detach(), step, lr_student
-        )
+        mpl_term, metrics = feedback_step[self.settings.feedback](batch, logits_strong, step, lr_student)
 
-        # 5. Teacher update: L_sup + λ·L_UDA + MPL term in one backward, every gradient taken at the old θ_T.
-        if self.settings.teacher_graph == "recompute":
+        # 5. Teacher update, every gradient taken at the old θ_T.
+        metrics.update(self._teacher_update(batch, step, teacher_logits_with_graph(), mpl_term))
+        metrics.update(lr_teacher=lr_teacher, lr_student=lr_student)
+        return metrics
+
+    def _teacher_forward(self, batch: Batch) -> tuple[torch.Tensor, Callable[[], torch.Tensor]]:
+        """Step 1: the teacher at θ_T on [x_l; x_u_weak; x_u_strong], BN statistics over the whole concatenation.
+
+        Returns T(x_u_strong)'s logits without a graph (for steps 2–4) and a function that step 5 calls for the
+        logits of all rows with their graph: the kept graph (teacher_graph=keep) or a replay of this forward on the
+        same dropout masks, BN running statistics counted once (recompute)."""
+        x_u_weak, x_u_strong = batch.unlabeled()
+        teacher_input = torch.cat([batch.x_l, x_u_weak, x_u_strong])
+        start = batch.x_l.shape[0] + x_u_weak.shape[0]
+        if self.settings.teacher_graph == "keep":
+            teacher_logits = self.teacher(teacher_input)  # its graph waits for c (step 5)
+            return teacher_logits[start:].detach(), lambda: teacher_logits
+        dropout_rng = rng_state(teacher_input.device)
+        with torch.no_grad():
+            teacher_logits = self.teacher(teacher_input)  # values only; rebuilt with a graph in step 5
+
+        def recompute() -> torch.Tensor:
             with frozen_bn_stats(self.teacher), replayed_randomness(dropout_rng):
-                teacher_logits = self.teacher(teacher_input)
+                return self.teacher(teacher_input)
+
+        return teacher_logits[start:], recompute
+
+    def _teacher_update(self, batch: Batch, step: int, teacher_logits: torch.Tensor, mpl_term: MplTerm) -> Metrics:
+        """Step 5: L_sup + λ·L_UDA + the MPL term in one backward, from the logits of [x_l; x_u_weak; x_u_strong]
+        with their graph."""
+        b, bu = batch.x_l.shape[0], _strong(batch).shape[0]
         logits_l, logits_weak, logits_strong = teacher_logits.split([b, bu, bu])
         aux_loss, aux_metrics = auxiliary_losses(
             logits_l,
-            y_l,
+            batch.y_l,
             logits_weak,
             logits_strong,
             step,
@@ -163,14 +186,12 @@ class MetaPseudoLabels(TwoModelMethod):
         )
         mpl_loss = mpl_term(logits_strong)
         teacher_loss = aux_loss + mpl_loss
-        metrics.update({f"teacher_{k}": v for k, v in aux_metrics.items()})
+        metrics: Metrics = {f"teacher_{k}": v for k, v in aux_metrics.items()}
         metrics["teacher_grad_norm"] = self.teacher_updater.apply(self.teacher_updater.gradients(teacher_loss))
         metrics.update(
             teacher_loss=teacher_loss.detach(),
             teacher_mpl_loss=mpl_loss.detach(),
-            teacher_labeled_acc=(logits_l.detach().argmax(-1) == y_l).float().mean(),
-            lr_teacher=lr_teacher,
-            lr_student=lr_student,
+            teacher_labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean(),
         )
         if batch.y_u is not None:
             metrics["teacher_unlabeled_acc"] = (logits_strong.detach().argmax(-1) == batch.y_u).float().mean()
@@ -199,7 +220,7 @@ class MetaPseudoLabels(TwoModelMethod):
             loss_before = self._labeled_loss_no_grad(batch)
 
         # Student step on (x_u_strong, ŷ): θ'_S = θ_S − η_S·g_u.
-        student_logits = self.student(batch.x_u_strong)
+        student_logits = self.student(_strong(batch))
         student_loss = smoothed_cross_entropy(student_logits, pseudo, self.settings.student_label_smoothing)
         g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
@@ -216,7 +237,7 @@ class MetaPseudoLabels(TwoModelMethod):
             dot = _flat_dot(v, g_u)
             if self.settings.h == "dot":
                 h = lr_student * dot
-            else:  # cosine has no η_S factor: zero it while the student waits (§14c)
+            else:  # cosine has no η_S factor: zero it while the student waits (docs/method.md#lookahead-lr)
                 h = dot / (global_norm(v) * global_norm(g_u) + 1e-12) if lr_student > 0 else torch.zeros_like(dot)
             loss_after = loss_after.detach()
         h = self.settings.h_sign * torch.nan_to_num(
@@ -229,26 +250,27 @@ class MetaPseudoLabels(TwoModelMethod):
 
         def mpl_term(z_strong: torch.Tensor) -> torch.Tensor:
             # c·CE(ŷ, T(x_u_strong; θ_T)): the batch mean (the code's scale) or the sum over the B_u labels, the
-            # unbiased REINFORCE estimate for the batch as one compound action (spec §2.2), matching `soft` to first order.
+            # unbiased REINFORCE estimate for the batch as one compound action (docs/method.md#hard-labels), matching `soft` to first order.
             return coefficient * F.cross_entropy(z_strong, pseudo, reduction=self.settings.reinforce_reduction)
 
         metrics = self._student_metrics(batch, student_logits, logits_strong, pseudo, student_loss, student_grad_norm)
         metrics.update(h=h, baseline=self.baseline.clone(), student_labeled_loss=loss_after)
         return mpl_term, metrics
 
-    # ------------------------------------------------------------------ soft labels: exact gradient (spec §2.5)
+    # ------------------------------------------------------------------ soft labels: exact gradient (docs/method.md#soft-exact)
     def _soft_feedback(
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
     ) -> tuple[MplTerm, dict]:
         """Exact ∇_θT L_l(θ'_S) through one SGD step: (η_S/B_u)·∇_θT Σ_ik T_ik·J_ik, J = JVP of log S at θ_S along v."""
+        x_u_strong = _strong(batch)
         target = smooth_targets(
             F.softmax(logits_strong, dim=-1), self.num_classes, self.settings.student_label_smoothing
         )
         theta_old = [p.detach().clone() for p in self.student_updater.params]  # θ_S, kept until v is known
         buffers_old = {name: buf.detach().clone() for name, buf in self.student.named_buffers()}
-        dropout_rng = rng_state(batch.x_u_strong.device)
+        dropout_rng = rng_state(x_u_strong.device)
 
-        student_logits = self.student(batch.x_u_strong)
+        student_logits = self.student(x_u_strong)
         student_loss = soft_cross_entropy(student_logits, target)
         g_u = self.student_updater.gradients(student_loss)
         student_grad_norm = self._update_student(g_u, step)
@@ -262,11 +284,11 @@ class MetaPseudoLabels(TwoModelMethod):
             state = dict(zip(self._student_param_names, params))
             state.update({name: buf.clone() for name, buf in buffers_old.items()})
             with replayed_randomness(dropout_rng):
-                return F.log_softmax(functional_call(self.student, state, (batch.x_u_strong,)), dim=-1)
+                return F.log_softmax(functional_call(self.student, state, (x_u_strong,)), dim=-1)
 
-        _, jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))  # J_ik = ⟨∇_θS log S_ik, v⟩
+        jacobian_v = jvp(student_log_probs, tuple(theta_old), tuple(v))[1]  # J_ik = ⟨∇_θS log S_ik, v⟩
         jacobian_v = jacobian_v.detach()
-        bu = batch.x_u_strong.shape[0]
+        bu = x_u_strong.shape[0]
         scale = lr_student * (1.0 - self.settings.student_label_smoothing) / bu
         if self.student_updater.skipped:  # fp16 overflow: the student did not take the step being differentiated
             scale = 0.0
@@ -279,12 +301,12 @@ class MetaPseudoLabels(TwoModelMethod):
         metrics.update(student_labeled_loss=loss_after.detach())
         return mpl_term, metrics
 
-    # ------------------------------------------------------------------ the released code, for comparison (spec §3.2)
+    # ------------------------------------------------------------------ the released code, for comparison (docs/method.md#official-code)
     def _official_feedback(
         self, batch: Batch, logits_strong: torch.Tensor, step: int, lr_student: float
     ) -> tuple[MplTerm, dict]:
         """The released code: soft smoothed targets, d = L_new − L_old, MPL term CE(stop_grad(p), p) (zero gradient)."""
-        x_l, y_l, u_strong = batch.x_l, batch.y_l, batch.x_u_strong
+        x_l, y_l, u_strong = batch.x_l, batch.y_l, _strong(batch)
         # The released code smooths the student's soft target with the teacher's label_smoothing.
         target = smooth_targets(F.softmax(logits_strong, dim=-1), self.num_classes, self.settings.label_smoothing)
         student_logits, logits_l_old = self.student(torch.cat([u_strong, x_l])).split([u_strong.shape[0], x_l.shape[0]])
@@ -341,7 +363,7 @@ class MetaPseudoLabels(TwoModelMethod):
 
     # ------------------------------------------------------------------ interface
     def finetuner(self, optim: OptimSettings | None = None, label_smoothing: float = 0.0) -> Supervised:
-        """The finetuning phase (spec §5): a supervised method on a copy of the evaluated student."""
+        """The finetuning phase (docs/method.md#finetuning): a supervised method on a copy of the evaluated student."""
         return finetuner(self.eval_model(), self.num_classes, optim, label_smoothing)
 
     def state_dict(self) -> dict:
@@ -352,13 +374,13 @@ class MetaPseudoLabels(TwoModelMethod):
         self.baseline = state["baseline"].to(self.baseline.device)
 
 
-def _flat_dot(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def _flat_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([(x * y).sum() for x, y in zip(a, b)]).sum()
 
 
 def _build(settings: MPLSettings, run: BuildContext) -> MetaPseudoLabels:
     return MetaPseudoLabels(
-        run.new_network(),
+        run.new_network(role="teacher"),
         run.new_network(),
         run.num_classes,
         settings,
@@ -375,4 +397,10 @@ def _label(settings: MPLSettings) -> str:
     return ", ".join(parts)
 
 
-METHOD = MethodEntry(MPLSettings, _build, _label)
+# the teacher's forward as UDA's, the student's besides
+METHOD = MethodEntry(MPLSettings, _build, _label, MemoryShape(networks=2, unlabeled_views=2, labeled=True))
+
+
+def _strong(batch: Batch) -> torch.Tensor:
+    """The unlabeled batch's strong view (the feedback modes' student input)."""
+    return batch.unlabeled()[1]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, TwoModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings, fraction, ranged
 
@@ -91,7 +91,7 @@ class PseudoLabel(TwoModelMethod):
 def _build(settings: PseudoLabelSettings, run: BuildContext) -> PseudoLabel:
     teacher_steps = max(1, int(round(run.total_steps * settings.teacher_fraction)))
     return PseudoLabel(
-        run.new_network(),
+        run.new_network(role="teacher"),
         run.new_network(),
         run.num_classes,
         settings,
@@ -102,4 +102,7 @@ def _build(settings: PseudoLabelSettings, run: BuildContext) -> PseudoLabel:
     )
 
 
-METHOD = MethodEntry(PseudoLabelSettings, _build, lambda s: "soft" if s.soft else "")
+# the teacher's phase: B labeled images; the student's: μB strong views (the larger)
+METHOD = MethodEntry(
+    PseudoLabelSettings, _build, lambda s: "soft" if s.soft else "", MemoryShape(networks=2, unlabeled_views=1)
+)

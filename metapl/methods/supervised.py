@@ -9,7 +9,7 @@ from typing import ClassVar
 from torch import nn
 
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings, fraction
 
@@ -74,4 +74,4 @@ def _build(settings: SupervisedSettings, run: BuildContext) -> Supervised:
     )
 
 
-METHOD = MethodEntry(SupervisedSettings, _build)
+METHOD = MethodEntry(SupervisedSettings, _build, memory=MemoryShape(networks=1, unlabeled_views=0, labeled=True))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.base import Batch, BuildContext, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
 from metapl.optim import OptimSettings
 from metapl.settings import above, at_least, check_settings, choice, fraction
 
@@ -110,4 +110,5 @@ def _build(settings: UDASettings, run: BuildContext) -> UDA:
     )
 
 
-METHOD = MethodEntry(UDASettings, _build)
+# one forward of the labeled batch and both views
+METHOD = MethodEntry(UDASettings, _build, memory=MemoryShape(networks=1, unlabeled_views=2, labeled=True))

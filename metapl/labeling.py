@@ -1,0 +1,409 @@
+"""`metapl label`: a teacher's class distributions on every image of a data set's training pool, computed once and
+stored (metapl/data/label_store.py), so that Reduced MPL never holds the big teacher in memory again.
+
+The teacher (SOURCE) is a finished metapl run (its config.yaml gives the data and the model, model.pt or
+best_model.pt the weights) or a registered model name with a local weights file and a preset for the data. Every
+image of the pool (labeled, validation and unlabeled images alike, since splits index into it) gets the softmax of
+the teacher's logits on its evaluation view, in eval mode.
+
+Work is cut into shards of consecutive pool indices, each written atomically: a killed run, started again with the
+same command, skips the shards it finished. Under torchrun rank r labels the shards i with i % world == r; rank 0
+writes the manifest after all ranks are done. `bias` moves, on every image whose argmax is class a, half of a's
+probability to class b: a known systematic error for experiments (docs/reduced-mpl.md#bias).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from metapl import __version__, distributed
+from metapl.config import Config, build_config, load_config_file, parse_override, set_value, validate
+from metapl.data import bundle_from_split
+from metapl.data.folders import ImageFiles
+from metapl.data.label_store import FORMAT, MANIFEST, PLAN, PRECISIONS, save_shard, shard_name
+from metapl.data.label_store import fingerprint as pool_fingerprint
+from metapl.data.registry import DATASETS
+from metapl.data.splits import Split
+from metapl.engine.checkpoint import atomic_write_json, load_weights
+from metapl.errors import CheckpointError, ConfigError
+from metapl.models.registry import MODELS
+from metapl.settings import suggest
+
+AUTO_FULL_CLASSES = 100  # top_k=None stores all K classes up to this many, else the top AUTO_TOP_K
+AUTO_TOP_K = 16
+RUN_WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
+
+
+@dataclass
+class LabelOptions:
+    """How `metapl label` stores the distributions."""
+
+    top_k: int | None = None  # 0: all K classes; k > 0: the k largest; None: all up to 100 classes, else 16
+    shard_size: int = 10_000  # images per shard file
+    precision: str = "fp16"  # fp16 or fp32
+    bias: tuple[tuple[int, int], ...] = ()  # (a, b): half of class a's probability moved to b where argmax is a
+    batch_size: int | None = None  # images per forward (None: the config's train.eval_batch_size)
+    device: str = "auto"  # auto, cpu or cuda (under torchrun, auto is the rank's GPU)
+
+
+def parse_bias(text: str) -> tuple[tuple[int, int], ...]:
+    """'3:5,7:1' → ((3, 5), (7, 1)); one ConfigError line for anything else."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        a, sep, b = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            pairs.append((int(a), int(b)))
+        except ValueError:
+            raise ConfigError(
+                f"--bias {text!r}: {item!r} is not A:B (two class numbers); write e.g. --bias 3:5,7:1"
+            ) from None
+    return tuple(pairs)
+
+
+@dataclass
+class _Teacher:
+    config: Config  # its data section says which pool to label
+    model: nn.Module | None  # built once the pool is loaded
+    weights: Path
+    source: dict  # for the manifest
+
+
+def label_pool(
+    source: str | Path,
+    out_dir: Path,
+    *,
+    weights: str | None = None,
+    preset: str | None = None,
+    overrides: Sequence[str] = (),
+    options: LabelOptions | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> dict:
+    """Label every image of the pool of `source`'s data set into `out_dir`; returns the manifest.
+
+    `source`: a run directory (then `weights` is final or best, and `overrides` may set data.* keys, e.g. a moved
+    data.root) or a registered model name (then `weights` is a state-dict file and `preset` plus `overrides` give
+    the data and the model's settings)."""
+    options = options or LabelOptions()
+    _check_options(options)
+    out_dir = Path(out_dir)
+    rank_device = distributed.setup_from_env()
+    try:
+        rank, world = distributed.rank(), distributed.world_size()
+        teacher = _resolve_source(source, weights, preset, overrides)
+        from metapl.build import resolve_device
+
+        device = rank_device if rank_device is not None and options.device == "auto" else resolve_device(options.device)
+        cfg = teacher.config
+        loaded = DATASETS.get(cfg.data.name).load(cfg.data, cfg.train.seed)
+        dataset = loaded.dataset
+        num_classes, pool_size = dataset.num_classes, len(dataset.y_train)
+        _check_bias(options.bias, num_classes)
+        top_k = _top_k(options.top_k, num_classes)
+        plan = {
+            "format": FORMAT,
+            "source": teacher.source,
+            "data": cfg.data.name,
+            "fingerprint": pool_fingerprint(dataset),
+            "num_classes": num_classes,
+            "pool_size": pool_size,
+            "top_k": top_k,
+            "precision": options.precision,
+            "shard_size": options.shard_size,
+            "bias": [list(pair) for pair in options.bias],
+        }
+        if (out_dir / MANIFEST).is_file() and _same_plan(out_dir, plan):
+            if announce is not None and distributed.is_main():
+                announce(f"{out_dir} already holds these labels; nothing to do")
+            return _read_json(out_dir / MANIFEST)
+        model = _build_teacher(teacher, loaded, device)  # before anything is written: weights that do not fit
+        _start(out_dir, plan)
+        x = dataset.x_train
+        batch_size = options.batch_size or cfg.train.eval_batch_size
+        count = math.ceil(pool_size / options.shard_size)
+        mine = [n for n in range(count) if n % world == rank]
+        sizes = {n: min(options.shard_size, pool_size - n * options.shard_size) for n in mine}
+        done = [n for n in mine if (out_dir / shard_name(n)).is_file()]
+        if done and announce is not None and distributed.is_main():
+            announce(f"resuming: {len(done)} of {len(mine)} shards of {out_dir} are done and kept")
+        from tqdm import tqdm
+
+        bar = tqdm(
+            total=sum(sizes.values()),
+            initial=sum(sizes[n] for n in done),
+            desc="label",
+            unit="img",
+            disable=None if progress and distributed.is_main() else True,
+            dynamic_ncols=True,
+        )
+        with bar:
+            for number in mine:
+                if number in done:
+                    continue
+                start = number * options.shard_size
+                probs = torch.cat(list(_predict(model, x[start : start + sizes[number]], batch_size, device, bar)))
+                values, classes = compress(inject_bias(probs, options.bias), top_k, options.precision)
+                save_shard(out_dir / shard_name(number), torch.arange(start, start + len(probs)), values, classes)
+        if world > 1:
+            torch.distributed.barrier()
+        shards: list[dict[str, Any]] = [
+            {
+                "file": shard_name(n),
+                "start": n * options.shard_size,
+                "count": min(options.shard_size, pool_size - n * options.shard_size),
+            }
+            for n in range(count)
+        ]
+        manifest = {**plan, "metapl_version": __version__, "shards": shards}
+        if distributed.is_main():
+            missing = [s["file"] for s in shards if not (out_dir / s["file"]).is_file()]
+            if missing:
+                raise CheckpointError(
+                    f"{out_dir / missing[0]} was not written (a rank failed?); run the same metapl label command again"
+                )
+            atomic_write_json(manifest, out_dir / MANIFEST)
+        return manifest
+    finally:
+        distributed.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------- the teacher
+def _resolve_source(source: str | Path, weights: str | None, preset: str | None, overrides: Sequence[str]) -> _Teacher:
+    path = Path(source)
+    if path.is_dir():
+        return _run_teacher(path, weights or "final", preset, overrides)
+    name = str(source)
+    if name in MODELS.names():
+        return _model_teacher(name, weights, preset, overrides)
+    hint = suggest(name, MODELS.names())
+    raise ConfigError(
+        f"SOURCE {name!r} is neither a run directory nor a registered model{hint}; pass a directory written by "
+        f"metapl train, or one of: {', '.join(MODELS.names())} (with --weights FILE --preset P)"
+    )
+
+
+def _run_teacher(run: Path, weights: str, preset: str | None, overrides: Sequence[str]) -> _Teacher:
+    if preset is not None:
+        raise ConfigError(f"--preset is for a registered model; the run directory {run} brings its own config")
+    if weights not in RUN_WEIGHTS:
+        raise ConfigError(
+            f"--weights {weights!r}: a run directory's weights are final (model.pt) or best (best_model.pt)"
+        )
+    if not (run / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{run} is not a run directory (no config.yaml); pass a directory written by metapl train"
+        )
+    cfg = load_config_file(run / "config.yaml")
+    for key, value in (parse_override(item) for item in overrides):
+        if not key.startswith("data."):
+            raise ConfigError(
+                f"--set {key}=...: with a run directory only data.* keys can be set (the model is the run's)"
+            )
+        set_value(cfg, key, value)
+    validate(cfg)
+    path = run / RUN_WEIGHTS[weights]
+    if not (run / RUN_WEIGHTS["final"]).is_file():
+        raise CheckpointError(
+            f"no {run / 'model.pt'}: the run has not finished; finish it with the same metapl train command"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"no {path}: the run kept no best-on-validation weights; use --weights final")
+    source = {"kind": "run", "run": str(run.resolve()), "weights": weights, "model": cfg.model.name}
+    return _Teacher(cfg, None, path, source)
+
+
+def _model_teacher(name: str, weights: str | None, preset: str | None, overrides: Sequence[str]) -> _Teacher:
+    if preset is None:
+        raise ConfigError(f"SOURCE {name} is a model: give the data and its settings with --preset P [--set ...]")
+    if weights is None or weights in RUN_WEIGHTS:
+        raise ConfigError(f"SOURCE {name} is a model: give its pretrained weights with --weights FILE (a state dict)")
+    path = Path(weights)
+    if not path.is_file():
+        raise CheckpointError(f"no weights file at {path}; pass the state dict of a trained {name}")
+    cfg = build_config(preset, [f"model.name={name}", *overrides])
+    source: dict[str, object] = {"kind": "model", "model": name, "weights": str(path.resolve()), "preset": preset}
+    source["overrides"] = list(overrides)
+    return _Teacher(cfg, None, path, source)
+
+
+def _build_teacher(teacher: _Teacher, loaded, device: torch.device) -> nn.Module:
+    """The source's network with its weights, in eval mode on `device`."""
+    from metapl.build import build_model
+    from metapl.inference.run import load_state
+    from metapl.models.normalize import Standardized
+
+    dataset = loaded.dataset
+    first = [0] if len(dataset.y_train) else []
+    shapes = bundle_from_split(dataset, Split(first, first, []), None, None, None)  # sizes only, for build_model
+    shapes.normalization = loaded.normalization
+    cfg = teacher.config
+    model = build_model(cfg, shapes)
+    state = load_weights(teacher.weights, fix="pass intact weights")
+    if teacher.source["kind"] == "model":
+        state = _unwrap(state)
+        if isinstance(model, Standardized) and not any(k.startswith("net.") for k in state):
+            _check_fit(model.net, state, teacher.weights, cfg, dataset.num_classes)
+            model.net.load_state_dict(state)
+        else:
+            _check_fit(model, state, teacher.weights, cfg, dataset.num_classes)
+            model.load_state_dict(state)
+    else:
+        load_state(model, state, teacher.weights, cfg, shapes)
+    return model.to(device).eval()
+
+
+def _unwrap(state: object) -> dict:
+    """A state dict from common checkpoint layouts: {'state_dict': ...}, {'model': ...}, DDP's 'module.' prefix."""
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict):
+        return {}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def _check_fit(model: nn.Module, state: dict, path: Path, cfg: Config, num_classes: int) -> None:
+    expected = model.state_dict()
+    problem = None
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        problem = "it holds no state dict of tensors"
+    elif missing := [k for k in expected if k not in state]:
+        problem = f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
+    elif unexpected := [k for k in state if k not in expected]:
+        problem = f"it has the unknown key {unexpected[0]!r}"
+    else:
+        bad = next((k for k, t in expected.items() if state[k].shape != t.shape), None)
+        if bad is not None:
+            problem = f"{bad} has shape {tuple(state[bad].shape)} where the model needs {tuple(expected[bad].shape)}"
+    if problem is not None:
+        raise CheckpointError(
+            f"{path} does not fit model.name={cfg.model.name} with {num_classes} classes: {problem}; "
+            "pass that model's state dict, made for this data set's classes"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- labeling
+@torch.no_grad()
+def _predict(model: nn.Module, x, batch_size: int, device: torch.device, bar) -> Iterator[torch.Tensor]:
+    """Softmax probabilities (float32, on the CPU) of `model` on the evaluation views of `x`, in order."""
+    if isinstance(x, ImageFiles):
+        from metapl.data.streaming import eval_batches
+
+        batches = eval_batches(x, batch_size)
+    else:
+        batches = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    for xb in batches:
+        probs = torch.softmax(model(xb.to(device, non_blocking=True)).float(), dim=-1).cpu()
+        bar.update(len(probs))
+        yield probs
+
+
+def inject_bias(probs: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """On every row whose argmax is a, move half of class a's probability to class b, for each pair (a, b)."""
+    if not pairs:
+        return probs
+    assigned = probs.argmax(-1)
+    out = probs.clone()
+    for a, b in pairs:
+        rows = assigned == a
+        moved = out[rows, a] / 2
+        out[rows, a] -= moved
+        out[rows, b] += moved
+    return out
+
+
+def compress(probs: torch.Tensor, top_k: int, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(values, classes): all K probabilities (classes None) or the k largest with their classes."""
+    dtype = PRECISIONS[precision]
+    if top_k == 0:
+        return probs.to(dtype), None
+    values, classes = probs.topk(top_k, dim=-1)
+    index_dtype = torch.int16 if probs.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
+    return values.to(dtype), classes.to(index_dtype)
+
+
+def _top_k(requested: int | None, num_classes: int) -> int:
+    if requested is None:
+        return 0 if num_classes <= AUTO_FULL_CLASSES else AUTO_TOP_K
+    return 0 if requested >= num_classes else requested
+
+
+def _check_options(options: LabelOptions) -> None:
+    if options.top_k is not None and options.top_k < 0:
+        raise ConfigError(f"--top-k {options.top_k} is impossible; use 0 (all classes) or a positive k")
+    if options.shard_size < 1:
+        raise ConfigError(f"--shard-size {options.shard_size} is impossible; use 1 or more images per shard")
+    if options.precision not in PRECISIONS:
+        raise ConfigError(f"--precision {options.precision!r} is not allowed; use one of: {', '.join(PRECISIONS)}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ConfigError(f"--batch-size {options.batch_size} is impossible; use 1 or more")
+
+
+def _check_bias(pairs: Sequence[tuple[int, int]], num_classes: int) -> None:
+    for a, b in pairs:
+        if not (0 <= a < num_classes and 0 <= b < num_classes) or a == b:
+            raise ConfigError(
+                f"--bias {a}:{b} is impossible; use two different classes in [0, {num_classes - 1}] per pair"
+            )
+
+
+# ---------------------------------------------------------------------------------------------- the directory
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path} ({err}); delete the directory and run metapl label again") from None
+
+
+def _same_plan(out_dir: Path, plan: dict) -> bool:
+    return (out_dir / PLAN).is_file() and _read_json(out_dir / PLAN) == _jsonable(plan)
+
+
+def _jsonable(plan: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(plan))
+
+
+def _start(out_dir: Path, plan: dict) -> None:
+    """Rank 0 writes the plan into a new directory, or checks that an existing one was started with the same plan;
+    the other ranks wait for it."""
+    if distributed.is_main():
+        _check_or_write_plan(out_dir, plan)
+    if distributed.world_size() > 1:
+        torch.distributed.barrier()  # the other ranks write their shards into the directory rank 0 checked
+
+
+def _check_or_write_plan(out_dir: Path, plan: dict) -> None:
+    if (out_dir / PLAN).is_file():
+        old = _read_json(out_dir / PLAN)
+        new = _jsonable(plan)
+        if old != new:
+            key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+            raise ConfigError(
+                f"{out_dir} holds labels made with {key}={old.get(key)!r}, not {new.get(key)!r}; "
+                f"pass a new --out, or delete {out_dir} to label again"
+            )
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ConfigError(f"{out_dir} exists and is not a label directory (no {PLAN}); pass a new or empty --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(plan, out_dir / PLAN)
+
+
+__all__ = ["LabelOptions", "compress", "inject_bias", "label_pool", "parse_bias"]

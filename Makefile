@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed
+.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed bench-shards
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench-accuracy: install
 # KEK_DIR=<checkout of kekmodel/MPL-pytorch> it also times the peer beside metapl (benchmarks/peer.py).
 bench-speed: install
 	$(BIN)/python benchmarks/speed.py $(BENCH_ARGS)
+
+# make bench-shards: unlabeled images per second from WebDataset shards against the folder reader (20,000 images,
+# 2 workers), and the main process's memory from 10 to 10,000 shards (docs/scale.md#measured; about 10 minutes).
+bench-shards: install-dev
+	$(BIN)/python benchmarks/shard_speed.py $(BENCH_ARGS)
 
 test: install-dev
 	@$(BIN)/python -m pytest; status=$$?; \

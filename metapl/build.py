@@ -33,16 +33,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: Config, data: DataBundle) -> nn.Module:
-    """A fresh network of model.name for the data's inputs and classes (standardising uint8 images)."""
+def build_model(cfg: Config, data: DataBundle, role: str = "student", pretrained: bool = False) -> nn.Module:
+    """A fresh network of model.name (role "teacher": model.teacher_name) for the data's inputs and classes,
+    standardising uint8 images with the data's statistics, or with its pretrained weights' own (timm models).
+    `pretrained` loads model.pretrained's weights (training starts from them); without it the network is the
+    bare architecture, into which a run's own weights are loaded (eval, predict, export)."""
     check_num_classes(cfg, data)
-    entry = MODELS.get(cfg.model.name)
+    model_cfg = cfg.model.of(role)
+    key = "model.teacher_name" if role == "teacher" and cfg.model.teacher_name else "model.name"
+    entry = MODELS.get(model_cfg.name)
+    options = entry.options(model_cfg)
+    if pretrained and model_cfg.pretrained:
+        weights_key = (
+            "model.teacher_pretrained" if role == "teacher" and cfg.model.teacher_pretrained else "model.pretrained"
+        )
+        options.update(pretrained=model_cfg.pretrained, pretrained_key=weights_key)
     try:
-        model = entry.create(data.num_classes, data.input_shape, cfg.model.dropout, **entry.options(cfg.model))
+        model = entry.create(data.num_classes, data.input_shape, model_cfg.dropout, **options)
+    except ConfigError:  # a ValueError too, already one line (pretrained weights that are not there)
+        raise
     except ValueError as err:  # the model cannot take this data's inputs
-        raise ConfigError(f"model.name={cfg.model.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
+        raise ConfigError(f"{key}={model_cfg.name!r} does not fit data.name={cfg.data.name!r}: {err}") from None
     if data.normalization is not None:
-        model = Standardized(model, *data.normalization)
+        mean, std = data.normalization
+        own = entry.preprocessing(model_cfg)
+        if own is not None and len(own.mean) == data.input_shape[0]:
+            mean, std = own.mean, own.std
+        model = Standardized(model, mean, std)
     return model
 
 
@@ -67,15 +84,29 @@ def optim_settings(cfg: Config, network: str, total_steps: int) -> OptimSettings
 
 
 def build_method(cfg: Config, data: DataBundle, device: torch.device) -> Method:
-    """The method named by method.name, built by its registered entry, with fresh networks on `device`."""
+    """The method named by method.name, built by its registered entry, with fresh networks on `device` (starting
+    from model.pretrained's weights when set)."""
+    roles: set[str] = set()
+
+    def new_network(role: str = "student") -> nn.Module:
+        roles.add(role)
+        return build_model(cfg, data, role, pretrained=True).to(device)
+
     context = BuildContext(
         num_classes=data.num_classes,
         total_steps=cfg.train.steps,
         ema_decay=cfg.train.ema_decay or None,
-        new_network=lambda: build_model(cfg, data).to(device),
+        new_network=new_network,
         optim=lambda network, steps: optim_settings(cfg, network, steps),
     )
-    return METHODS.get(cfg.method.name).build(cfg.method.settings, context)
+    method = METHODS.get(cfg.method.name).build(cfg.method.settings, context)
+    for key in ("teacher_name", "teacher_pretrained"):
+        if getattr(cfg.model, key) and "teacher" not in roles:
+            raise ConfigError(
+                f"model.{key}={getattr(cfg.model, key)!r}, but method.name={cfg.method.name} builds no teacher "
+                "network from the model section; clear it, or choose --method mpl or pseudo_label"
+            )
+    return method
 
 
 def method_label(cfg: Config) -> str:

@@ -49,14 +49,19 @@ class DataConfig:
     labeled_selection: str = choice("balanced", ("balanced", "random", "first", "all"))  # first: file order
     extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the unlabeled pool
     unlabeled_dir: str = ""  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
+    # imagenet/folder: the unlabeled images as WebDataset shards, streamed instead of the unlabeled pool: a brace
+    # pattern (shards/u-{000000..000099}.tar) or a folder of .tar files (docs/scale.md#shards)
+    unlabeled_shards: str = ""
+    shard_lanes: int = at_least(0, 0, " (0: processes × data.workers)")  # shard readers the unlabeled batch is cut into
     test_dir: str = ""  # folder: the test images (class folders or CSV); empty: no test set
     image_size: int = at_least(0, 0, " (0: the dataset's)")  # imagenet/folder: the crop side (0: 224 / 32)
-    # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; #randaugment)
+    # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; docs/method.md#randaugment)
     magnitude: int = ranged(0, lambda v: 0 <= v <= 20, "between 0 (the dataset's) and 20")
     flip: bool = True  # horizontal flips in the image pipelines (off for digits such as SVHN)
     # imagenet/folder: loader processes that decode images (-1: min(8, CPU count))
     workers: int = ranged(-1, lambda v: v >= -1, "-1 (automatic), 0 (in the training process) or more")
     augment_on_device: bool = False  # in-memory images: augment each batch on the training device (GPU)
+    label_dir: str = ""  # a teacher's stored class distributions (metapl label --out DIR), for method reduced_mpl
 
 
 @dataclass
@@ -74,6 +79,19 @@ class ModelConfig:
     width: int = at_least(1, 32)  # small_cnn
     # 0: the data's class count; otherwise a check that the data has this many classes
     num_classes: int = at_least(0, 0, " (0: the data's class count)")
+    # the teacher's network (mpl, pseudo_label), e.g. a bigger timm/<architecture>; empty: model.name (docs/scale.md)
+    teacher_name: str = ""
+    # timm/<architecture>: pretrained weights, a local file or "cache" (timm's local cache; train --download fills it)
+    pretrained: str = ""
+    teacher_pretrained: str = ""  # the teacher's weights; empty: model.pretrained when the teacher is model.name
+
+    def of(self, role: str) -> ModelConfig:
+        """The section as one network sees it: role "teacher" gets model.teacher_name and its weights."""
+        if role != "teacher":
+            return self
+        name = self.teacher_name or self.name
+        pretrained = self.teacher_pretrained or (self.pretrained if name == self.name else "")
+        return dataclasses.replace(self, name=name, pretrained=pretrained)
 
 
 @dataclass
@@ -143,7 +161,7 @@ class Config:
 
 
 def _plain(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
 # Keys a user cannot set, and why (they are derived from others).
@@ -164,7 +182,7 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
     several methods run): the chosen method takes the keys it has. Overrides must name the chosen method's keys.
     """
     raw = load_preset(preset)
-    parsed = [_parse_override(item) for item in overrides]
+    parsed = [parse_override(item) for item in overrides]
     for key, value in parsed:
         if key in _DERIVED:
             raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
@@ -176,10 +194,19 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
     for key, value in parsed:
         set_value(cfg, key, value)
     validate(cfg)
+    _pretrained_image_size(cfg)
     return cfg
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
+def _pretrained_image_size(cfg: Config) -> None:
+    """data.image_size=0 with pretrained weights (timm): the side they were trained at, saved with the run."""
+    if cfg.data.image_size == 0 and cfg.model.pretrained and cfg.data.name in ("imagenet", "folder"):
+        inputs = MODELS.get(cfg.model.name).preprocessing(cfg.model)
+        if inputs is not None:
+            cfg.data.image_size = inputs.size
+
+
+def parse_override(item: str) -> tuple[str, Any]:
     key, sep, text = item.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -369,7 +396,10 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number, e.g. {key}=0.1")
-        return float(value)
+        try:
+            return float(value) + 0.0  # + 0.0: -0.0 is 0 (NumPy refuses a negative zero scale)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"{key}={value} is impossible; it must be a finite number") from None
     if expected is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
@@ -383,6 +413,15 @@ def validate(cfg: Config) -> None:
     field's declared rule, the registered names, and the checks that involve several sections."""
     DATASETS.check(cfg.data.name)
     MODELS.check(cfg.model.name)
+    if cfg.model.teacher_name:
+        MODELS.check(cfg.model.teacher_name, "model.teacher_name")
+    for key, role in (("pretrained", "student"), ("teacher_pretrained", "teacher")):
+        name = cfg.model.of(role).name
+        if getattr(cfg.model, key) and not MODELS.get(name).pretrained:  # only then is the model imported
+            raise ConfigError(
+                f"model.{key}={getattr(cfg.model, key)!r}, but {name} has no pretrained weights to load; "
+                "clear it, or choose a timm/<architecture> model"
+            )
     METHODS.check(cfg.method.name)
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)

@@ -109,8 +109,10 @@ class Updater:
     def apply(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """Update the parameters from `grads` (aligned with self.params; left unmodified); returns the pre-clip norm."""
         wd, clip = self.settings.weight_decay, self.settings.grad_clip
-        # Own copies: clipping below and the foreach (Nesterov) SGD step modify p.grad in place.
-        grads = [g.clone() for g in grads]
+        # Own copies: clipping below and the foreach (Nesterov) SGD step modify p.grad in place. Each in its
+        # parameter's memory layout: autograd may return another (a 2×2 stride-2 conv's weight gradient comes
+        # channels-last), and torch's fused SGD pairs grad and parameter elements by memory order, not by index.
+        grads = [torch.empty_like(p).copy_(g) for p, g in zip(self.params, grads)]
         if wd > 0 and self._num_decay:
             n = self._num_decay
             torch._foreach_add_(grads[:n], self.params[:n], alpha=wd)

@@ -3,11 +3,17 @@
 The table of names is known without importing anything, so that the CLI can list the names (and `--help`
 can answer) without loading PyTorch; an entry's module is imported the first time the entry is asked for.
 Adding a part is one module that defines its entry plus one line in its registry's table.
+
+A *family* registers every name that starts with a prefix ("timm/" → any timm architecture): its module's
+entry is a `Family`, asked for the one entry of a name and for the check of a name. Names without the prefix
+never import the family's module.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from metapl.errors import ConfigError
@@ -16,34 +22,65 @@ from metapl.settings import suggest
 T = TypeVar("T")
 
 
-class Registry(Generic[T]):
-    """`kind` names what is registered ("method"); `table` maps each name to "module:attribute"."""
+@dataclass(frozen=True)
+class Family(Generic[T]):
+    """The entries of every name `prefix + rest`: entry(rest) builds one; check(rest, key) raises one ConfigError
+    line naming `key` when `rest` is not a member (with the closest member), and returns when it is."""
 
-    def __init__(self, kind: str, key: str, table: dict[str, str]):
+    entry: Callable[[str], T]
+    check: Callable[[str, str], None]
+    shown: str  # how listings show the family: "timm/<architecture>"
+
+
+class Registry(Generic[T]):
+    """`kind` names what is registered ("method"); `table` maps each name to "module:attribute"; `families`
+    maps a name prefix ("timm/") to the "module:attribute" of its `Family`."""
+
+    def __init__(self, kind: str, key: str, table: dict[str, str], families: dict[str, str] | None = None):
         self.kind, self.key = kind, key  # key: the config key that names one ("method.name")
         self._table = dict(table)
+        self._families = dict(families or {})
         self._loaded: dict[str, T] = {}
 
     def names(self) -> list[str]:
         return list(self._table)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._table
+        return name in self._table or (isinstance(name, str) and self._family_prefix(name) is not None)
 
-    def check(self, name: str) -> None:
-        """An unknown name is one ConfigError with the closest name (nothing is imported)."""
-        if name not in self._table:
+    def _family_prefix(self, name: str) -> str | None:
+        return next((p for p in self._families if name.startswith(p) and len(name) > len(p)), None)
+
+    def _family(self, prefix: str) -> Family[T]:
+        module, _, attribute = self._families[prefix].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def check(self, name: str, key: str | None = None) -> None:
+        """An unknown name is one ConfigError with the closest name, naming `key` (default: the registry's key).
+        Only a family's names import anything: the family's module, which checks them."""
+        key = key or self.key
+        prefix = self._family_prefix(name) if isinstance(name, str) else None
+        if prefix is not None:
+            self._family(prefix).check(name[len(prefix) :], key)
+        elif name not in self._table:
+            shown = self.names() + [self._shown(p) for p in self._families]
             raise ConfigError(
-                f"{self.key}={name!r} is not allowed{suggest(str(name), self.names())}; "
-                f"use one of: {', '.join(self.names())}"
+                f"{key}={name!r} is not allowed{suggest(str(name), self.names())}; use one of: {', '.join(shown)}"
             )
 
+    def _shown(self, prefix: str) -> str:
+        return self._family(prefix).shown  # the family's module only: it imports nothing heavy at import
+
     def get(self, name: str) -> T:
-        """The entry registered as `name`."""
+        """The entry registered as `name` (a family's entry for a name with its prefix)."""
         self.check(name)
         if name not in self._loaded:
-            module, _, attribute = self._table[name].partition(":")
-            self._loaded[name] = getattr(importlib.import_module(module), attribute)
+            prefix = self._family_prefix(name)
+            if prefix is not None:
+                self._loaded[name] = self._family(prefix).entry(name[len(prefix) :])
+            else:
+                module, _, attribute = self._table[name].partition(":")
+                self._loaded[name] = getattr(importlib.import_module(module), attribute)
         return self._loaded[name]
 
     def entries(self) -> dict[str, T]:

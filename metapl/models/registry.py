@@ -13,12 +13,25 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """What a network's pretrained weights expect of its inputs: the image side, channel mean and std ([0, 1] units)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """create(num_classes, input_shape, dropout, **options) -> a fresh network; options(model config) -> the
-    options the config gives this network (mlp: hidden sizes, activation, ...)."""
+    options the config gives this network (mlp: hidden sizes, activation, ...). With `pretrained`, create also
+    takes pretrained= (model.pretrained: a file, or "cache") and pretrained_key= (the config key, for errors),
+    and preprocessing(model config) says what those weights expect (None: the data's own normalisation)."""
 
     create: Callable[..., nn.Module]
     options: Callable[[Any], dict[str, Any]] = lambda cfg: {}
+    preprocessing: Callable[[Any], Preprocessing | None] = lambda cfg: None
+    pretrained: bool = False
 
 
 MODELS: Registry[ModelEntry] = Registry(
@@ -30,6 +43,7 @@ MODELS: Registry[ModelEntry] = Registry(
         "wrn28_2": "metapl.models.wrn:MODEL",
         "resnet50": "metapl.models.resnet:MODEL",
     },
+    families={"timm/": "metapl.models.timm_models:MODEL"},  # any timm architecture (docs/scale.md#models)
 )
 
 

@@ -182,7 +182,9 @@ def _resolve_source(source: str | Path, weights: str | None, preset: str | None,
     if path.is_dir():
         return _run_teacher(path, weights or "final", preset, overrides)
     name = str(source)
-    if name in MODELS.names():
+    if name in MODELS:  # a name of metapl's table, or of a family (timm/<architecture>)
+        if name not in MODELS.names():
+            MODELS.check(name, "SOURCE")  # an unknown timm architecture: one line with timm's closest name
         return _model_teacher(name, weights, preset, overrides)
     hint = suggest(name, MODELS.names())
     raise ConfigError(

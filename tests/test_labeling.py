@@ -286,6 +286,13 @@ def test_bad_input_gets_one_line_and_exit_2(teacher, tmp_path, capsys):
         "label", "mlp", "--preset", "digits", "--out", out
     )
     assert "--preset P" in refused("label", "mlp", "--weights", "w.pt", "--out", out)
+    # a timm/<architecture> SOURCE is a model (the family's names), checked against timm's own list
+    assert "did you mean 'timm/resnet18'" in refused(
+        "label", "timm/resnet18x", "--weights", "w.pt", "--preset", "digits", "--out", out
+    )
+    assert "no weights file at" in refused(
+        "label", "timm/resnet18", "--weights", "w.pt", "--preset", "digits", "--out", out
+    )
     assert "no weights file at" in refused("label", "mlp", "--weights", "w.pt", "--preset", "digits", "--out", out)
     assert "--bias '1-2': '1-2' is not A:B" in refused("label", str(teacher), "--out", out, "--bias", "1-2")
     assert "--bias 3:10 is impossible" in refused("label", str(teacher), "--out", out, "--bias", "3:10")

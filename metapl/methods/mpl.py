@@ -77,6 +77,17 @@ class FeedbackSettings:
     reinforce_reduction: str = choice("mean", ("mean", "sum"))
     student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
 
+    def check_with(self, cfg: Config) -> None:
+        """Settings that conflict with the run's other sections (config.validate calls it)."""
+        if cfg.train.compile and self.feedback == "soft":
+            raise ConfigError(
+                "train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false"
+            )
+
+    def feedback_label(self) -> str:
+        """'hard/dot', 'soft' or 'official', for plots and tables."""
+        return f"{self.feedback}/{self.h}" if self.feedback == "hard" else self.feedback
+
 
 @dataclass
 class MPLSettings(FeedbackSettings, UDASettings):
@@ -88,13 +99,6 @@ class MPLSettings(FeedbackSettings, UDASettings):
     # keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
     # forward, about a third less peak memory); the same update either way (docs/method.md#teacher-graph)
     teacher_graph: str = choice("keep", ("keep", "recompute"))
-
-    def check_with(self, cfg: Config) -> None:
-        """Settings that conflict with the run's other sections (config.validate calls it)."""
-        if cfg.train.compile and self.feedback == "soft":
-            raise ConfigError(
-                "train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false"
-            )
 
 
 class MetaPseudoLabels(TwoModelMethod):
@@ -392,7 +396,7 @@ def _build(settings: MPLSettings, run: BuildContext) -> MetaPseudoLabels:
 
 def _label(settings: MPLSettings) -> str:
     """'hard/dot', 'soft', 'official', with what is switched off."""
-    parts = [f"{settings.feedback}/{settings.h}" if settings.feedback == "hard" else settings.feedback]
+    parts = [settings.feedback_label()]
     parts += [f"no teacher {name}" for name, on in (("UDA", settings.uda), ("CE", settings.supervised_loss)) if not on]
     return ", ".join(parts)
 

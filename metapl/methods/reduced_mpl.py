@@ -61,10 +61,7 @@ class ReducedMPLSettings(FeedbackSettings):
                 "method.name=reduced_mpl needs data.label_dir, a teacher's stored class distributions; "
                 "run metapl label SOURCE --out DIR first, then --set data.label_dir=DIR"
             )
-        if cfg.train.compile and self.feedback == "soft":
-            raise ConfigError(
-                "train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false"
-            )
+        super().check_with(cfg)
         _check_signal(self)
 
 
@@ -237,7 +234,7 @@ def _build(settings: ReducedMPLSettings, run: BuildContext) -> ReducedMetaPseudo
 
 def _label(settings: ReducedMPLSettings) -> str:
     """'hard/dot', 'soft, +CE×0.5', 'hard/dot, shuffled h', 'no feedback' (frozen when without CE)."""
-    feedback = f"{settings.feedback}/{settings.h}" if settings.feedback == "hard" else settings.feedback
+    feedback = settings.feedback_label()
     parts = {"mpl": [feedback], "shuffled": [feedback, "shuffled h"], "none": ["no feedback"]}[settings.teacher_signal]
     if settings.supervised_weight > 0:
         parts.append(f"+CE×{settings.supervised_weight:g}")

@@ -161,7 +161,10 @@ def unlabeled_source(source: Path) -> list[str]:
             raise DataError(f"no CSV file {source}; pass a CSV with a 'path' column or a folder of images")
         return read_csv(source, need_label=False)[0]
     if not source.is_dir():
-        raise DataError(f"no folder {source} of unlabeled images; set data.unlabeled_dir to a folder or CSV")
+        # one message for both callers (data.unlabeled_dir and metapl shard SOURCE): name the path and what it must be
+        raise DataError(
+            f"no folder {source} of unlabeled images; pass a folder of images or a CSV with a 'path' column"
+        )
     images = [str(p) for p in _images_in(source)]
     if not images:
         raise DataError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or fix the path")

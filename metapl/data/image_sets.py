@@ -44,7 +44,12 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
         flip=cfg.flip,
         augment=cfg.augment,
     )
-    extra = unlabeled_source(Path(cfg.unlabeled_dir)) if cfg.unlabeled_dir else []
+    extra: list[str] = []
+    if cfg.unlabeled_dir:
+        try:
+            extra = unlabeled_source(Path(cfg.unlabeled_dir))
+        except DataError as err:  # name the setting the path came from
+            raise DataError(f"data.unlabeled_dir: {err}") from None
     workers = default_workers() if cfg.workers < 0 else cfg.workers
 
     def files(paths: list[str]) -> ImageFiles:

@@ -8,7 +8,6 @@ methods that have it. Rank 0 alone writes under torchrun.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,9 +71,7 @@ def run_experiment(
         saved = run_dir.resume_state(out_dir, cfg, restart)
         seed_everything(cfg.train.seed)
         check_data_settings(cfg.data)
-        data_cfg = cfg.data
-        if saved is not None and (out_dir / "splits.json").is_file():  # the run's own split, checked against the data
-            data_cfg = dataclasses.replace(cfg.data, split_file=str(out_dir / "splits.json"))
+        data_cfg = run_dir.with_own_split(out_dir, cfg.data) if saved is not None else cfg.data
         data = build_data(data_cfg, cfg.train.seed)
         check_num_classes(cfg, data)
         if len(data.y_labeled) < cfg.data.batch_size:

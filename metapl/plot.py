@@ -16,6 +16,7 @@ from metapl.config import load_config_file  # noqa: E402
 from metapl.engine.checkpoint import load_weights  # noqa: E402
 from metapl.engine.evaluate import predict_proba  # noqa: E402
 from metapl.engine.logger import read_metrics  # noqa: E402
+from metapl.engine.run_dir import with_own_split  # noqa: E402
 from metapl.errors import CheckpointError, ConfigError  # noqa: E402
 from metapl.inference.run import load_state  # noqa: E402
 
@@ -123,9 +124,7 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4), squeeze=False)
     for ax, run, cfg in zip(axes[0], runs, configs):
-        if (run / "splits.json").is_file():  # the run's own split, checked against the data (as eval does)
-            cfg.data.split_file = str(run / "splits.json")
-        data = build_data(cfg.data, cfg.train.seed)
+        data = build_data(with_own_split(run, cfg.data), cfg.train.seed)
         model = build_model(cfg, data)
         path = run / "model.pt"
         load_state(model, load_weights(path, fix="pass a finished run with intact weights"), path, cfg, data)

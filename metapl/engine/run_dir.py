@@ -8,6 +8,7 @@ takes any config and starts over; one with a checkpoint resumes only with the sa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -67,6 +68,13 @@ def resume_state(out_dir: Path, cfg: Config, restart: bool = False) -> dict | No
     if not checkpoint.exists():
         return None  # the same run, finished, its checkpoint moved away: train it again
     return read_training_state(checkpoint, fix=start_over_hint(checkpoint))
+
+
+def with_own_split(run: Path, data_cfg):
+    """The data config that rebuilds a run's data from the split it saved (splits.json, checked against the data
+    set's fingerprint when loaded), not from a new draw; unchanged when the run saved none (metapl 0.1 runs)."""
+    path = run / "splits.json"
+    return dataclasses.replace(data_cfg, split_file=str(path)) if path.is_file() else data_cfg
 
 
 def start_over_hint(checkpoint: Path) -> str:

@@ -16,7 +16,7 @@ from metapl.config import Config, load_config_file
 from metapl.data import build_data
 from metapl.data.loaders import DataBundle
 from metapl.engine.checkpoint import load_weights
-from metapl.engine.run_dir import CHECKPOINT
+from metapl.engine.run_dir import CHECKPOINT, with_own_split
 from metapl.errors import CheckpointError, ConfigError
 
 WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
@@ -46,9 +46,8 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     if weights not in WEIGHTS:
         raise ConfigError(f"weights={weights!r} is not allowed; use one of: {', '.join(WEIGHTS)}")
     cfg = load_config_file(run / "config.yaml")
-    if (run / "splits.json").is_file():
-        # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
-        cfg.data.split_file = str(run / "splits.json")
+    # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
+    cfg.data = with_own_split(run, cfg.data)
     data = build_data(cfg.data, cfg.train.seed)
     path = run / WEIGHTS[weights]
     if not (run / WEIGHTS["final"]).is_file() and (run / CHECKPOINT).is_file():

@@ -31,6 +31,12 @@ def setup_from_env() -> torch.device | None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     if not dist.is_initialized():
+        # torch._dynamo, imported lazily by the first optimiser, keeps references to whatever process group exists
+        # at its import; the group then outlives destroy_process_group, and a gloo worker thread still releasing
+        # a finished all-reduce when the interpreter shuts down aborts the process (SIGABRT) after a good run.
+        # Imported before the group exists, it holds none, and cleanup() frees the group and joins its threads.
+        import torch._dynamo  # noqa: F401
+
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
     if torch.cuda.is_available():
@@ -41,6 +47,7 @@ def setup_from_env() -> torch.device | None:
 
 
 def cleanup() -> None:
+    """Leave the process group: destroys it, which joins its worker threads (see setup_from_env)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

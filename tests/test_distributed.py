@@ -3,16 +3,18 @@ both ranks, equal to one process on the whole batch."""
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings
+from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings, distributed
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -70,16 +72,25 @@ def _run(method: MetaPseudoLabels, rank: int, world: int) -> dict:
     return {"h": hs, "b": bs, "student": method.student.state_dict(), "teacher": method.teacher.state_dict()}
 
 
+def _threads() -> list[str]:
+    """The names of this process's native threads (Linux)."""
+    return sorted(Path(task, "comm").read_text().strip() for task in glob.glob("/proc/self/task/*"))
+
+
 def _worker(rank: int, world: int, port: int, feedback: str, h: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # Joined and left as `metapl train` under torchrun does (distributed.setup_from_env / cleanup).
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    distributed.setup_from_env()
     try:
         result = _run(_method(*_models(), feedback, h), rank, world)
-        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
-        dist.destroy_process_group()
+        distributed.cleanup()
+    # A group that outlives cleanup keeps gloo threads that can abort the process at exit (SIGABRT, about 1 run in
+    # 5 on 2 cores before setup_from_env imported torch._dynamo first): none may be left.
+    result["threads_after_cleanup"] = _threads() if sys.platform == "linux" else []
+    torch.save(result, os.path.join(out, f"rank{rank}.pt"))
 
 
 def _free_port() -> int:
@@ -98,6 +109,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path, feedback, h):
         single = _run(_method(*_models(), feedback, h), 0, 1)
     finally:
         torch.set_default_dtype(previous)
+    for r in ranks:
+        assert not [name for name in r.pop("threads_after_cleanup") if "gloo" in name]
     assert ranks[0]["h"] == ranks[1]["h"] and ranks[0]["b"] == ranks[1]["b"]  # identical on every rank
     assert any(abs(x) > 1e-8 for x in single["h"]) or feedback == "soft"
     torch.testing.assert_close(torch.tensor(ranks[0]["h"]), torch.tensor(single["h"]), rtol=1e-9, atol=1e-12)

@@ -31,7 +31,7 @@ from metapl.data.label_store import FORMAT, MANIFEST, PLAN, PRECISIONS, save_sha
 from metapl.data.label_store import fingerprint as pool_fingerprint
 from metapl.data.registry import DATASETS
 from metapl.data.splits import Split
-from metapl.engine.checkpoint import atomic_write_json, load_weights
+from metapl.engine.checkpoint import atomic_write_json, load_state_file, load_weights, state_mismatch
 from metapl.errors import CheckpointError, ConfigError
 from metapl.models.registry import MODELS
 from metapl.settings import suggest
@@ -249,52 +249,22 @@ def _build_teacher(teacher: _Teacher, loaded, device: torch.device) -> nn.Module
     shapes.normalization = loaded.normalization
     cfg = teacher.config
     model = build_model(cfg, shapes)
-    state = load_weights(teacher.weights, fix="pass intact weights")
     if teacher.source["kind"] == "model":
-        state = _unwrap(state)
+        fix = f"pass the state dict of a trained {cfg.model.name} (a .pth/.pt or .safetensors file)"
+        state = load_state_file(teacher.weights, fix=fix)
+        target: nn.Module = model
         if isinstance(model, Standardized) and not any(k.startswith("net.") for k in state):
-            _check_fit(model.net, state, teacher.weights, cfg, dataset.num_classes)
-            model.net.load_state_dict(state)
-        else:
-            _check_fit(model, state, teacher.weights, cfg, dataset.num_classes)
-            model.load_state_dict(state)
+            target = model.net  # the bare network's keys go inside metapl's standardisation wrapper
+        problem = state_mismatch(target, state)
+        if problem is not None:
+            raise CheckpointError(
+                f"{teacher.weights} does not fit model.name={cfg.model.name} with {dataset.num_classes} classes: "
+                f"{problem}; pass that model's state dict, made for this data set's classes"
+            )
+        target.load_state_dict(state)
     else:
-        load_state(model, state, teacher.weights, cfg, shapes)
+        load_state(model, load_weights(teacher.weights, fix="pass intact weights"), teacher.weights, cfg, shapes)
     return model.to(device).eval()
-
-
-def _unwrap(state: object) -> dict:
-    """A state dict from common checkpoint layouts: {'state_dict': ...}, {'model': ...}, DDP's 'module.' prefix."""
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict):
-        return {}
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
-
-
-def _check_fit(model: nn.Module, state: dict, path: Path, cfg: Config, num_classes: int) -> None:
-    expected = model.state_dict()
-    problem = None
-    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        problem = "it holds no state dict of tensors"
-    elif missing := [k for k in expected if k not in state]:
-        problem = f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
-    elif unexpected := [k for k in state if k not in expected]:
-        problem = f"it has the unknown key {unexpected[0]!r}"
-    else:
-        bad = next((k for k, t in expected.items() if state[k].shape != t.shape), None)
-        if bad is not None:
-            problem = f"{bad} has shape {tuple(state[bad].shape)} where the model needs {tuple(expected[bad].shape)}"
-    if problem is not None:
-        raise CheckpointError(
-            f"{path} does not fit model.name={cfg.model.name} with {num_classes} classes: {problem}; "
-            "pass that model's state dict, made for this data set's classes"
-        )
 
 
 # ---------------------------------------------------------------------------------------------- labeling

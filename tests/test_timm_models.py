@@ -4,6 +4,7 @@ initialised small networks on fake 32×32 images, pretrained weights only from l
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,8 @@ def folders(tmp_path_factory) -> Path:
     return root
 
 
-def _config(folders: Path, *overrides: str, method: str = "mpl"):
-    base = [
+def _base(folders: Path) -> list[str]:
+    return [
         "data.name=folder",
         f"data.root={folders / 'labeled'}",
         f"data.unlabeled_dir={folders / 'unlabeled'}",
@@ -48,7 +49,10 @@ def _config(folders: Path, *overrides: str, method: str = "mpl"):
         "teacher.warmup_steps=0",
         "student.warmup_steps=0",
     ]
-    return build_config("cifar10_4k", [*base, *overrides], method)
+
+
+def _config(folders: Path, *overrides: str, method: str = "mpl"):
+    return build_config("cifar10_4k", [*_base(folders), *overrides], method)
 
 
 def _weights(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,6 +98,40 @@ def test_a_whole_run_then_eval_on_timm_models(folders, tmp_path):
     summary = run_experiment(cfg, tmp_path / "run", progress=False, tensorboard=False)
     assert summary["train_steps"] == 2
     assert 0 <= evaluate_run(tmp_path / "run")["val_top1"] <= 1
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_label_with_a_timm_model_and_its_weights_file(folders, tmp_path, suffix):
+    """`metapl label timm/<architecture> --weights FILE --preset P`: the store holds that network's distributions of
+    every pool image, in pool order; FILE is a training checkpoint or a safetensors file."""
+    from metapl.data.label_store import MANIFEST, read_store
+    from metapl.data.registry import DATASETS
+
+    cfg = _config(folders, "model.name=timm/test_resnet")
+    loaded = DATASETS.get("folder").load(cfg.data, 0)
+    torch.manual_seed(3)
+    model = build_model(cfg, build_data(cfg.data, seed=0)).eval()
+    weights = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(model.net.state_dict(), str(weights))
+    else:
+        torch.save({"state_dict": model.net.state_dict()}, weights)  # a training checkpoint's layout
+    sets = [arg for item in _base(folders) for arg in ("--set", item)]
+    out = tmp_path / "labels"
+    command = ["label", "timm/test_resnet", "--weights", str(weights), "--preset", "cifar10_4k", *sets]
+    assert main([*command, "--out", str(out), "--precision", "fp32", "--no-progress"]) == 0
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["source"]["model"] == "timm/test_resnet" and manifest["num_classes"] == 3
+    store = read_store(out, loaded.dataset).dense()
+    from metapl.data.streaming import eval_batches
+
+    images = torch.cat(list(eval_batches(loaded.dataset.x_train, 64)))  # the evaluation views, as eval reads them
+    with torch.no_grad():
+        expected = torch.softmax(model(images), dim=-1)
+    assert store.shape == (len(expected), 3)
+    torch.testing.assert_close(store, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_unknown_architecture_is_one_line_with_did_you_mean(capsys):

@@ -64,6 +64,51 @@ def load_weights(path: Path, fix: str = "re-run metapl train or pass another run
     raise CheckpointError(f"cannot load {path}: it is truncated or not a checkpoint ({reason}); {fix}") from None
 
 
+def state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
+    """Why `state` does not fit `model` (its first missing or unknown key, or a shape), or None when it does:
+    checked before load_state_dict, whose own message is many lines and starts with no detail."""
+    expected = model.state_dict()
+    if missing := [k for k in expected if k not in state]:
+        return f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
+    if unexpected := [k for k in state if k not in expected]:
+        return f"it has the unknown key {unexpected[0]!r}"
+    bad = next((k for k, t in expected.items() if state[k].shape != t.shape), None)
+    if bad is not None:
+        return f"{bad} has shape {tuple(state[bad].shape)} where the model needs {tuple(expected[bad].shape)}"
+    return None
+
+
+STATE_WRAPPERS = ("state_dict", "model", "state_dict_ema")  # where training scripts keep the weights in a checkpoint
+
+
+def load_state_file(path: Path, fix: str) -> dict[str, torch.Tensor]:
+    """A state dict of tensors from a weights file someone else wrote: safetensors or a PyTorch file (never
+    unpickling code), unwrapped from the usual checkpoint layouts ({'state_dict': ...}, {'model': ...},
+    {'state_dict_ema': ...}, DDP's 'module.' prefix); `fix` ends the errors."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise CheckpointError(f"no weights file at {path}; {fix}")
+        try:
+            state: object = load_file(str(path))
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad files
+            raise CheckpointError(f"cannot load {path}: not a readable safetensors file ({err}); {fix}") from None
+    else:
+        state = load_weights(path, fix=fix)
+    if isinstance(state, dict):
+        for wrapper in STATE_WRAPPERS:
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -15,7 +15,7 @@ from metapl.build import build_model
 from metapl.config import Config, load_config_file
 from metapl.data import build_data
 from metapl.data.loaders import DataBundle
-from metapl.engine.checkpoint import load_weights
+from metapl.engine.checkpoint import load_weights, state_mismatch
 from metapl.engine.run_dir import CHECKPOINT, with_own_split
 from metapl.errors import CheckpointError, ConfigError
 
@@ -93,26 +93,13 @@ def data_files(data: DataBundle) -> list[str]:
 
 
 def load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: DataBundle) -> None:
-    # Compare keys and shapes first: load_state_dict's own message is many lines and starts with no detail.
     fix = (
         f"pass weights written by this run (its config.yaml builds {cfg.model.name} with {data.num_classes} classes "
         f"and input shape {tuple(data.input_shape)})"
     )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
-    expected = model.state_dict()
-    problem = None
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    if missing:
-        problem = f"it lacks {missing[0]!r}" + (f" and {len(missing) - 1} more keys" if len(missing) > 1 else "")
-    elif unexpected:
-        problem = f"it has the unknown key {unexpected[0]!r}"
-    else:
-        for key, tensor in expected.items():
-            if state[key].shape != tensor.shape:
-                problem = f"{key} has shape {tuple(state[key].shape)} where the model needs {tuple(tensor.shape)}"
-                break
+    problem = state_mismatch(model, state)
     if problem is None:
         try:
             model.load_state_dict(state)

@@ -13,6 +13,7 @@ from torch import nn
 class Standardized(nn.Module):
     """`net` applied to (x / 255 − mean) / std for uint8 x, or (x − mean) / std for x already in [0, 1]."""
 
+    net: nn.Module
     mean: torch.Tensor
     std: torch.Tensor
 

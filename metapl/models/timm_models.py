@@ -147,32 +147,10 @@ def download_weights(rest: str) -> Path:
 
 
 def load_state(path: Path, key: str) -> dict:
-    """A state dict of tensors from a safetensors or PyTorch file (never unpickling code), unwrapped from the
-    usual checkpoint layouts ({'state_dict': ...}, {'model': ...}, {'state_dict_ema': ...}, DDP's 'module.')."""
-    import torch
+    """The state dict in the weights file `path` (docs/scale.md#models) that the setting `key` names."""
+    from metapl.engine.checkpoint import load_state_file
 
-    fix = f"pass the state dict of this architecture in {key}"
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            state: object = load_file(str(path))
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for bad files
-            raise CheckpointError(f"cannot load {path}: not a readable safetensors file ({err}); {fix}") from None
-    else:
-        from metapl.engine.checkpoint import load_weights
-
-        state = load_weights(path, fix=fix)
-    if isinstance(state, dict):
-        for wrapper in ("state_dict", "model", "state_dict_ema"):
-            if isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state
+    return load_state_file(path, fix=f"pass the state dict of this architecture in {key}")
 
 
 # ------------------------------------------------------------------------------------------------ the entry

@@ -49,7 +49,7 @@ QUICK = {"preset": "digits", "seeds": 2, "steps": 300}
 
 def prepare(seed: int, args) -> dict[str, Path]:
     """The seed's teacher run and its two label stores (each step is skipped when its output exists)."""
-    out = Path(args.out)
+    out = Path(args.prepared or args.out)
     teacher = out / f"teacher-seed{seed}"
     if not (teacher / "model.pt").is_file():
         overrides = [f"train.seed={seed}", "finetune.steps=0", *args.teacher_set]
@@ -57,7 +57,7 @@ def prepare(seed: int, args) -> dict[str, Path]:
             overrides.append(f"train.steps={args.teacher_steps}")
         run_experiment(build_config(args.preset, overrides, "supervised"), teacher, progress=False, tensorboard=False)
     stores = {}
-    for store in STORES:
+    for store in args.stores:
         bias = parse_bias(args.bias) if store == "biased" else ()
         stores[store] = out / f"labels-{store}-seed{seed}"
         options = LabelOptions(precision="fp32", bias=bias)
@@ -92,6 +92,7 @@ def run_arm(task: tuple[str, str, int, Path, Path, object]) -> dict:
         "arm": arm,
         "store": store,
         "seed": seed,
+        "val": summary["train_best_val_top1"],  # the student's, at the selected step: what a search may select on
         "selected": summary["test_top1_selected"],
         "final": summary["test_top1"],
         "teacher_val_before": float(before.trace() / before.sum()),
@@ -128,9 +129,9 @@ def _mean_std(values: list[float]) -> str:
 
 def make_table(records: list[dict]) -> str:
     rows = [
-        "| store | arm | student test acc., selected on val | final step | R val acc. before → after | "
-        "biased pairs a→b before → after | seeds |",
-        "|---|---|---|---|---|---|---|",
+        "| store | arm | student val acc. | student test acc., selected on val | final step | "
+        "R val acc. before → after | biased pairs a→b before → after | seeds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for store in STORES:
         for arm in ARMS:
@@ -138,7 +139,8 @@ def make_table(records: list[dict]) -> str:
             if not group:
                 continue
             rows.append(
-                f"| {store} | {arm} | {_mean_std([r['selected'] for r in group])} | "
+                f"| {store} | {arm} | {_mean_std([r['val'] for r in group if 'val' in r])} | "
+                f"{_mean_std([r['selected'] for r in group])} | "
                 f"{_mean_std([r['final'] for r in group])} | {_mean_std([r['teacher_val_before'] for r in group])} → "
                 f"{_mean_std([r['teacher_val_after'] for r in group])} | "
                 f"{_mean_std([r['bias_before'] for r in group])} → {_mean_std([r['bias_after'] for r in group])} | "
@@ -158,6 +160,10 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--set", action="append", default=[], help="a config override for every reduced_mpl run")
     parser.add_argument("--teacher-set", action="append", default=[], help="a config override for the teacher")
+    parser.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES))
+    parser.add_argument(
+        "--prepared", type=Path, default=None, help="take the teachers and label stores from this earlier --out"
+    )
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=None)
@@ -174,7 +180,7 @@ def main() -> None:
     tasks = [
         (arm, store, seed, prepared[seed][store], prepared[seed]["teacher"], args)
         for seed in seeds
-        for store in STORES
+        for store in args.stores
         for arm in args.arms
     ]
     records: list[dict] = []

@@ -33,6 +33,7 @@ import torch
 
 from metapl.config import build_config
 from metapl.data import build_data
+from metapl.errors import TrainingError
 from metapl.experiment import run_experiment
 from metapl.labeling import LabelOptions, label_pool, parse_bias
 from metapl.methods.reduced_mpl import ReducedTeacher, teacher_confusion
@@ -80,7 +81,11 @@ def run_arm(task: tuple[str, str, int, Path, Path, object]) -> dict:
     cfg = build_config(args.preset, overrides, "reduced_mpl")
     run_dir = Path(args.out) / f"{arm}-{store}-seed{seed}"
     started = time.perf_counter()
-    summary = run_experiment(cfg, run_dir, progress=False, tensorboard=False)
+    try:
+        summary = run_experiment(cfg, run_dir, progress=False, tensorboard=False)
+    except TrainingError as err:  # a diverged run is a result of the setting (e.g. a searched LR), not a crash
+        print(f"{arm:10s} {store:6s} seed {seed}: diverged ({err})", flush=True)
+        return {"arm": arm, "store": store, "seed": seed, "diverged": True}
     data = build_data(cfg.data, seed)
     k = data.num_classes
     reduced = ReducedTeacher(k, cfg.method.settings.hidden)
@@ -135,8 +140,10 @@ def make_table(records: list[dict]) -> str:
     ]
     for store in STORES:
         for arm in ARMS:
-            group = [r for r in records if r["arm"] == arm and r["store"] == store]
-            if not group:
+            runs = [r for r in records if r["arm"] == arm and r["store"] == store]
+            group = [r for r in runs if not r.get("diverged")]
+            diverged = len(runs) - len(group)
+            if not runs:
                 continue
             rows.append(
                 f"| {store} | {arm} | {_mean_std([r['val'] for r in group if 'val' in r])} | "
@@ -144,7 +151,7 @@ def make_table(records: list[dict]) -> str:
                 f"{_mean_std([r['final'] for r in group])} | {_mean_std([r['teacher_val_before'] for r in group])} → "
                 f"{_mean_std([r['teacher_val_after'] for r in group])} | "
                 f"{_mean_std([r['bias_before'] for r in group])} → {_mean_std([r['bias_after'] for r in group])} | "
-                f"{len(group)} |"
+                f"{len(group)}{f' ({diverged} diverged)' if diverged else ''} |"
             )
     return "\n".join(rows)
 

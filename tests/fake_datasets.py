@@ -28,6 +28,8 @@ def write_cifar10(root: Path, per_batch: int = 20) -> Path:
         data = _images(rng, labels).transpose(0, 3, 1, 2).reshape(per_batch, -1)
         with open(folder / name, "wb") as handle:
             pickle.dump({b"batch_label": b"fake", b"labels": labels.tolist(), b"data": data}, handle, protocol=2)
+    with open(folder / "batches.meta", "wb") as handle:  # the class names, as the real archive holds them
+        pickle.dump({b"label_names": [f"class{k}".encode() for k in range(10)], b"num_vis": 3072}, handle, protocol=2)
     return folder
 
 

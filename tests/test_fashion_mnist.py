@@ -4,6 +4,7 @@ real files when Debian's dataset-fashion-mnist is installed (CI installs it)."""
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def test_fake_idx_files_load_and_train(tmp_path, gz):
     )
     summary = run_experiment(cfg, tmp_path / "run", progress=False, tensorboard=False)
     assert summary["train_steps"] == 3
+    names = json.loads((tmp_path / "run" / "classes.json").read_text())["names"]  # what predict prints
+    assert names[0] == "T-shirt/top" and names[9] == "Ankle boot" and len(names) == 10
 
 
 def test_corrupt_files_name_the_file(tmp_path):

@@ -43,6 +43,16 @@ def test_cifar10_batches_load_as_uint8_images(tmp_path):
     assert data.x_train.shape == (100, 3, 32, 32) and data.x_train.dtype == torch.uint8
     assert data.x_test.shape == (20, 3, 32, 32) and data.num_classes == 10
     assert load_cifar("cifar10", str(tmp_path / "cifar-10-batches-py")).x_train.shape == (100, 3, 32, 32)
+    assert data.class_names == [f"class{k}" for k in range(10)]  # from batches.meta, for predictions and plots
+
+
+def test_cifar_class_names_are_optional_but_never_wrong(tmp_path):
+    write_cifar100(tmp_path)
+    assert load_cifar("cifar100", str(tmp_path)).class_names is None  # no meta file: labels stay numbers
+    folder = write_cifar10(tmp_path / "ten")
+    (folder / "batches.meta").write_bytes(b"not a pickle")
+    with pytest.raises(DataError, match=r"batches.meta is not a readable CIFAR meta file .* download again"):
+        load_cifar("cifar10", str(folder))
 
 
 def test_cifar10_preset_splits_and_trains(tmp_path):

@@ -24,6 +24,7 @@ _LAYOUTS = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], b"labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], b"fine_labels", 100),
 }
+_META = {"cifar10": ("batches.meta", b"label_names"), "cifar100": ("meta", b"fine_label_names")}  # class names
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -45,11 +46,33 @@ class _BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        return _BatchUnpickler(handle, encoding="bytes").load()
+
+
+def read_class_names(name: str, folder: Path, classes: int) -> list[str] | None:
+    """The classes' names from the archive's meta file, in label order (for predictions and plots); None when the
+    folder has no meta file, which nothing else needs."""
+    file, key = _META[name]
+    path = folder / file
+    if not path.is_file():
+        return None
+    try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in _unpickle(path)[key]]
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise DataError(
+            f"{path} is not a readable CIFAR meta file ({type(err).__name__}: {err}); delete it and download again"
+        ) from None
+    if len(names) != classes:
+        raise DataError(f"{path} names {len(names)} classes, not {classes}; delete it and download again")
+    return names
+
+
 def read_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     """One pickled CIFAR batch as (N, 3, 32, 32) uint8 images and int64 labels."""
     try:
-        with open(path, "rb") as handle:
-            batch = _BatchUnpickler(handle, encoding="bytes").load()
+        batch = _unpickle(path)
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
         images = data.reshape(-1, 3, 32, 32)
@@ -90,7 +113,7 @@ def load_cifar(name: str, root: str = "") -> ArrayDataset:
         if labels.min(initial=0) < 0 or labels.max(initial=0) >= classes:
             raise DataError(f"{folder}: {split} labels outside 0..{classes - 1}; delete the folder and download again")
         parts[split] = (torch.from_numpy(images), torch.from_numpy(labels))
-    return ArrayDataset(*parts["train"], *parts["test"], classes)
+    return ArrayDataset(*parts["train"], *parts["test"], classes, read_class_names(name, folder, classes))
 
 
 def _loader(name: str):

@@ -104,6 +104,12 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
+# Label order of the data set's documentation (zalandoresearch/fashion-mnist).
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+
 def load_fashion_mnist(root: str = "") -> ArrayDataset:
     """Fashion-MNIST from its IDX files (gzipped or not): 60,000 training and 10,000 test 28×28 images in [0, 1]."""
     folder = Path(root or FASHION_MNIST_ROOT)
@@ -123,7 +129,8 @@ def load_fashion_mnist(root: str = "") -> ArrayDataset:
             torch.from_numpy(labels.astype(np.int64)),
         )
     classes = int(max(arrays["train"][1].max(), arrays["test"][1].max())) + 1
-    return ArrayDataset(*arrays["train"], *arrays["test"], classes)
+    names = list(FASHION_MNIST_CLASSES) if classes == len(FASHION_MNIST_CLASSES) else None
+    return ArrayDataset(*arrays["train"], *arrays["test"], classes, names)
 
 
 def _load_twomoon(cfg, seed: int) -> LoadedDataset:

@@ -3,6 +3,8 @@
     python benchmarks/reduced_mpl_experiment.py --preset digits --seeds 5 --jobs 2 --out runs/reduced/digits
     python benchmarks/reduced_mpl_experiment.py --preset fashion_mnist_400 --seeds 5 --jobs 2 --out runs/reduced/fm400
     python benchmarks/reduced_mpl_experiment.py --quick      # digits, 2 seeds, 300 steps: checks that it all runs
+    python benchmarks/reduced_mpl_experiment.py --prepared runs/reduced/digits --stores biased --arms mpl shuffled \
+        --search teacher.lr=0.05,0.2,1,5,25 --out runs/reduced/digits-search/lr    # a search, selected on validation
 
 Per seed: a supervised teacher on the preset's labeled split (its validation-selected weights), `metapl label` of
 every pool image twice, as the teacher made them ("clean") and with a known injected bias ("biased": for each
@@ -18,6 +20,9 @@ Reported: the student's test accuracy, validation-selected as in docs/results.md
 the reduced teacher's confusion matrix against the true labels of the validation images, before (the stored
 distributions' argmax) and after training, with the biased pairs' mass a→b. Writes results.json (after every
 arm) and table.md into --out.
+
+--search KEY=V1,V2,... runs every arm once per value (into --out/KEY=V) and picks, per store and arm, the value
+with the best mean validation accuracy of the student; only that value's test accuracy is the arm's result.
 """
 
 from __future__ import annotations
@@ -66,9 +71,9 @@ def prepare(seed: int, args) -> dict[str, Path]:
     return {"teacher": teacher, **stores}
 
 
-def run_arm(task: tuple[str, str, int, Path, Path, object]) -> dict:
+def run_arm(task: tuple[str, str, int, Path, Path, object, str | None]) -> dict:
     """One reduced_mpl run; its record with the student's accuracy and R's validation confusion before and after."""
-    arm, store, seed, labels, teacher, args = task
+    arm, store, seed, labels, teacher, args, setting = task
     torch.set_num_threads(args.threads)
     overrides = [
         *ARMS[arm],
@@ -77,15 +82,16 @@ def run_arm(task: tuple[str, str, int, Path, Path, object]) -> dict:
         f"train.seed={seed}",
         *([f"train.steps={args.steps}"] if args.steps else []),
         *args.set,
+        *([setting] if setting else []),
     ]
     cfg = build_config(args.preset, overrides, "reduced_mpl")
-    run_dir = Path(args.out) / f"{arm}-{store}-seed{seed}"
+    run_dir = Path(args.out) / (setting or "") / f"{arm}-{store}-seed{seed}"
     started = time.perf_counter()
     try:
         summary = run_experiment(cfg, run_dir, progress=False, tensorboard=False)
     except TrainingError as err:  # a diverged run is a result of the setting (e.g. a searched LR), not a crash
         print(f"{arm:10s} {store:6s} seed {seed}: diverged ({err})", flush=True)
-        return {"arm": arm, "store": store, "seed": seed, "diverged": True}
+        return {"arm": arm, "store": store, "seed": seed, "setting": setting, "diverged": True}
     data = build_data(cfg.data, seed)
     k = data.num_classes
     reduced = ReducedTeacher(k, cfg.method.settings.hidden)
@@ -97,6 +103,7 @@ def run_arm(task: tuple[str, str, int, Path, Path, object]) -> dict:
         "arm": arm,
         "store": store,
         "seed": seed,
+        "setting": setting,
         "val": summary["train_best_val_top1"],  # the student's, at the selected step: what a search may select on
         "selected": summary["test_top1_selected"],
         "final": summary["test_top1"],
@@ -156,6 +163,49 @@ def make_table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("-inf")
+
+
+def make_search_table(records: list[dict], settings: list[str]) -> str:
+    """Per store and arm, one row per searched value; the value with the best mean student validation accuracy is
+    selected (a diverged seed counts as 0: a setting that diverges is not one to recommend)."""
+    rows = [
+        "| store | arm | setting | student val acc. | student test acc. | R val acc. after | biased pairs after | "
+        "seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for store in STORES:
+        for arm in ARMS:
+            by_setting = {
+                v: [r for r in records if (r["store"], r["arm"], r.get("setting")) == (store, arm, v)] for v in settings
+            }
+            if not any(by_setting.values()):
+                continue
+            score = {v: _mean([r.get("val", 0.0) for r in runs]) for v, runs in by_setting.items() if runs}
+            best = max(score, key=lambda v: score[v])
+            for value, runs in by_setting.items():
+                done = [r for r in runs if not r.get("diverged")]
+                mark = " **(selected)**" if value == best else ""
+                rows.append(
+                    f"| {store} | {arm} | {value}{mark} | {_mean_std([r['val'] for r in done])} | "
+                    f"{_mean_std([r['selected'] for r in done])} | {_mean_std([r['teacher_val_after'] for r in done])} | "
+                    f"{_mean_std([r['bias_after'] for r in done])} | {len(done)}"
+                    f"{f' ({len(runs) - len(done)} diverged)' if len(runs) > len(done) else ''} |"
+                )
+    return "\n".join(rows)
+
+
+def _search_settings(search: str | None) -> list[str | None]:
+    """`KEY=V1,V2` as the overrides KEY=V1, KEY=V2; [None] without a search."""
+    if not search:
+        return [None]
+    key, _, values = search.partition("=")
+    if not key or not values:
+        raise SystemExit(f"--search {search!r}: write KEY=V1,V2,...")
+    return [f"{key}={value}" for value in values.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="digits")
@@ -171,6 +221,7 @@ def main() -> None:
     parser.add_argument(
         "--prepared", type=Path, default=None, help="take the teachers and label stores from this earlier --out"
     )
+    parser.add_argument("--search", default=None, help="KEY=V1,V2,...: every arm per value, selected on validation")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--out", type=Path, default=None)
@@ -184,8 +235,10 @@ def main() -> None:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     torch.set_num_threads(args.threads)
     prepared = {seed: prepare(seed, args) for seed in seeds}
+    settings = _search_settings(args.search)
     tasks = [
-        (arm, store, seed, prepared[seed][store], prepared[seed]["teacher"], args)
+        (arm, store, seed, prepared[seed][store], prepared[seed]["teacher"], args, setting)
+        for setting in settings
         for seed in seeds
         for store in args.stores
         for arm in args.arms
@@ -208,7 +261,11 @@ def main() -> None:
             records.append(run_arm(task))
             save(False)
     save(True)
-    table = make_table(records)
+    if args.search:
+        tables = [f"{value}:\n\n{make_table([r for r in records if r['setting'] == value])}" for value in settings]
+        table = "\n\n".join([make_search_table(records, [str(v) for v in settings]), *tables])
+    else:
+        table = make_table(records)
     (args.out / "table.md").write_text(table + "\n")
     print(table)
 

@@ -146,13 +146,6 @@ def download_weights(rest: str) -> Path:
         ) from None
 
 
-def load_state(path: Path, key: str) -> dict:
-    """The state dict in the weights file `path` (docs/scale.md#models) that the setting `key` names."""
-    from metapl.engine.checkpoint import load_state_file
-
-    return load_state_file(path, fix=f"pass the state dict of this architecture in {key}")
-
-
 # ------------------------------------------------------------------------------------------------ the entry
 @dataclass(frozen=True)
 class _Builder:
@@ -178,7 +171,10 @@ class _Builder:
         path = None
         if pretrained:
             path = _weights_file(self.rest, pretrained, pretrained_key)
-            overlay = {"state_dict": load_state(path, pretrained_key)}
+            from metapl.engine.checkpoint import load_state_file
+
+            fix = f"pass the state dict of this architecture in {pretrained_key}"
+            overlay = {"state_dict": load_state_file(path, fix=fix)}
             options.update(pretrained=True, pretrained_cfg_overlay=overlay)
         try:
             with _quiet_timm():

@@ -87,8 +87,10 @@ def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str]
         ]
     cfg = build_config(preset, [*overrides, f"train.seed={seed}"], method)
     run_dir = out / f"{_slug(name)}-seed{seed}"
-    started = time.perf_counter()
     summary = run_experiment(cfg, run_dir, progress=False, tensorboard=False)
+    # The run's own time from its summary, not this call's: a finished run found again (a resumed or merged sweep)
+    # returns at once.
+    seconds = round(summary["train_seconds"] + summary.get("finetune_seconds", 0.0), 1)
     record = {
         "name": name,
         "seed": seed,
@@ -96,7 +98,7 @@ def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str]
         "final": summary["test_top1"],
         "teacher_selected": summary.get("train_best_teacher_test_top1"),
         "teacher_final": summary.get("train_final_teacher_test_top1"),
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": seconds,
         "overrides": overrides,
     }
     records = [record]
@@ -384,7 +386,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="digits, 2 seeds, 1,000 steps: a few minutes on 2 cores")
     parser.add_argument("--docs", type=Path, default=None, help="also copy the plots into this folder (docs)")
     parser.add_argument("--docs-name", default=None, help="file stem of the copied plots (default: the preset)")
-    parser.add_argument("--merge", action="store_true", help="keep OUT/results.json's other variants")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep OUT/results.json's other variants (with --budgets: OUT/sweep.json's other budgets)",
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw table and plots from OUT/results.json")
     parser.add_argument(
         "--budgets",
@@ -492,12 +498,26 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
     ]
     started = time.perf_counter()
     finished: dict[int, list[dict]] = {steps: [] for steps, _ in budgets}
+    # --merge keeps the budgets an earlier sweep into OUT ran and this one does not (a longer budget added later,
+    # with fewer seeds), so that one sweep.json and one plot hold them all; each budget keeps its own command.
+    earlier: dict = {"budgets": {}, "seeds": {}, "commands": {}}
+    if args.merge and (args.out / "sweep.json").is_file():
+        earlier = _sweep_commands(json.loads((args.out / "sweep.json").read_text()))
+        for steps, _ in budgets:
+            for key in earlier:
+                earlier[key].pop(str(steps), None)
 
     def sweep_record(complete: bool) -> dict:
+        ran = {str(steps): seeds for steps, seeds in budgets}
+        everything = sorted({*earlier["seeds"], *ran}, key=int)
         return {
             "preset": args.preset,
-            "budgets": {str(steps): _collect(args.variants, finished[steps], {}) for steps, _ in budgets},
-            "seeds": {str(steps): seeds for steps, seeds in budgets},
+            "budgets": {
+                b: earlier["budgets"][b] if b not in ran else _collect(args.variants, finished[int(b)], {})
+                for b in everything
+            },
+            "seeds": {b: earlier["seeds"].get(b, ran.get(b)) for b in everything},
+            "commands": {b: earlier["commands"].get(b, args.command) for b in everything},
             "variants": args.variants,
             "overrides": args.overrides,
             "seconds": round(time.perf_counter() - started, 1),
@@ -513,13 +533,20 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
             _write_json(args.out / "sweep.json", sweep_record(False))
     record = sweep_record(True)
     _write_json(args.out / "sweep.json", record)
-    for steps, _ in budgets:
-        print(f"\n### {steps} steps\n\n{make_table(record['budgets'][str(steps)])}")
+    for steps in record["budgets"]:
+        print(f"\n### {steps} steps\n\n{make_table(record['budgets'][steps])}")
     plot_budgets(record, args.out / "budgets.png", f"{args.preset}: test accuracy against training budget")
     if args.docs:
         args.docs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.out / "budgets.png", args.docs / f"budgets_{args.docs_name or args.preset}.png")
     print(f"wrote {args.out}/sweep.json and budgets.png ({record['seconds']:.0f} s)")
+
+
+def _sweep_commands(sweep: dict) -> dict:
+    """An earlier sweep.json's budgets, seed counts and the command behind each budget (files written before
+    --merge existed hold one command for all)."""
+    commands = sweep.get("commands") or {b: sweep.get("command") for b in sweep["budgets"]}
+    return {"budgets": dict(sweep["budgets"]), "seeds": dict(sweep["seeds"]), "commands": dict(commands)}
 
 
 def _run_budget(task: tuple) -> tuple[int, list[dict]]:

@@ -68,5 +68,23 @@ def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
     summary = json.loads((out / "steps-12" / "supervised-seed0" / "summary.json").read_text())
     assert summary["train_steps"] == 12 and sweep["budgets"]["12"]["supervised"][0]["final"] == summary["test_top1"]
     assert (out / "budgets.png").stat().st_size > 1000
+
+    # A longer budget added later with --merge joins the same sweep.json; the earlier budgets and their command
+    # stay, and a budget run again replaces its old records instead of adding to them.
+    first = sweep["command"]
+    more = ["--preset", "digits", "--budgets", "12:1", "18:1", "--merge", "--out", str(out), "--variants", "supervised"]
+    more += ["--set", "train.eval_every=3", "--set", "train.log_every=3"]
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), *more], capture_output=True, text=True, env=ENV, timeout=300, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = json.loads((out / "sweep.json").read_text())
+    assert merged["seeds"] == {"6": 2, "12": 1, "18": 1}
+    assert merged["budgets"]["6"] == sweep["budgets"]["6"] and merged["commands"]["6"] == first
+    assert "--merge" in merged["commands"]["18"] and merged["commands"]["12"] == merged["commands"]["18"]
+    assert [r["seed"] for r in merged["budgets"]["12"]["supervised"]] == [0]
+    assert merged["budgets"]["12"]["supervised"] == sweep["budgets"]["12"]["supervised"]  # resumed, not retrained
+    assert "mpl official" not in merged["budgets"]["12"]
+    assert json.loads((out / "steps-18" / "supervised-seed0" / "summary.json").read_text())["train_steps"] == 18
     bad = subprocess.run([sys.executable, str(SCRIPT), "--budgets", "2k"], capture_output=True, text=True, env=ENV)
     assert bad.returncode == 2 and "write STEPS or STEPS:SEEDS" in bad.stderr

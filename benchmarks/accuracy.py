@@ -13,7 +13,9 @@ until the end), so `--plot-only` draws what a long benchmark has finished; `--me
 
 A budget sweep runs the same variants at several training budgets in one command, into OUT/steps-N/ each,
 and writes one OUT/sweep.json and OUT/budgets.png (test accuracy against steps, selected and final, one line
-per method, the seed spread as error bars); `STEPS:SEEDS` gives one budget fewer seeds:
+per method, the seed spread as error bars), and per budget OUT/steps-N/curves.png (test accuracy during training,
+mean over seeds, teachers dashed) and the step from which each student stays above its teacher;
+`STEPS:SEEDS` gives one budget fewer seeds, and `--merge` adds budgets to an earlier sweep in OUT:
 
     python benchmarks/accuracy.py --preset digits --budgets 2000 4000 16000 64000:3 --seeds 5 --jobs 2 \
         --variants supervised uda "mpl hard dot" "mpl hard dot + finetune" "mpl official"
@@ -100,6 +102,7 @@ def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str]
         "teacher_final": summary.get("train_final_teacher_test_top1"),
         "seconds": seconds,
         "overrides": overrides,
+        "passes_teacher_at": passes_teacher_at(run_dir),
     }
     records = [record]
     if also_plain:  # the same seed, the same training phase: MPL (hard, dot) before finetuning, with no second run
@@ -118,6 +121,20 @@ def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str]
     for r in records:
         print(f"{r['name']} seed {seed}: selected {r['selected']:.4f} final {r['final']:.4f} ({r['seconds']:.0f} s)")
     return records
+
+
+def passes_teacher_at(run: Path) -> int | None:
+    """The first evaluation step from which the student's test accuracy stays at or above its teacher's until the
+    end of training (finetuning aside), or None: a student that ends below, or a method without a teacher. "Stays"
+    rather than "first exceeds", so that two curves crossing back and forth within the test set's noise do not
+    count as passing."""
+    evals = [r for r in _read(run) if r.get("phase") == "train_eval" and "teacher_test_top1" in r]
+    step = None
+    for r in reversed(evals):
+        if r["test_top1"] < r["teacher_test_top1"]:
+            break
+        step = r["step"]
+    return step
 
 
 def _mean_std(values: list[float]) -> str:
@@ -283,6 +300,46 @@ def plot_curves(out: Path, names: list[str], seed: int, path: Path, title: str) 
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, title: str) -> None:
+    """One budget's test accuracy against the step, mean over seeds (the band: ± std): each method's evaluated
+    model (solid) and, where it has one, its teacher (dashed). Shows where a student passes its teacher and how a
+    model that over-trains declines, which the budget plot's end points cannot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab10")
+    drawn: set[Path] = set()
+    for i, (name, records) in enumerate(results.items()):
+        runs = [_run_dir(out, r) for r in records]
+        if not runs or runs[0] in drawn:  # "mpl hard dot" is the "+ finetune" run's training phase: drawn once
+            continue
+        drawn.update(runs)
+        label = name.removesuffix(" + finetune")  # the curves are the training phase's
+        for key, style, suffix in (("test_top1", "-", ""), ("teacher_test_top1", "--", ": its teacher")):
+            series = [_series(run, "train_eval", key) for run in runs]
+            series = [s for s in series if s[0]]
+            if not series:
+                continue
+            length = min(len(steps) for steps, _ in series)
+            steps = np.array(series[0][0][:length])
+            values = np.array([v[:length] for _, v in series])
+            mean, std = values.mean(axis=0), values.std(axis=0)
+            ax.plot(steps, mean, style, color=colours(i % 10), lw=1.1, label=f"{label}{suffix} ({len(series)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, color=colours(i % 10), alpha=0.12, lw=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel("test accuracy (mean over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -533,8 +590,22 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
             _write_json(args.out / "sweep.json", sweep_record(False))
     record = sweep_record(True)
     _write_json(args.out / "sweep.json", record)
-    for steps in record["budgets"]:
-        print(f"\n### {steps} steps\n\n{make_table(record['budgets'][steps])}")
+    for steps, results in record["budgets"].items():
+        passing = {
+            name: [r.get("passes_teacher_at") for r in records]
+            for name, records in results.items()
+            if any(r.get("teacher_final") is not None for r in records)
+        }
+        print(f"\n### {steps} steps\n\n{make_table(results)}")
+        print("\nthe student stays at or above its teacher from step (per seed; None: ends below it):")
+        print("\n".join(f"- {name}: {at}" for name, at in passing.items()))
+        if (args.out / f"steps-{steps}").is_dir():
+            plot_budget_curves(
+                args.out / f"steps-{steps}",
+                results,
+                args.out / f"steps-{steps}" / "curves.png",
+                f"{args.preset}, {int(steps):,} steps: test accuracy during training",
+            )
     plot_budgets(record, args.out / "budgets.png", f"{args.preset}: test accuracy against training budget")
     if args.docs:
         args.docs.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -68,6 +69,9 @@ def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
     summary = json.loads((out / "steps-12" / "supervised-seed0" / "summary.json").read_text())
     assert summary["train_steps"] == 12 and sweep["budgets"]["12"]["supervised"][0]["final"] == summary["test_top1"]
     assert (out / "budgets.png").stat().st_size > 1000
+    assert (out / "steps-6" / "curves.png").stat().st_size > 1000
+    assert all("passes_teacher_at" in r for r in sweep["budgets"]["6"]["mpl official"])
+    assert "stays at or above its teacher" in result.stdout
 
     # A longer budget added later with --merge joins the same sweep.json; the earlier budgets and their command
     # stay, and a budget run again replaces its old records instead of adding to them.
@@ -88,3 +92,30 @@ def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
     assert json.loads((out / "steps-18" / "supervised-seed0" / "summary.json").read_text())["train_steps"] == 18
     bad = subprocess.run([sys.executable, str(SCRIPT), "--budgets", "2k"], capture_output=True, text=True, env=ENV)
     assert bad.returncode == 2 and "write STEPS or STEPS:SEEDS" in bad.stderr
+
+
+def test_passes_teacher_at_is_the_step_from_which_the_student_stays_above(tmp_path):
+    spec = importlib.util.spec_from_file_location("accuracy_bench", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def run(pairs: list[tuple[float, float]]) -> Path:
+        lines = [{"phase": "train", "step": 1, "h": 0.0}]
+        lines += [
+            {"phase": "train_eval", "step": 10 * (i + 1), "test_top1": s, "teacher_test_top1": t}
+            for i, (s, t) in enumerate(pairs)
+        ]
+        lines.append({"phase": "finetune_eval", "step": 99, "test_top1": 0.0})  # finetuning does not count
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+        return run
+
+    # Crosses at 20, falls back at 30, passes for good at 40 (equal counts as staying).
+    assert bench.passes_teacher_at(run([(0.5, 0.9), (0.9, 0.8), (0.7, 0.8), (0.8, 0.8), (0.9, 0.7)])) == 40
+    assert bench.passes_teacher_at(run([(0.9, 0.5), (0.95, 0.6)])) == 10
+    assert bench.passes_teacher_at(run([(0.9, 0.5), (0.5, 0.6)])) is None  # ends below
+    no_teacher = tmp_path / "uda"
+    no_teacher.mkdir()
+    (no_teacher / "metrics.jsonl").write_text(json.dumps({"phase": "train_eval", "step": 10, "test_top1": 0.9}))
+    assert bench.passes_teacher_at(no_teacher) is None

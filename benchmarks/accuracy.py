@@ -316,6 +316,7 @@ def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, ti
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab10")
     drawn: set[Path] = set()
+    lows: list[float] = []  # the y axis starts below the lowest mean after the first tenth (the climb from chance)
     for i, (name, records) in enumerate(results.items()):
         runs = [_run_dir(out, r) for r in records]
         if not runs or runs[0] in drawn:  # "mpl hard dot" is the "+ finetune" run's training phase: drawn once
@@ -331,10 +332,13 @@ def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, ti
             steps = np.array(series[0][0][:length])
             values = np.array([v[:length] for _, v in series])
             mean, std = values.mean(axis=0), values.std(axis=0)
+            lows.append(float(mean[len(mean) // 10 :].min()))
             ax.plot(steps, mean, style, color=colours(i % 10), lw=1.1, label=f"{label}{suffix} ({len(series)} seeds)")
             ax.fill_between(steps, mean - std, mean + std, color=colours(i % 10), alpha=0.12, lw=0)
     ax.set_xlabel("step")
     ax.set_ylabel("test accuracy (mean over seeds)")
+    if lows:
+        ax.set_ylim(max(0.0, min(lows) - 0.03), None)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

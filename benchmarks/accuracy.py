@@ -486,7 +486,7 @@ def main() -> None:
             sweep = json.loads((args.out / "sweep.json").read_text())
             plot_budgets(sweep, args.out / "budgets.png", f"{sweep['preset']}: test accuracy against training budget")
             return
-        run_sweep(args, budgets)
+        run_sweep(args, budgets, earlier_sweep(args, parser))
         return
 
     if args.plot_only:
@@ -550,7 +550,7 @@ def _budget(spec: str, default_seeds: int, parser: argparse.ArgumentParser) -> t
     return budget
 
 
-def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
+def run_sweep(args, budgets: list[tuple[int, int]], earlier: dict) -> None:
     """Every variant at every budget, all runs in one pool (short budgets first), into OUT/steps-N/; the table
     of each budget as in a single run, then OUT/sweep.json (rewritten after every run) and OUT/budgets.png."""
     names, shared = _ordered_names(args.variants)
@@ -559,26 +559,19 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
     ]
     started = time.perf_counter()
     finished: dict[int, list[dict]] = {steps: [] for steps, _ in budgets}
-    # --merge keeps the budgets an earlier sweep into OUT ran and this one does not (a longer budget added later,
-    # with fewer seeds), so that one sweep.json and one plot hold them all; each budget keeps its own command.
-    earlier: dict = {"budgets": {}, "seeds": {}, "commands": {}}
-    if args.merge and (args.out / "sweep.json").is_file():
-        earlier = _sweep_commands(json.loads((args.out / "sweep.json").read_text()))
-        for steps, _ in budgets:
-            for key in earlier:
-                earlier[key].pop(str(steps), None)
+    ran = {str(steps): seeds for steps, seeds in budgets}
+    seeds = {**earlier["seeds"], **ran}  # a budget run again replaces its earlier records
+    everything = sorted(seeds, key=int)
 
     def sweep_record(complete: bool) -> dict:
-        ran = {str(steps): seeds for steps, seeds in budgets}
-        everything = sorted({*earlier["seeds"], *ran}, key=int)
         return {
             "preset": args.preset,
             "budgets": {
-                b: earlier["budgets"][b] if b not in ran else _collect(args.variants, finished[int(b)], {})
+                b: _collect(args.variants, finished[int(b)], {}) if b in ran else earlier["budgets"][b]
                 for b in everything
             },
-            "seeds": {b: earlier["seeds"].get(b, ran.get(b)) for b in everything},
-            "commands": {b: earlier["commands"].get(b, args.command) for b in everything},
+            "seeds": {b: seeds[b] for b in everything},
+            "commands": {b: args.command if b in ran else earlier["commands"][b] for b in everything},
             "variants": args.variants,
             "overrides": args.overrides,
             "seconds": round(time.perf_counter() - started, 1),
@@ -595,8 +588,8 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
     record = sweep_record(True)
     _write_json(args.out / "sweep.json", record)
     for steps, results in record["budgets"].items():
-        passing = {
-            name: [r.get("passes_teacher_at") for r in records]
+        passing = {  # records from before passes_teacher_at existed say so rather than "None"
+            name: [r.get("passes_teacher_at", "not recorded") for r in records]
             for name, records in results.items()
             if any(r.get("teacher_final") is not None for r in records)
         }
@@ -617,11 +610,27 @@ def run_sweep(args, budgets: list[tuple[int, int]]) -> None:
     print(f"wrote {args.out}/sweep.json and budgets.png ({record['seconds']:.0f} s)")
 
 
-def _sweep_commands(sweep: dict) -> dict:
-    """An earlier sweep.json's budgets, seed counts and the command behind each budget (files written before
-    --merge existed hold one command for all)."""
-    commands = sweep.get("commands") or {b: sweep.get("command") for b in sweep["budgets"]}
-    return {"budgets": dict(sweep["budgets"]), "seeds": dict(sweep["seeds"]), "commands": dict(commands)}
+def earlier_sweep(args, parser: argparse.ArgumentParser) -> dict:
+    """What --merge keeps: the budgets, seed counts and commands of the sweep.json an earlier sweep wrote into OUT
+    (a longer budget added later, with fewer seeds, joins the same file and plot; each budget keeps the command
+    that ran it; files written before --merge existed hold one command for all). Empty without --merge or a file;
+    a file this script did not write, or a sweep of another preset, is refused in one line before anything runs."""
+    path = args.out / "sweep.json"
+    if not args.merge or not path.is_file():
+        return {"budgets": {}, "seeds": {}, "commands": {}}
+    try:
+        sweep = json.loads(path.read_text())
+        budgets, seeds = dict(sweep["budgets"]), {str(b): int(n) for b, n in sweep["seeds"].items()}
+        commands = dict(sweep.get("commands") or {b: sweep.get("command") for b in budgets})
+        if set(budgets) != set(seeds) or not set(budgets) <= set(commands) or not all(b.isdigit() for b in budgets):
+            raise ValueError("its budgets, seeds and commands disagree")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        parser.error(f"--merge: {path} is not a sweep.json this script wrote ({err}); move it away or drop --merge")
+    if sweep.get("preset") != args.preset:
+        parser.error(
+            f"--merge: {path} is a sweep of preset {sweep.get('preset')!r}, not {args.preset!r}; pass another --out"
+        )
+    return {"budgets": budgets, "seeds": seeds, "commands": commands}
 
 
 def _run_budget(task: tuple) -> tuple[int, list[dict]]:

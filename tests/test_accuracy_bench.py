@@ -90,6 +90,25 @@ def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
     assert merged["budgets"]["12"]["supervised"] == sweep["budgets"]["12"]["supervised"]  # resumed, not retrained
     assert "mpl official" not in merged["budgets"]["12"]
     assert json.loads((out / "steps-18" / "supervised-seed0" / "summary.json").read_text())["train_steps"] == 18
+    # A sweep.json this script did not write, or one of another preset, is refused before anything runs or changes.
+    for text, message in (("{not json", "is not a sweep.json this script wrote"), (None, "is a sweep of preset")):
+        target = tmp_path / ("broken" if text else "other")
+        target.mkdir()
+        if text:
+            (target / "sweep.json").write_text(text)
+        else:
+            (target / "sweep.json").write_text((out / "sweep.json").read_text())
+        before = (target / "sweep.json").read_text()
+        refused = subprocess.run(
+            [sys.executable, str(SCRIPT), "--preset", "twomoon", "--budgets", "6", "--merge", "--out", str(target)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=120,
+        )
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr
+        assert sorted(p.name for p in target.iterdir()) == ["sweep.json"]
+        assert (target / "sweep.json").read_text() == before
     bad = subprocess.run([sys.executable, str(SCRIPT), "--budgets", "2k"], capture_output=True, text=True, env=ENV)
     assert bad.returncode == 2 and "write STEPS or STEPS:SEEDS" in bad.stderr
 

@@ -244,9 +244,9 @@ def load_config_file(path: Path) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(yaml.safe_dump({"config_format": CONFIG_FORMAT, **cfg.to_dict()}, sort_keys=False))
-    tmp.replace(path)
+    from metapl.engine.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump({"config_format": CONFIG_FORMAT, **cfg.to_dict()}, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------- parsing

@@ -33,9 +33,9 @@ class Split:
         state = asdict(self)
         if state["source"] is None:
             del state["source"]
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(path)
+        from metapl.engine.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(state))
 
     @classmethod
     def load(cls, path: Path) -> Split:

@@ -3,7 +3,6 @@ weights_only=True, and the RNG states a bit-exact resume needs."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -14,33 +13,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metapl.engine.atomic import atomic_write
 from metapl.errors import CheckpointError
 
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to `path` without ever leaving a half-written file there; a failed write leaves the old file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+        atomic_write(path, lambda handle: torch.save(obj, handle))
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        tmp.unlink(missing_ok=True)
         reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise CheckpointError(
             f"could not write {path}: {reason}; {kept}; free disk space or fix permissions, then run the same command"
         ) from None
-
-
-def atomic_write_json(obj: object, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def load_weights(path: Path, fix: str = "re-run metapl train or pass another run") -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from metapl.engine.atomic import atomic_write_text
+
 
 def to_float(value: torch.Tensor | float | int) -> float:
     """A metric as a Python float (a host sync for device tensors: only when logging)."""
@@ -23,9 +25,7 @@ class RunLogger:
         path = self.run_dir / "metrics.jsonl"
         if resume_step is not None and path.exists():
             kept = [json.dumps(r) + "\n" for r in read_metrics(self.run_dir) if r["step"] <= resume_step]
-            tmp = path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write_text(path, "".join(kept))
         self.jsonl = open(path, "a", encoding="utf-8")
         self.writer = None
         if tensorboard:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metapl.build import resolve_device
-from metapl.engine.checkpoint import atomic_write_json
+from metapl.engine.atomic import atomic_write_json
 from metapl.engine.evaluate import evaluate
 from metapl.errors import ConfigError
 from metapl.inference.run import load_run

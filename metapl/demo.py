@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from metapl.config import build_config
-from metapl.engine.checkpoint import atomic_write_json
+from metapl.engine import ownership
+from metapl.engine.atomic import atomic_write_json, atomic_write_text
 from metapl.experiment import run_experiment
 from metapl.plot import plot_bars, plot_curves
 
@@ -15,7 +17,10 @@ DEMO_METHODS = ("supervised", "uda", "mpl")
 def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, dict]:
     """Train each method on the `digits` preset, print the comparison table, write table.json and demo.png."""
     out = Path(out)
+    # A new or empty folder, or an earlier demo's: never a folder of the user's.
+    ownership.check_folder(out, "demo", adopt=_earlier_demo(out))
     out.mkdir(parents=True, exist_ok=True)
+    ownership.claim(out, "demo")
     summaries = {}
     for method in DEMO_METHODS:
         overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps is not None else [])
@@ -24,7 +29,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
         summaries[method] = run_experiment(cfg, out / method, progress=progress)
     table = format_table(summaries)
     print(table)
-    (out / "table.md").write_text(table + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
     atomic_write_json(summaries, out / "table.json")
     plot_bars(
         {m: [s["test_top1_selected"]] for m, s in summaries.items()},
@@ -34,6 +39,15 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
     plot_curves([out / m for m in DEMO_METHODS], out / "demo_curves.png")
     print(f"wrote {out / 'table.md'}, {out / 'demo_accuracy.png'} and {out / 'demo_curves.png'}")
     return summaries
+
+
+def _earlier_demo(out: Path) -> bool:
+    """A demo folder of a metapl from before metapl.json, recognised by its table.json."""
+    try:
+        table = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(table, dict) and bool(table) and set(table) <= set(DEMO_METHODS)
 
 
 def format_table(summaries: dict[str, dict]) -> str:

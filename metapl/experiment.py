@@ -21,17 +21,13 @@ from metapl.config import Config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle, check_stream_data
 from metapl.engine import run_dir
+from metapl.engine.atomic import atomic_write_json
 from metapl.engine.budget import check_data_settings, check_step_memory
-from metapl.engine.checkpoint import (
-    CheckpointKeeper,
-    atomic_save,
-    atomic_write_json,
-    set_rng_state,
-    training_state,
-)
+from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, set_rng_state, training_state
 from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import RunLogger
 from metapl.engine.loop import FitResult, fit
+from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.engine.run_dir import CHECKPOINT, RunLock
 from metapl.engine.speed import AUTOCAST_DTYPES, apply_switches, check_switches
 from metapl.errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -68,6 +64,7 @@ def run_experiment(
         use_rank_device = rank_device is not None and cfg.train.device == "auto"
         device = rank_device if rank_device is not None and use_rank_device else resolve_device(cfg.train.device)
         check_switches(cfg.train, device)
+        check_output_folder(out_dir, config_inputs(cfg))
         saved = run_dir.resume_state(out_dir, cfg, restart)
         seed_everything(cfg.train.seed)
         check_data_settings(cfg.data)
@@ -84,7 +81,7 @@ def run_experiment(
         check_stream_data(data, labeled_only=not method.uses_unlabeled)
         # Only now, with every check passed, is the directory written.
         if main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            run_dir.claim(out_dir)
             lock.acquire()
             names = data.class_names or [str(k) for k in range(data.num_classes)]
             run_dir.start(out_dir, cfg, data.split, fresh=saved is None, class_names=names)

@@ -31,7 +31,9 @@ from metapl.data.label_store import FORMAT, MANIFEST, PLAN, PRECISIONS, save_sha
 from metapl.data.label_store import fingerprint as pool_fingerprint
 from metapl.data.registry import DATASETS
 from metapl.data.splits import Split
-from metapl.engine.checkpoint import atomic_write_json, load_state_file, load_weights, state_mismatch
+from metapl.engine.atomic import atomic_write_json
+from metapl.engine.checkpoint import load_state_file, load_weights, state_mismatch
+from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.errors import CheckpointError, ConfigError
 from metapl.models.registry import MODELS
 from metapl.settings import suggest
@@ -100,6 +102,8 @@ def label_pool(
     try:
         rank, world = distributed.rank(), distributed.world_size()
         teacher = _resolve_source(source, weights, preset, overrides)
+        inputs = [*config_inputs(teacher.config), (f"the teacher's weights {str(teacher.weights)!r}", teacher.weights)]
+        check_output_folder(out_dir, inputs)
         from metapl.build import resolve_device
 
         device = rank_device if rank_device is not None and options.device == "auto" else resolve_device(options.device)

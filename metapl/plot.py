@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -13,9 +14,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metapl.config import load_config_file  # noqa: E402
+from metapl.engine.atomic import atomic_write_bytes  # noqa: E402
 from metapl.engine.checkpoint import load_weights  # noqa: E402
 from metapl.engine.evaluate import predict_proba  # noqa: E402
 from metapl.engine.logger import read_metrics  # noqa: E402
+from metapl.engine.outputs import check_output_file, run_inputs  # noqa: E402
+from metapl.engine.ownership import check_replaceable, figure_metadata  # noqa: E402
 from metapl.engine.run_dir import with_own_split  # noqa: E402
 from metapl.errors import CheckpointError, ConfigError  # noqa: E402
 from metapl.inference.run import load_state  # noqa: E402
@@ -50,6 +54,8 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
             if not (run / "metrics.jsonl").is_file():
                 raise CheckpointError(f"{run} has no metrics.jsonl; pass a run directory written by metapl train")
     out = Path(out) if out else runs[0] / f"{kind}.png"
+    check_output_file(out, [input for run in runs for input in run_inputs(run)], runs)
+    check_replaceable(out)
     check_image_name(out)
     if kind == "regions":
         plot_decision_regions(runs, configs, out)
@@ -68,6 +74,16 @@ def check_image_name(out: Path) -> None:
         shown = ", ".join(f".{f}" for f in ("png", "pdf", "svg", "jpg"))
         what = f"the suffix .{suffix}" if suffix else "no suffix"
         raise ConfigError(f"--out {out} has {what}, which names no image format; end it in one of {shown}")
+
+
+def save_figure(fig, out: Path) -> None:
+    """Lay out, write atomically with metapl's mark in the file's metadata (where the format has one), close."""
+    fig.tight_layout()
+    fmt = Path(out).suffix.lower().lstrip(".")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=120, metadata=figure_metadata(fmt))
+    plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def _read_series(run: Path) -> dict[str, tuple[list[float], list[float]]]:
@@ -112,9 +128,7 @@ def plot_curves(runs: list[Path], out: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
@@ -150,9 +164,7 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
         ax.set_title(f"{name}: test accuracy {test_acc:.1%}")
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_bars(results: dict[str, list[float]], out: Path, title: str) -> None:
@@ -167,6 +179,4 @@ def plot_bars(results: dict[str, list[float]], out: Path, title: str) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    save_figure(fig, out)

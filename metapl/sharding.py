@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metapl.data.folders import unlabeled_source
+from metapl.engine.outputs import check_output_folder
 from metapl.errors import ConfigError, DataError
 
 SHARD_NAME = "shard-{:06d}.tar"
@@ -66,6 +67,8 @@ def write_shards(
     if shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size} is impossible; give the images per shard, e.g. 5000")
     out = Path(out)
+    what = "the source folder" if Path(source).is_dir() else "the source file"
+    check_output_folder(out, [(f"{what} {str(source)!r}", Path(source))])
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is a file" if not out.is_dir() else "holds files already"
         raise ConfigError(f"--out {out} {what}; pass a new or empty folder (metapl shard never overwrites)")

@@ -17,7 +17,7 @@ from metapl.config import build_config
 from metapl.engine import checkpoint as checkpoint_module
 from metapl.engine.checkpoint import atomic_save
 from metapl.engine.run_dir import RunLock
-from metapl.errors import CheckpointError, TrainingError
+from metapl.errors import CheckpointError, ConfigError, TrainingError
 from metapl.experiment import run_experiment
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
@@ -105,9 +105,17 @@ def test_stale_lock_is_taken_over(tmp_path):
     (tmp_path / ".lock").write_text(dead.stdout.strip())
     lock = RunLock(tmp_path)
     lock.acquire()
-    assert (tmp_path / ".lock").read_text() == str(os.getpid())
+    assert (tmp_path / ".lock").read_text() == f"metapl {os.getpid()}\n"
     lock.release()
     assert not (tmp_path / ".lock").exists()
+
+
+@pytest.mark.parametrize("content", ["my notes", "", "metapl", "12 34"])
+def test_a_lock_metapl_did_not_write_is_never_removed(tmp_path, content):
+    (tmp_path / ".lock").write_text(content)
+    with pytest.raises(ConfigError, match=r"\.lock was not written by metapl .*move it away"):
+        RunLock(tmp_path).acquire()
+    assert (tmp_path / ".lock").read_text() == content
 
 
 def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):

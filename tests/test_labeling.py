@@ -299,7 +299,11 @@ def test_bad_input_gets_one_line_and_exit_2(teacher, tmp_path, capsys):
     assert "--top-k -1 is impossible" in refused("label", str(teacher), "--out", out, "--top-k", "-1")
     assert "only data.* keys" in refused("label", str(teacher), "--out", out, "--set", "model.hidden=[3]")
     assert "--preset is for a registered model" in refused("label", str(teacher), "--out", out, "--preset", "digits")
-    assert "is not a label directory" in refused("label", str(teacher), "--out", str(teacher))
+    assert "holds the teacher's weights" in refused("label", str(teacher), "--out", str(teacher))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert "is not a label directory" in refused("label", str(teacher), "--out", str(mine))
     torch.save({"net.0.weight": torch.zeros(2)}, tmp_path / "bad.pt")
     assert "does not fit model.name=mlp with 10 classes" in refused(
         "label", "mlp", "--weights", str(tmp_path / "bad.pt"), "--preset", "digits", "--out", out

@@ -19,7 +19,7 @@ from torch import nn
 
 from metapl.cli import main
 from metapl.config import build_config
-from metapl.engine import checkpoint as checkpoint_module
+from metapl.engine import atomic as atomic_module
 from metapl.engine.loop import fit
 from metapl.errors import TrainingError
 from metapl.experiment import run_experiment
@@ -471,21 +471,21 @@ def test_skipped_steps_are_counted_in_metrics_and_summary(monkeypatch, tmp_path)
 # ---------------------------------------------------------------------------------------------- checkpoint writes
 def test_permission_denied_on_a_checkpoint_write_keeps_the_previous_one(capsys, monkeypatch, tmp_path):
     out = tmp_path / "run"
-    real_open = open
+    real_mkstemp = atomic_module.tempfile.mkstemp
     writes = []
 
-    def open_denied_after_one(path, mode="r", *args, **kwargs):
-        if "w" in mode and Path(path).name == ".checkpoint.pt.tmp":
-            writes.append(path)
+    def mkstemp_denied_after_one(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".checkpoint.pt."):
+            writes.append(kwargs["prefix"])
             if len(writes) > 1:
-                raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return real_open(path, mode, *args, **kwargs)
+                raise PermissionError(errno.EACCES, "Permission denied", str(out))
+        return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module, "open", open_denied_after_one, raising=False)
+    monkeypatch.setattr(atomic_module.tempfile, "mkstemp", mkstemp_denied_after_one)
     line = one_line_error(capsys, *TRAIN, "--out", out)
     assert f"could not write {out / 'checkpoint.pt'}: Permission denied; the previous file is intact" in line
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
-    assert not (out / ".checkpoint.pt.tmp").exists() and not (out / ".lock").exists()
+    assert not list(out.glob(".checkpoint.pt*")) and not (out / ".lock").exists()
 
 
 def test_a_diverging_mpl_run_with_skip_stops_after_the_bound_with_a_finite_checkpoint(tmp_path):

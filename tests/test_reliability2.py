@@ -480,7 +480,7 @@ def test_outputs_never_go_over_the_runs_data(capsys, folder_run, command):
     tmp, run = folder_run
     before = files(tmp / "images") | {"labels.csv": (tmp / "labels.csv").read_bytes()}
     for target, fragment in (
-        (tmp / "labels.csv", "is a file of the run's data (data.root="),
+        (tmp / "labels.csv", "is the run's data (data.root="),
         (tmp / "images" / "cat" / "0.png", "an image of the run's data"),
     ):
         args = ["predict", run, tmp / "images" / "dog" / "1.png"] if command == "predict" else ["export", run]

@@ -1,24 +1,30 @@
 """A run directory's rules: what metapl writes there, when a new command may resume it, start it over or must
 refuse, and the lock that keeps a second trainer out.
 
-A run directory never locks its user out: a directory that holds nothing trained (no checkpoint, no model)
-takes any config and starts over; one with a checkpoint resumes only with the same config, and `--restart`
-(train's flag) discards the run and starts over. Files that metapl did not write are never overwritten.
+A run directory is metapl's when it holds metapl.json of kind "run" (engine/ownership.py): metapl writes it first
+into a new or empty folder, and refuses any other folder that is not empty. A run directory never locks its user
+out: one that holds nothing trained (no checkpoint, no model) takes any config and starts over; one with a
+checkpoint resumes only with the same config, and `--restart` (train's flag) discards the run and starts over.
+Starting over removes only the names metapl writes (RUN_OUTPUTS, COMMAND_OUTPUTS, checkpoints), each checked to be
+a plain file (or TensorBoard's folder of event files) before anything is removed; files of other names are the
+user's and stay.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
+import re
 from pathlib import Path
 
 from metapl.config import Config, flatten, load_config_file, save_config
-from metapl.engine.checkpoint import atomic_write_json, read_training_state
-from metapl.errors import CheckpointError, ConfigError
+from metapl.engine import ownership
+from metapl.engine.atomic import atomic_write_json
+from metapl.engine.checkpoint import read_training_state
+from metapl.errors import CheckpointError, ConfigError, MetaplError
 
 CHECKPOINT = "checkpoint.pt"
-# What metapl writes into a run directory, besides checkpoint.pt, its numbered copies and dot-files.
+# What metapl writes into a run directory, besides metapl.json, checkpoint.pt, its numbered copies and the lock.
 RUN_OUTPUTS = (
     "config.yaml",
     "splits.json",
@@ -41,25 +47,37 @@ COMMAND_OUTPUTS = (
     "curves.png",
     "regions.png",
 )
+TREES = {"tensorboard": "events.out.tfevents."}  # run outputs that are folders: the files metapl writes in them
+_NUMBERED = re.compile(r"checkpoint-\d{8}\.pt")  # CheckpointKeeper's copies
+# What atomic writes leave when killed between creating and renaming their temporary file (engine/atomic.py).
+_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")
 _RESTART = "add --restart to discard it and start over, or pass another --out"
 _SAME = "resume with the same settings, "
 
 
+def is_training_file(name: str) -> bool:
+    """Whether `name` is one that training writes in a run directory (no other command may write it)."""
+    return name in RUN_OUTPUTS or name in (CHECKPOINT, ownership.MARKER, LOCK) or bool(_NUMBERED.fullmatch(name))
+
+
+def is_run_file(name: str) -> bool:
+    """Whether `name` is one that metapl writes in a run directory (training or the other commands)."""
+    return is_training_file(name) or name in COMMAND_OUTPUTS
+
+
 def resume_state(out_dir: Path, cfg: Config, restart: bool = False) -> dict | None:
     """The training state to resume from, or None to start from step 0. Refuses (one line, nothing touched) a
-    path that is a file, a folder of files metapl did not write, and a trained run of another config."""
-    if not out_dir.exists():
-        return None
-    if not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is an existing file, not a directory; pass a directory")
-    if not _is_run(out_dir):
-        _refuse_foreign_files(out_dir)
-    if restart:
-        return None
+    path that is a file, a folder that is neither empty nor metapl's, a trained run of another config, and a
+    start over that would have to remove something metapl did not write."""
+    if not ownership.check_folder(out_dir, "run", adopt=_earlier_run(out_dir)):
+        return None  # new or empty
+    # Every name metapl will write or remove, checked to be metapl's (no link, no folder of the user's) before any
+    # work: a resumed run replaces model.pt and adds to tensorboard/ as a fresh start removes them.
+    _outputs(out_dir)
     checkpoint = out_dir / CHECKPOINT
     trained = checkpoint.exists() or (out_dir / "model.pt").exists()
-    if not trained:
-        return None  # nothing to lose: any config starts over here
+    if restart or not trained:
+        return None  # nothing to lose (or --restart): any config starts over here
     saved_cfg = _saved_config(out_dir)
     difference = config_difference(saved_cfg, cfg)
     if difference is not None:
@@ -82,23 +100,34 @@ def start_over_hint(checkpoint: Path) -> str:
     return f"move {checkpoint} away to train this run from step 0, or {_RESTART}"
 
 
-def start(out_dir: Path, cfg: Config, split, fresh: bool, class_names: list[str] | None = None) -> None:
-    """Create the directory; on a fresh start remove what an earlier attempt left and write config, splits and
-    the class names (classes.json: the data's names in label order, or "0".."K-1" when it has none)."""
+def claim(out_dir: Path) -> None:
+    """Create the run directory (a new or empty folder, or metapl's) and mark it as metapl's run, before the lock
+    or anything else is written into it."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    ownership.claim(out_dir, "run")
+
+
+def start(out_dir: Path, cfg: Config, split, fresh: bool, class_names: list[str] | None = None) -> None:
+    """On a fresh start remove what an earlier attempt left (only metapl's names, all checked before the first is
+    removed) and write config, splits and the class names (classes.json: the data's names in label order, or
+    "0".."K-1" when it has none). The directory was claimed and locked before."""
     if fresh:
-        for name in RUN_OUTPUTS + COMMAND_OUTPUTS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-        for path in out_dir.glob("checkpoint*.pt"):
-            path.unlink()
+        ownership.remove(_outputs(out_dir))
         save_config(cfg, out_dir / "config.yaml")
         split.save(out_dir / "splits.json")
         if class_names is not None:
             atomic_write_json({"names": list(class_names)}, out_dir / "classes.json")
+
+
+def _outputs(out_dir: Path) -> list[Path]:
+    """What a fresh start removes, each checked to be metapl's: its outputs, checkpoints and the temporary files
+    of killed writes."""
+    names = [*RUN_OUTPUTS, *COMMAND_OUTPUTS, CHECKPOINT]
+    for entry in sorted(os.listdir(out_dir)):
+        temporary = _TEMPORARY.fullmatch(entry)
+        if _NUMBERED.fullmatch(entry) or (temporary and is_run_file(temporary.group(1))):
+            names.append(entry)
+    return ownership.check_removable(out_dir, names, TREES)
 
 
 def config_difference(old: Config, new: Config) -> tuple[str, object, object] | None:
@@ -117,50 +146,56 @@ def _saved_config(out_dir: Path) -> Config:
     return load_config_file(path)
 
 
-def _is_run(out_dir: Path) -> bool:
-    """A directory whose config.yaml metapl can read is a run directory, whatever else the user put in it."""
+def _earlier_run(out_dir: Path) -> bool:
+    """A run directory of a metapl from before metapl.json, recognised by content, not by names: its config.yaml
+    loads as a metapl config and its checkpoint.pt as a metapl training state (or its summary.json as a
+    finished run's summary). Such a run is adopted (marked) when training resumes or restarts it."""
+    if not out_dir.is_dir() or ownership.marker_kind(out_dir) is not None or not (out_dir / "config.yaml").is_file():
+        return False
     try:
         load_config_file(out_dir / "config.yaml")
-    except ConfigError:
+        if (out_dir / CHECKPOINT).is_file():
+            read_training_state(out_dir / CHECKPOINT, fix="")
+            return True
+        import json
+
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        return isinstance(summary, dict) and {"preset", "method", "test_top1"} <= summary.keys()
+    except (MetaplError, OSError, ValueError):
         return False
-    return True
 
 
-def _refuse_foreign_files(out_dir: Path) -> None:
-    """Refuse a directory that holds files metapl did not write: a wrong --out (a project folder, say)."""
-    known = set(RUN_OUTPUTS + COMMAND_OUTPUTS) | {"config.tmp"}  # config.tmp: metapl 0.1's temporary file
-    for entry in sorted(out_dir.iterdir()):
-        name = entry.name
-        if name.startswith(".") or name in known or (name.startswith("checkpoint") and name.endswith(".pt")):
-            continue
-        raise ConfigError(
-            f"--out {out_dir} is not a metapl run directory (it holds {name!r}, which metapl did not write) and "
-            "training would write over its files; pass a new or empty directory"
-        )
+LOCK = ".lock"
+_LOCK_TEXT = re.compile(r"metapl (\d+)\n?|(\d+)")  # "metapl PID"; a bare PID: metapl before that
 
 
 class RunLock:
-    """`RUN/.lock` holds the PID of the process training into RUN; a second process is refused, a stale lock
-    (its process is gone) is taken over."""
+    """`RUN/.lock` holds "metapl PID" of the process training into RUN; a second process is refused, and a stale
+    lock (its process is gone) is taken over, but only one that metapl wrote: any other `.lock` is the user's."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / ".lock"
+        self.path = Path(run_dir) / LOCK
         self.held = False
 
     def acquire(self) -> None:
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and holder != os.getpid() and _alive(holder):
+                if holder is None:
+                    raise ConfigError(
+                        f"{self.path} was not written by metapl (it holds no 'metapl PID'), so metapl will not "
+                        f"remove it; move it away, or pass another --out"
+                    ) from None
+                if holder != os.getpid() and _alive(holder):
                     raise CheckpointError(
                         f"{self.path.parent} is in use by process {holder}; wait for it to end or pass another --out"
                     ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                self.path.unlink(missing_ok=True)  # stale: metapl's, and its process is gone
                 continue
             with os.fdopen(fd, "w") as handle:
-                handle.write(str(os.getpid()))
+                handle.write(f"metapl {os.getpid()}\n")
             self.held = True
             return
         raise CheckpointError(f"cannot lock {self.path}; remove it if no metapl process uses {self.path.parent}")
@@ -171,10 +206,14 @@ class RunLock:
             self.held = False
 
     def _holder(self) -> int | None:
+        """The PID in a lock that metapl wrote; None for anything else (a link, a folder, other text)."""
         try:
-            return int(self.path.read_text().strip())
+            if self.path.is_symlink() or not self.path.is_file() or self.path.stat().st_size > 64:
+                return None
+            found = _LOCK_TEXT.fullmatch(self.path.read_text(encoding="ascii").strip())
         except (OSError, ValueError):
             return None
+        return int(found.group(1) or found.group(2)) if found else None
 
 
 def _alive(pid: int) -> bool:

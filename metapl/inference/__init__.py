@@ -3,7 +3,6 @@
 from metapl.inference.evaluation import evaluate_run, format_eval_table
 from metapl.inference.export import EXPORT_FORMATS, ExportResult, export_run
 from metapl.inference.inputs import image_extensions, load_image, load_inputs
-from metapl.inference.outputs import check_output
 from metapl.inference.predict import predict_run
 from metapl.inference.run import WEIGHTS, LoadedRun, load_run
 
@@ -12,7 +11,6 @@ __all__ = [
     "WEIGHTS",
     "ExportResult",
     "LoadedRun",
-    "check_output",
     "evaluate_run",
     "export_run",
     "format_eval_table",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,9 +14,10 @@ import torch
 
 from metapl.build import build_model
 from metapl.data import example_inputs
+from metapl.engine.outputs import check_not_among, check_output_file, run_inputs
+from metapl.engine.ownership import check_replaceable, mark
 from metapl.errors import ConfigError, ExportError
-from metapl.inference.outputs import check_not_among, check_output
-from metapl.inference.run import LoadedRun, data_files, load_run
+from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run
 
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch that an export may show
@@ -35,23 +38,27 @@ def export_run(run: Path, fmt: str, out: Path | None = None, weights: str = "fin
     """Write the run's model as safetensors or ONNX, then check that the file reproduces the model's outputs."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r} is not allowed; use one of: {', '.join(EXPORT_FORMATS)}")
-    if out is not None:
-        check_output(Path(out), [Path(run)])
+    default = Path(run) / f"{WEIGHTS.get(weights, WEIGHTS['final']).removesuffix('.pt')}.{fmt}"
+    out = Path(out) if out is not None else default
+    check_output_file(out, run_inputs(Path(run)), [Path(run)])
     loaded = load_run(run, weights, "cpu")  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
-    out = Path(out) if out is not None else Path(run) / f"{loaded.weights_path.stem}.{fmt}"
     check_not_among(out, data_files(loaded.data), "the run's data")
+    check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     source = loaded.data.x_test if len(loaded.data.x_test) else loaded.data.x_labeled  # a folder may lack a test set
     x = example_inputs(source, CHECK_EXAMPLES)  # what predict feeds: floats in [0, 1]
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
+    # Written and checked under a fresh temporary name, renamed only when the check passed: a failed check leaves
+    # no file that looks like a good export.
+    with tempfile.TemporaryDirectory(prefix=f".{out.name[:100]}.", dir=out.parent) as folder:
+        tmp = Path(folder) / f"export.{fmt}"
         if fmt == "safetensors":
             diff = _export_safetensors(loaded, tmp, x)
         else:
             diff = _export_onnx(loaded, tmp, x)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
         tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failed check leaves no file that looks like a good export
     return ExportResult(out, fmt, diff, len(x))
 
 
@@ -70,14 +77,7 @@ def _export_safetensors(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float
     model, data = loaded.model, loaded.data
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Metadata holds strings only; with these a reader can rebuild the network without the run directory.
-    metadata = {
-        "format": "pt",
-        "num_classes": str(data.num_classes),
-        "input_shape": json.dumps(list(data.input_shape)),
-        "model": loaded.config.model.name,
-        "weights": loaded.weights_path.name,
-        "config": json.dumps(loaded.config.to_dict()),
-    }
+    metadata = mark({"format": "pt", **_description(loaded), "config": json.dumps(loaded.config.to_dict())})
     # save() to bytes rather than save_file(): save_file creates the file with mode 0600, unlike every other output.
     path.write_bytes(safetensors_torch.save(state, metadata=metadata))
     fresh = build_model(loaded.config, data)
@@ -91,6 +91,18 @@ def _export_safetensors(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float
             f"the safetensors file reloaded gives outputs up to {diff:.3g} away from the model; re-run the export"
         )
     return diff
+
+
+def _description(loaded: LoadedRun) -> dict[str, str]:
+    """What an exported file says of its network (strings only, as both formats' metadata hold)."""
+    data = loaded.data
+    return {
+        "num_classes": str(data.num_classes),
+        "classes": json.dumps(loaded.class_names),
+        "input_shape": json.dumps(list(data.input_shape)),
+        "model": loaded.config.model.name,
+        "weights": loaded.weights_path.name,
+    }
 
 
 def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
@@ -119,6 +131,11 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
         raise ExportError(
             f"torch.onnx.export failed for {loaded.weights_path}: {_first_line(err)}; try --format safetensors"
         ) from None
+    onnx = importlib.import_module("onnx")
+    proto = onnx.load(str(path))
+    # Metadata a reader can use without the run directory; "writer" also marks the file as metapl's.
+    onnx.helper.set_model_props(proto, mark(_description(loaded)))
+    onnx.save(proto, str(path))
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from metapl.build import resolve_device
+from metapl.engine.atomic import atomic_write_text
 from metapl.engine.evaluate import predict_proba
+from metapl.engine.outputs import check_not_among, check_output_file, run_inputs
+from metapl.engine.ownership import check_replaceable
 from metapl.inference.inputs import csv_image_paths, load_inputs
-from metapl.inference.outputs import check_not_among, check_output
 from metapl.inference.run import data_files, load_run
 
 
@@ -22,28 +25,25 @@ def predict_run(
     """
     source = Path(source)
     out = Path(out) if out is not None else Path(run) / "predictions.csv"
-    check_output(out, [Path(run)], (source,))
+    what = "the input folder" if source.is_dir() else "the input file"
+    check_output_file(out, [(f"{what} {str(source)!r}", source), *run_inputs(Path(run))], [Path(run)])
     if source.suffix.lower() == ".csv" and source.is_file():
         check_not_among(out, [str(p) for p in csv_image_paths(source)], f"the input CSV {source}")
     loaded = load_run(run, weights, resolve_device("auto"))
     check_not_among(out, data_files(loaded.data), "the run's data")
+    check_replaceable(out)
     pipeline = getattr(loaded.data.x_labeled, "pipeline", None)  # runs on image files: their eval crop
     names, x = load_inputs(source, loaded.data.input_shape, invert, pipeline)
     proba = predict_proba(loaded.model, x, batch_size=loaded.config.train.eval_batch_size)
     classes = proba.argmax(dim=1)
     labels = loaded.class_names
     named = labels != [str(k) for k in range(len(labels))]  # only names that say more than the index
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    # The header begins with ownership.PREDICTIONS_HEADER: the mark by which a later predict knows the file is metapl's.
+    writer.writerow(["input", "class", *(["label"] if named else []), *(f"prob_{k}" for k in range(proba.shape[1]))])
+    for name, cls, row in zip(names, classes.tolist(), proba.tolist()):
+        writer.writerow([name, cls, *([labels[cls]] if named else []), *(f"{p:.8g}" for p in row)])
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(
-                ["input", "class", *(["label"] if named else []), *(f"prob_{k}" for k in range(proba.shape[1]))]
-            )
-            for name, cls, row in zip(names, classes.tolist(), proba.tolist()):
-                writer.writerow([name, cls, *([labels[cls]] if named else []), *(f"{p:.8g}" for p in row)])
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(out, text.getvalue())
     return out, len(names)

@@ -1,0 +1,139 @@
+"""Where a command may write: the one rule that keeps every input safe from every output.
+
+An output (train's run folder, label's store, shard's folder, the file of predict, export and plot) may not be an
+input of the command, nor lie inside an input folder; a folder output may not hold an input either. The inputs are
+what the command reads: the files and folders that a config's data and model settings name (config_inputs: data,
+splits, label stores, shards, pretrained weights), plus the command's own (predict's images, label's weights).
+Paths are compared once symbolic links are resolved, so a link to an input is refused like the input. An output
+file that exists already must also be metapl's (engine/ownership.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from metapl.errors import ConfigError
+
+Input = tuple[str, Path]  # (what it is, in words a user recognises: "data.root='imgs'"; the path)
+
+
+def check_output_file(out: Path, inputs: Iterable[Input], runs: Iterable[Path] = (), flag: str = "--out") -> None:
+    """Refuse an output file that is a folder, lies under a file, is or lies inside an input, or is one of a run's
+    own files. The caller ends its checks with ownership.check_replaceable (an existing file must be metapl's), so
+    that a more specific refusal (check_not_among) speaks first."""
+    from metapl.engine.run_dir import is_training_file
+
+    out = Path(out)
+    if out.is_dir() and not out.is_symlink():
+        raise ConfigError(f"{flag} {out} is a directory; pass a file name inside it")
+    folder = next((p for p in out.parents if p.exists()), None)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(f"{flag} {out} lies under {folder}, an existing file, not a directory; pass another {flag}")
+    target = out.resolve()
+    for run in runs:
+        if target.parent == Path(run).resolve() and is_training_file(target.name):
+            raise ConfigError(f"{flag} {out} would overwrite the run's own {target.name}; pass another {flag}")
+    _check_apart(out, target, inputs, flag, folder_output=False)
+
+
+def check_output_folder(out: Path, inputs: Iterable[Input], flag: str = "--out") -> None:
+    """Refuse an output directory that is or lies inside an input, or holds one."""
+    out = Path(out)
+    _check_apart(out, out.resolve(), inputs, flag, folder_output=True)
+
+
+def check_not_among(out: Path, files: Iterable[str], what: str, flag: str = "--out") -> None:
+    """Refuse an output that is one of `files` (image paths a run's data or an input CSV lists, anywhere)."""
+    target = Path(out).resolve()
+    name = target.name
+    for file in files:
+        if os.path.basename(str(file)) == name and Path(file).resolve() == target:  # the cheap test first
+            raise ConfigError(
+                f"{flag} {out} is {file}, an image of {what}, which would be overwritten; pass another {flag}"
+            )
+
+
+def _check_apart(out: Path, target: Path, inputs: Iterable[Input], flag: str, folder_output: bool) -> None:
+    for what, source in inputs:
+        resolved = Path(source).resolve()
+        if resolved == target:
+            raise ConfigError(f"{flag} {out} is {what}, which would be overwritten; pass another {flag}")
+        if resolved.is_dir() and target.is_relative_to(resolved):
+            raise ConfigError(
+                f"{flag} {out} is inside {what}, whose files this command reads; pass an {flag} outside it"
+            )
+        if folder_output and resolved.is_relative_to(target):
+            raise ConfigError(f"{flag} {out} holds {what}, which this command reads; pass an {flag} outside it")
+
+
+# ---------------------------------------------------------------------------------------------- what a run reads
+def config_inputs(cfg) -> list[Input]:
+    """The files and folders a config's data and model settings name, each with its setting."""
+    data, model = cfg.data, cfg.model
+    found: list[Input] = [(f"the run's data (data.root={data.root!r})", path) for path in _root_files(data)]
+    for key in ("test_dir", "unlabeled_dir", "split_file", "label_dir"):
+        value = getattr(data, key, "")
+        if value:
+            found.append((f"the run's data.{key}={value!r}", Path(value)))
+    if data.unlabeled_shards:
+        found += [
+            (f"the folder of the run's data.unlabeled_shards={data.unlabeled_shards!r}", p)
+            for p in _shard_folders(data)
+        ]
+    for key in ("pretrained", "teacher_pretrained"):
+        value = getattr(model, key, "")
+        if value and value != "cache":  # cache: timm's own cache folder, which metapl only reads
+            found.append((f"the run's model.{key}={value!r}", Path(value)))
+    return found
+
+
+def run_inputs(run: Path) -> list[Input]:
+    """config_inputs of a run's config.yaml; none when it cannot be read (the command then refuses the run)."""
+    from metapl.config import load_config_file
+    from metapl.errors import MetaplError
+
+    try:
+        return config_inputs(load_config_file(Path(run) / "config.yaml"))
+    except MetaplError:
+        return []
+
+
+def _shard_folders(data) -> list[Path]:
+    """The folders that hold data.unlabeled_shards (the folder itself, or the folders of a brace pattern's files),
+    without expanding the pattern's file names: a pattern may name millions."""
+    spec = Path(data.unlabeled_shards)
+    if "{" not in str(spec):
+        return [spec]
+    parent = str(spec.parent)
+    if "{" not in parent:
+        return [Path(parent)]
+    from metapl.data.shards import expand_braces
+    from metapl.errors import MetaplError
+
+    try:
+        return [Path(p) for p in expand_braces(parent)]
+    except MetaplError:
+        return []
+
+
+def _root_files(data) -> list[Path]:
+    """What a data set reads under data.root: image folders and ImageNet the whole tree (or the CSV), CIFAR its
+    batches' folder, SVHN and Fashion-MNIST their files."""
+    if data.name == "folder":
+        return [Path(data.root)] if data.root else []
+    if data.name == "imagenet":
+        return [Path(data.root or "data/imagenet")]
+    if data.name in ("cifar10", "cifar100"):
+        from metapl.data.cifar import cifar_folder
+
+        return [cifar_folder(data.name, data.root)]
+    if data.name == "svhn":
+        return [Path(data.root or "data") / f"{part}_32x32.mat" for part in ("train", "test", "extra")]
+    if data.name == "fashion_mnist":
+        from metapl.data.datasets import _IDX_FILES, FASHION_MNIST_ROOT
+
+        stems = [stem for pair in _IDX_FILES.values() for stem in pair]
+        return [Path(data.root or FASHION_MNIST_ROOT) / f"{stem}{gz}" for stem in stems for gz in ("", ".gz")]
+    return []

@@ -1,0 +1,50 @@
+"""The command line run in this process, as the tests of bad inputs need it: exit code, stderr lines, stdout."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from metapl.cli import main
+
+
+def cli(capsys, *args: object) -> tuple[int, list[str], str]:
+    """(exit code, the lines written to stderr, stdout) of `metapl ARGS`; a traceback fails the test."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse exits by itself
+        code = stop.code
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return code, captured.err.strip().splitlines(), captured.out
+
+
+def one_line_error(capsys, *args: object) -> str:
+    """The one `metapl: error:` line of a command that must fail with exit code 2."""
+    code, lines, out = cli(capsys, *args)
+    assert code == 2, (lines, out)
+    assert len(lines) == 1 and lines[0].startswith("metapl: error: "), lines
+    return lines[0]
+
+
+def succeeds(capsys, *args: object) -> str:
+    code, lines, out = cli(capsys, *args)
+    assert code == 0, lines
+    return out
+
+
+def snapshot(directory: Path) -> dict[str, object]:
+    """Every entry under `directory` (links not followed): a file's bytes, a link's target, a folder's marker."""
+    found: dict[str, object] = {}
+    for root, folders, names in os.walk(directory):
+        for name in folders + names:
+            path = Path(root) / name
+            key = str(path.relative_to(directory))
+            if path.is_symlink():
+                found[key] = ("link", os.readlink(path))
+            elif path.is_dir():
+                found[key] = ("folder",)
+            else:
+                found[key] = path.read_bytes()
+    return found

@@ -155,6 +155,23 @@ def test_another_label_store_at_the_same_label_dir_is_named(tmp_path):
     )
 
 
+def test_shards_of_one_name_in_two_folders_are_told_apart(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        _random_file(tmp_path / folder / "s.tar", 2048)
+    cfg = SimpleNamespace(
+        data=SimpleNamespace(unlabeled_shards=str(tmp_path / "{a,b}" / "s.tar"), label_dir=""),
+        model=SimpleNamespace(pretrained="", teacher_pretrained=""),
+    )
+    run = tmp_path / "run"
+    run.mkdir()
+    record(run, file_inputs(cfg))
+    assert sorted(file_inputs(cfg)["data.unlabeled_shards"]["files"]) == ["a/s.tar", "b/s.tar"]
+    _flip(tmp_path / "b" / "s.tar", 5)
+    with pytest.raises(DataError, match="the content of b/s.tar changed"):
+        check(run, file_inputs(cfg))
+
+
 def test_a_run_without_inputs_json_is_taken_as_it_is(tmp_path):
     weights = _random_file(tmp_path / "w.pt", 100)
     check(tmp_path, file_inputs(_weights_cfg(weights)))  # written by an older metapl: nothing to compare
@@ -267,6 +284,10 @@ def test_a_finished_run_needs_neither_its_shards_nor_its_label_store(files, tmp_
     shards = Path(shutil.copytree(files / "shards", tmp_path / "shards"))
     run = tmp_path / "run"
     assert main(_train(files, shards, run, steps=3)) == 0
+    first = sorted(shards.iterdir())[0]
+    original = first.read_bytes()
+    assert main(["predict", str(run), str(files / "test" / "a"), "--out", str(first)]) == 2  # never read, still spared
+    assert first.read_bytes() == original and "which would be overwritten" in capsys.readouterr().err
     shutil.rmtree(shards)
     assert main(["eval", str(run)]) == 0
     assert main(["predict", str(run), str(files / "test" / "a"), "--out", str(tmp_path / "p.csv")]) == 0

@@ -12,7 +12,7 @@ a file of at most WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one throug
 BLOCK bytes (16 KiB) each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets
 between, 256 KiB read per file whatever its size. A changed size is always noticed, and so is any change inside
 a sampled block (the head, with a shard's first tar headers, and the tail); a change of the same size elsewhere
-in a big file is not. Names are compared without their folders, so a data set moved elsewhere keeps them.
+in a big file is not. Names are compared relative to the folder the files share, so a data set moved elsewhere keeps them.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def file_inputs(cfg: Any) -> dict[str, dict]:
     if cfg.data.unlabeled_shards:
         from metapl.data.shards import shard_files
 
-        files = {os.path.basename(f): file_fingerprint(f) for f in shard_files(cfg.data.unlabeled_shards)}
+        files = _by_name(shard_files(cfg.data.unlabeled_shards))
         inputs["data.unlabeled_shards"] = {"path": cfg.data.unlabeled_shards, "files": files}
     if cfg.data.label_dir:
         from metapl.data.label_store import store_files
@@ -83,6 +83,13 @@ def file_inputs(cfg: Any) -> dict[str, dict]:
         if weights is not None:
             inputs[f"model.{key}"] = {"path": value, "files": {weights.name: file_fingerprint(weights)}}
     return inputs
+
+
+def _by_name(paths: list[str]) -> dict[str, dict | None]:
+    """Fingerprints keyed by each path relative to the folder the paths share (a brace pattern may name files of
+    the same name in several folders), so that the folder itself may move."""
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
+    return {os.path.relpath(os.path.abspath(p), common): file_fingerprint(p) for p in paths}
 
 
 def test_set_input(data: Any) -> dict[str, dict]:

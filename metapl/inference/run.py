@@ -50,6 +50,10 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
     cfg.data = with_own_split(run, cfg.data)
     data = build_data(model_data(cfg.data), cfg.train.seed)
+    if cfg.data.unlabeled_shards:  # not read, yet still the run's inputs: outputs spare them (data_files)
+        from metapl.data.shards import ShardSet, named_shards
+
+        data.x_unlabeled = ShardSet(cfg.data.unlabeled_shards, named_shards(cfg.data.unlabeled_shards), 0)
     path = run / WEIGHTS[weights]
     if not (run / WEIGHTS["final"]).is_file() and (run / CHECKPOINT).is_file():
         raise CheckpointError(

@@ -79,7 +79,7 @@ def test_a_changed_byte_in_a_sampled_block_or_a_changed_size_is_noticed(tmp_path
     assert file_fingerprint(path) != before
 
 
-def test_only_the_sampled_blocks_of_a_big_file_are_read(tmp_path):
+def test_only_the_sampled_blocks_of_a_big_shard_are_read(tmp_path):
     """What the docstring says is sampled is what is sampled: a same-size change between blocks is not seen."""
     size = 5 * WHOLE_LIMIT
     path = _random_file(tmp_path / "big.bin", size)
@@ -124,6 +124,12 @@ def test_changed_weights_under_the_same_path_are_named(tmp_path):
         "(or pass another --out)"
     )
     _flip(teacher, 10)
+    between = sampled_offsets(2 * WHOLE_LIMIT)[3] + BLOCK + 100  # where a shard's fingerprint would not look
+    _flip(weights, between)
+    with pytest.raises(DataError, match=r"model.pretrained=.* the content of w.pt changed"):  # weights: hashed whole
+        check(run, file_inputs(cfg))
+    _flip(weights, between)
+    check(run, file_inputs(cfg))
     _random_file(weights, 2 * WHOLE_LIMIT + 1)
     with pytest.raises(DataError, match=r"model.pretrained=.* t?w.pt was 2097152 bytes and is now 2097153; restore"):
         check(run, file_inputs(cfg))
@@ -342,3 +348,32 @@ def test_eval_notices_a_changed_test_set_and_predict_does_not_need_it(files, tmp
         "was when the run trained, or train a new run on the data as it is"
     ]
     assert main(["predict", str(run), str(test / "a"), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+@pytest.mark.slow  # trains a timm network
+def test_pretrained_weights_changed_under_the_same_path_are_refused_on_resume(files, tmp_path, capsys):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(123)
+    state = timm.create_model("test_resnet", num_classes=1000).state_dict()
+    weights = tmp_path / "weights.safetensors"
+    save_file(state, str(weights))
+    run = tmp_path / "run"
+    args = _train(files, files / "shards", run, steps=2)
+    args[args.index("model.name=small_cnn")] = "model.name=timm/test_resnet"
+    args += ["--method", "supervised", "--set", f"model.pretrained={weights}", "--set", "data.image_size=32"]
+    args += ["--set", "data.unlabeled_shards="]
+    assert main(args) == 0
+    assert main(args) == 0  # unchanged: the finished run resumes from its checkpoint
+    save_file({**state, "fc.bias": state["fc.bias"] + 1}, str(weights))  # other weights, the same size
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error == [
+        f"metapl: error: model.pretrained={str(weights)!r} changed since {run} started: the content of "
+        f"weights.safetensors changed (same size, {weights.stat().st_size} bytes); restore it as it was when the run "
+        "started to resume it, or start over with --restart (or pass another --out)"
+    ]
+    assert _snapshot(run) == before

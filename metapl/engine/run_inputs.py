@@ -7,12 +7,13 @@ so that a resumed run never goes on with a shard rewritten under the same name, 
 data.label_dir or other weights at the same path. A run without inputs.json (written by an older metapl) is
 taken as it is.
 
-A file's fingerprint is its size and the SHA-256 of its content, sampled where a full hash would cost too much:
-a file of at most WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one through SAMPLED_BLOCKS (16) blocks of
-BLOCK bytes (16 KiB) each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets
-between, 256 KiB read per file whatever its size. A changed size is always noticed, and so is any change inside
-a sampled block (the head, with a shard's first tar headers, and the tail); a change of the same size elsewhere
-in a big file is not. Names are compared relative to the folder the files share, so a data set moved elsewhere keeps them.
+A file's fingerprint is its size and the SHA-256 of its content. Weights files and a label store's files are
+hashed whole: the run reads them whole at every start anyway. Shards are sampled, since a run streams them lazily
+and hashing ImageNet's 140 GB at every start would cost more than the check is worth: a shard of at most
+WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one through SAMPLED_BLOCKS (16) blocks of BLOCK bytes (16 KiB)
+each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets between, 256 KiB read per
+shard whatever its size. A changed size is always noticed, and so is any change inside a sampled block (the head,
+with a shard's first tar headers, and the tail); a change of the same size elsewhere in a big shard is not. Names are compared relative to the folder the files share, so a data set moved elsewhere keeps them.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ TEST_SET = "the test set"
 _FIX = "restore it as it was when the run started to resume it, or start over with --restart (or pass another --out)"
 
 
-def file_fingerprint(path: Path | str) -> dict | None:
-    """{"size": bytes, "sha256": hash of the whole file or of its sampled blocks} (see the module's docstring);
-    None when there is no such file."""
+def file_fingerprint(path: Path | str, sampled: bool = True) -> dict | None:
+    """{"size": bytes, "sha256": hash of the whole file or, when `sampled` and the file is bigger than
+    WHOLE_LIMIT, of its sampled blocks} (see the module's docstring); None when there is no such file."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -45,8 +46,9 @@ def file_fingerprint(path: Path | str) -> dict | None:
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             digest = hashlib.sha256(f"size={size};".encode())
-            if size <= WHOLE_LIMIT:
-                digest.update(handle.read())
+            if size <= WHOLE_LIMIT or not sampled:
+                for chunk in iter(lambda: handle.read(WHOLE_LIMIT), b""):
+                    digest.update(chunk)
             else:
                 for offset in sampled_offsets(size):
                     handle.seek(offset)
@@ -75,13 +77,13 @@ def file_inputs(cfg: Any) -> dict[str, dict]:
         from metapl.data.label_store import store_files
 
         root = Path(cfg.data.label_dir)
-        files = {str(f.relative_to(root)): file_fingerprint(f) for f in store_files(root)}
+        files = {str(f.relative_to(root)): file_fingerprint(f, sampled=False) for f in store_files(root)}
         inputs["data.label_dir"] = {"path": cfg.data.label_dir, "files": files}
     for key in ("pretrained", "teacher_pretrained"):
         value = getattr(cfg.model, key)
         weights = _weights_file(cfg.model, key) if value else None
         if weights is not None:
-            inputs[f"model.{key}"] = {"path": value, "files": {weights.name: file_fingerprint(weights)}}
+            inputs[f"model.{key}"] = {"path": value, "files": {weights.name: file_fingerprint(weights, sampled=False)}}
     return inputs
 
 

@@ -13,7 +13,8 @@ and hashing ImageNet's 140 GB at every start would cost more than the check is w
 WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one through SAMPLED_BLOCKS (16) blocks of BLOCK bytes (16 KiB)
 each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets between, 256 KiB read per
 shard whatever its size. A changed size is always noticed, and so is any change inside a sampled block (the head,
-with a shard's first tar headers, and the tail); a change of the same size elsewhere in a big shard is not. Names are compared relative to the folder the files share, so a data set moved elsewhere keeps them.
+with a shard's first tar headers, and the tail); a change of the same size elsewhere in a big shard is not.
+Files are named relative to the folder they share (a store's to the store), so a folder moved whole keeps them.
 """
 
 from __future__ import annotations

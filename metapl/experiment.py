@@ -20,7 +20,7 @@ from metapl.build import build_method, check_num_classes, method_label, resolve_
 from metapl.config import Config
 from metapl.data import build_data
 from metapl.data.loaders import BatchStream, DataBundle, check_stream_data
-from metapl.engine import run_dir
+from metapl.engine import run_dir, run_inputs
 from metapl.engine.atomic import atomic_write_json
 from metapl.engine.budget import check_data_settings, check_step_memory
 from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, set_rng_state, training_state
@@ -66,10 +66,14 @@ def run_experiment(
         check_switches(cfg.train, device)
         check_output_folder(out_dir, config_inputs(cfg))
         saved = run_dir.resume_state(out_dir, cfg, restart)
+        if saved is not None:  # the shards, label store and weights the run started with, before reading them
+            run_inputs.check(out_dir, run_inputs.file_inputs(cfg))
         seed_everything(cfg.train.seed)
         check_data_settings(cfg.data)
         data_cfg = run_dir.with_own_split(out_dir, cfg.data) if saved is not None else cfg.data
-        data = build_data(data_cfg, cfg.train.seed)
+        data = build_data(data_cfg, cfg.train.seed)  # the split's pool checked against splits.json's fingerprint
+        if saved is not None:
+            run_inputs.check(out_dir, run_inputs.test_set_input(data))
         check_num_classes(cfg, data)
         if len(data.y_labeled) < cfg.data.batch_size:
             raise DataError(
@@ -79,12 +83,15 @@ def run_experiment(
         check_step_memory(cfg, data, device, world)  # sizes that cannot fit, before the networks are allocated
         method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
         check_stream_data(data, labeled_only=not method.uses_unlabeled)
+        inputs = {**run_inputs.file_inputs(cfg), **run_inputs.test_set_input(data)} if saved is None and main else {}
         # Only now, with every check passed, is the directory written.
         if main:
             run_dir.claim(out_dir)
             lock.acquire()
             names = data.class_names or [str(k) for k in range(data.num_classes)]
             run_dir.start(out_dir, cfg, data.split, fresh=saved is None, class_names=names)
+            if saved is None:
+                run_inputs.record(out_dir, inputs)
             if saved is not None and announce is not None:
                 phase_step = _run_step(cfg, saved["phase"], saved["step"])
                 announce(f"resuming the run in {out_dir} from its checkpoint at step {phase_step}")

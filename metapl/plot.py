@@ -18,7 +18,7 @@ from metapl.engine.atomic import atomic_write_bytes  # noqa: E402
 from metapl.engine.checkpoint import load_weights  # noqa: E402
 from metapl.engine.evaluate import predict_proba  # noqa: E402
 from metapl.engine.logger import read_metrics  # noqa: E402
-from metapl.engine.outputs import check_output_file, run_inputs  # noqa: E402
+from metapl.engine.outputs import check_output_file, inputs_of_run  # noqa: E402
 from metapl.engine.ownership import check_replaceable, figure_metadata  # noqa: E402
 from metapl.engine.run_dir import with_own_split  # noqa: E402
 from metapl.errors import CheckpointError, ConfigError  # noqa: E402
@@ -54,7 +54,7 @@ def plot_runs(runs: list[Path], out: Path | None = None, kind: str = "auto") -> 
             if not (run / "metrics.jsonl").is_file():
                 raise CheckpointError(f"{run} has no metrics.jsonl; pass a run directory written by metapl train")
     out = Path(out) if out else runs[0] / f"{kind}.png"
-    check_output_file(out, [input for run in runs for input in run_inputs(run)], runs)
+    check_output_file(out, [input for run in runs for input in inputs_of_run(run)], runs)
     check_replaceable(out)
     check_image_name(out)
     if kind == "regions":

@@ -322,7 +322,9 @@ def test_bad_input_gets_one_line_and_exit_2(teacher, tmp_path, capsys):
     train = ["train", "--preset", "digits", "--method", "reduced_mpl", "--set", f"data.label_dir={out}"]
     shard = load_shard(Path(out) / shard_name(0))
     save_shard(Path(out) / shard_name(0), shard["index"], torch.full_like(shard["values"], float("nan")), None)
-    assert "does not hold 10 finite probabilities per image" in refused(*train, "--out", str(tmp_path / "r"))
+    assert "shard-00000.safetensors row 0 (image 0 of the pool) holds NaN" in refused(
+        *train, "--out", str(tmp_path / "r")
+    )
     manifest = json.loads((Path(out) / MANIFEST).read_text())
     (Path(out) / MANIFEST).write_text(json.dumps({**manifest, "shards": [1]}))
     assert "is damaged (TypeError" in refused(*train, "--out", str(tmp_path / "r"))

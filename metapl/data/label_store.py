@@ -14,13 +14,17 @@ last: a directory without one is unfinished (`labeling.json` then holds the plan
 
 A top-k row is made dense again by spreading the probability left over (1 − Σ top k) evenly over the other K − k
 classes; full rows are renormalised (float16 rounding).
+
+A store is checked when it is read, before training writes anything: every row must be a probability distribution
+(row_problem: finite, within [0, 1], not all zero, summing to 1 within sum_tolerance, or for top-k rows to at most
+1), and every file the manifest names must lie inside the store (_shard_path). A damaged store is refused in one
+line naming the store, the shard file and the row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,8 +43,12 @@ _SAMPLED_IMAGES = 256  # in-memory pools: images hashed into the fingerprint, ev
 def fingerprint(dataset) -> str:
     """A short hash of a training pool: its size, class count and labels, and its file names (the last two parts
     of each path, so that a moved data set keeps its fingerprint) or an evenly spaced sample of its images."""
-    x, y = dataset.x_train, dataset.y_train
-    digest = hashlib.sha256(f"pool={len(y)};classes={dataset.num_classes};".encode())
+    return data_hash(dataset.x_train, dataset.y_train, dataset.num_classes)
+
+
+def data_hash(x, y, num_classes: int) -> str:
+    """fingerprint()'s hash of any images `x` with labels `y` (a pool, a test set)."""
+    digest = hashlib.sha256(f"pool={len(y)};classes={num_classes};".encode())
     digest.update(torch.as_tensor(y).to(torch.int64).numpy().tobytes())
     if isinstance(x, ImageFiles):
         for path in x.paths:
@@ -56,18 +64,15 @@ def shard_name(number: int) -> str:
 
 
 def save_shard(path: Path, index: torch.Tensor, values: torch.Tensor, classes: torch.Tensor | None) -> None:
-    """Write one shard atomically (a temporary file, then a rename): a killed run leaves no partial shard."""
-    from safetensors.torch import save_file
+    """Write one shard atomically (engine/atomic.py): a killed run leaves no partial shard."""
+    from safetensors.torch import save
+
+    from metapl.engine.atomic import atomic_write_bytes
 
     tensors = {"index": index.to(torch.int64).contiguous(), "values": values.contiguous()}
     if classes is not None:
         tensors["classes"] = classes.contiguous()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    atomic_write_bytes(Path(path), save(tensors))
 
 
 def load_shard(path: Path) -> dict[str, torch.Tensor]:
@@ -164,12 +169,49 @@ def read_store(label_dir: Path, dataset) -> Distributions:
         ) from None
 
 
+def sum_tolerance(num_classes: int) -> float:
+    """How far a stored row's sum may stray from 1 (a full row; a top-k row's may not exceed 1 by more): 2^-10 +
+    K·2^-24, twice the worst error of a float16 row of K probabilities summing to 1. Rounding to float16 moves a
+    normal value by at most 2^-11 of itself, at most 2^-11 over the row, and a subnormal one (below 2^-14) by
+    at most 2^-25 each; doubling leaves room for the float32 softmax and sums. K=1000: 1.04e-3."""
+    return 2.0**-10 + num_classes * 2.0**-24
+
+
+def store_files(label_dir: Path) -> list[Path]:
+    """The files of a finished store: its manifest and the shards it names (each checked to lie inside it)."""
+    label_dir = Path(label_dir)
+    manifest = read_manifest(label_dir)
+    try:
+        return [label_dir / MANIFEST] + [_shard_path(label_dir, entry) for entry in manifest["shards"]]
+    except (KeyError, TypeError) as err:
+        raise DataError(
+            f"the store at {label_dir} is damaged ({type(err).__name__}: {err}); delete it and run metapl label again"
+        ) from None
+
+
+def _shard_path(label_dir: Path, entry: dict) -> Path:
+    """A manifest entry's shard file, refused (one line) unless it lies inside the store: no absolute path, no
+    '..', no symbolic link that leads out of it. metapl label writes plain file names."""
+    name = entry["file"]
+    if not isinstance(name, str):
+        raise TypeError(f"a shard's 'file' is {type(name).__name__}, not a string")
+    path = label_dir / name
+    inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+    inside = inside and path.resolve().is_relative_to(label_dir.resolve())
+    if not inside:
+        raise DataError(
+            f"{label_dir / MANIFEST} names the shard {name!r}, outside the store {label_dir}; a store reads only its "
+            "own files: delete it and run metapl label again"
+        )
+    return path
+
+
 def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
     num_classes, top_k = int(manifest["num_classes"]), int(manifest.get("top_k", 0))
     width = top_k or num_classes
     values, classes, indices = [], [], []
     for entry in manifest["shards"]:
-        shard_path = label_dir / str(entry["file"])
+        shard_path = _shard_path(label_dir, entry)
         if not shard_path.is_file():
             raise DataError(f"{shard_path} is missing; run metapl label --out {label_dir} again to write it")
         shard = load_shard(shard_path)
@@ -179,10 +221,17 @@ def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
         if fits and shard_classes is not None and shard_classes.numel():
             low, high = int(shard_classes.min()), int(shard_classes.max())
             fits = shard_classes.shape == value.shape and 0 <= low and high < num_classes
-        if not fits or not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        if not fits:
             raise DataError(
-                f"{shard_path} does not hold {width} finite probabilities per image as {label_dir / MANIFEST} says; "
+                f"{shard_path} does not hold {width} probabilities per image as {label_dir / MANIFEST} says; "
                 "delete the directory and run metapl label again"
+            )
+        problem = row_problem(value, shard_classes, num_classes)
+        if problem is not None:
+            row, what = problem
+            raise DataError(
+                f"the store at {label_dir} is damaged: {shard_path.name} row {row} (image {int(index[row])} of the "
+                f"pool) {what}; delete the store and run metapl label again"
             )
         indices.append(index)
         values.append(value)
@@ -195,6 +244,40 @@ def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
             "delete the directory and run metapl label again"
         )
     return Distributions(torch.cat(values), torch.cat(classes) if classes else None, num_classes)
+
+
+def row_problem(values: torch.Tensor, classes: torch.Tensor | None, num_classes: int) -> tuple[int, str] | None:
+    """The first row of a shard that is no probability distribution, and what is wrong with it; None when every
+    row is one. Full rows ([n, K]) must sum to 1 within sum_tolerance(K); top-k rows ([n, k] with `classes`) hold
+    the k largest of K probabilities, so they sum to at least k/K and at most 1 (both within the tolerance),
+    and name k different classes. Every value is finite and within [0, 1] (1 is exact in float16)."""
+    if not len(values):
+        return None
+    values = values.float()
+    tol = sum_tolerance(num_classes)
+    sums = values.sum(-1)
+    width = values.shape[1]
+    checks = [
+        (~torch.isfinite(values).all(-1), "holds NaN or infinity"),
+        ((values < 0).any(-1), "holds a negative probability"),
+        ((values > 1).any(-1), "holds a probability above 1"),
+        (values.eq(0).all(-1), "is all zero"),
+    ]
+    if classes is None:
+        checks.append(((sums - 1).abs() > tol, f"sums to {{sum}}, not 1 (within {tol:.2g})"))
+    else:
+        low = width / num_classes
+        checks.append((sums > 1 + tol, f"sums to {{sum}}, above 1 (by more than {tol:.2g})"))
+        checks.append((sums < low - tol, f"sums to {{sum}}, less than its {width} largest of {num_classes} can"))
+        ordered = classes.long().sort(-1).values
+        checks.append(((ordered[:, 1:] == ordered[:, :-1]).any(-1), "names a class twice"))
+    failed = torch.stack([bad for bad, _ in checks])  # [checks, n]
+    rows = torch.nonzero(failed.any(0)).flatten()
+    if not len(rows):
+        return None
+    row = int(rows[0])
+    what = checks[int(torch.nonzero(failed[:, row])[0])][1]
+    return row, what.format(sum=f"{float(sums[row]):.6g}")
 
 
 def attach(bundle, dataset, label_dir: str) -> None:

@@ -73,17 +73,24 @@ def expand_braces(pattern: str) -> list[str]:
     return [head + item + rest for item in items for rest in expand_braces(tail)]
 
 
-def shard_files(spec: str) -> list[str]:
-    """The shard files that data.unlabeled_shards names: a folder's .tar files (sorted), or a brace pattern's
-    files, each of which must exist; one line naming the setting otherwise."""
-    fix = "write shards with: metapl shard SOURCE --out DIR"
+def named_shards(spec: str) -> list[str]:
+    """The shard files that data.unlabeled_shards names, whether they exist or not: a folder's .tar files (sorted),
+    or a brace pattern's expansion (a finished run's outputs must spare them, though only training reads them)."""
     path = Path(spec)
     if "{" not in spec and path.is_dir():
-        files = sorted(str(p) for p in path.iterdir() if p.name.endswith(SHARD_SUFFIXES) and p.is_file())
+        return sorted(str(p) for p in path.iterdir() if p.name.endswith(SHARD_SUFFIXES) and p.is_file())
+    return expand_braces(spec)
+
+
+def shard_files(spec: str) -> list[str]:
+    """The shard files that data.unlabeled_shards names (named_shards), each of which must exist; one line naming
+    the setting otherwise."""
+    fix = "write shards with: metapl shard SOURCE --out DIR"
+    files = named_shards(spec)
+    if "{" not in spec and Path(spec).is_dir():
         if not files:
             raise DataError(f"data.unlabeled_shards={spec!r}: the folder holds no .tar shards; {fix}")
         return files
-    files = expand_braces(spec)
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
         what = (

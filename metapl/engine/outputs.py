@@ -89,7 +89,7 @@ def config_inputs(cfg) -> list[Input]:
     return found
 
 
-def run_inputs(run: Path) -> list[Input]:
+def inputs_of_run(run: Path) -> list[Input]:
     """config_inputs of a run's config.yaml; none when it cannot be read (the command then refuses the run)."""
     from metapl.config import load_config_file
     from metapl.errors import MetaplError

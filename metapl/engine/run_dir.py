@@ -35,6 +35,7 @@ RUN_OUTPUTS = (
     "best_model.pt",
     "summary.json",
     "eval.json",
+    "inputs.json",  # fingerprints of the shards, label store, weights and test set read (engine/run_inputs.py)
 )
 # What the other commands write into a run directory by default (predict, export, plot): they describe its model,
 # so a fresh start removes them with the rest.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from metapl.build import resolve_device
+from metapl.engine import run_inputs
 from metapl.engine.atomic import atomic_write_json
 from metapl.engine.evaluate import evaluate
 from metapl.errors import ConfigError
@@ -14,6 +15,8 @@ from metapl.inference.run import load_run
 def evaluate_run(run: Path, weights: str = "final", batch_size: int | None = None) -> dict:
     """Top-1 (top-5 above 5 classes) and loss on the run's validation and test sets; also written to RUN/eval.json."""
     loaded = load_run(run, weights, resolve_device("auto"))
+    # the test set the run was scored on when it trained (inputs.json), so that the scores compare
+    run_inputs.check(Path(run), run_inputs.test_set_input(loaded.data), command="eval")
     batch_size = batch_size if batch_size is not None else loaded.config.train.eval_batch_size
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} is impossible; it must be at least 1")

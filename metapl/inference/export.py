@@ -14,7 +14,7 @@ import torch
 
 from metapl.build import build_model
 from metapl.data import example_inputs
-from metapl.engine.outputs import check_not_among, check_output_file, run_inputs
+from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable, mark
 from metapl.errors import ConfigError, ExportError
 from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run
@@ -40,7 +40,7 @@ def export_run(run: Path, fmt: str, out: Path | None = None, weights: str = "fin
         raise ConfigError(f"export format {fmt!r} is not allowed; use one of: {', '.join(EXPORT_FORMATS)}")
     default = Path(run) / f"{WEIGHTS.get(weights, WEIGHTS['final']).removesuffix('.pt')}.{fmt}"
     out = Path(out) if out is not None else default
-    check_output_file(out, run_inputs(Path(run)), [Path(run)])
+    check_output_file(out, inputs_of_run(Path(run)), [Path(run)])
     loaded = load_run(run, weights, "cpu")  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
     check_not_among(out, data_files(loaded.data), "the run's data")
     check_replaceable(out)

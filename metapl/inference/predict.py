@@ -9,7 +9,7 @@ from pathlib import Path
 from metapl.build import resolve_device
 from metapl.engine.atomic import atomic_write_text
 from metapl.engine.evaluate import predict_proba
-from metapl.engine.outputs import check_not_among, check_output_file, run_inputs
+from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable
 from metapl.inference.inputs import csv_image_paths, load_inputs
 from metapl.inference.run import data_files, load_run
@@ -26,7 +26,7 @@ def predict_run(
     source = Path(source)
     out = Path(out) if out is not None else Path(run) / "predictions.csv"
     what = "the input folder" if source.is_dir() else "the input file"
-    check_output_file(out, [(f"{what} {str(source)!r}", source), *run_inputs(Path(run))], [Path(run)])
+    check_output_file(out, [(f"{what} {str(source)!r}", source), *inputs_of_run(Path(run))], [Path(run)])
     if source.suffix.lower() == ".csv" and source.is_file():
         check_not_among(out, [str(p) for p in csv_image_paths(source)], f"the input CSV {source}")
     loaded = load_run(run, weights, resolve_device("auto"))

@@ -1,9 +1,10 @@
 """Loading a finished run: its config.yaml rebuilds the model and the data (through splits.json, the exact split
-the run used), and model.pt (the evaluated model, the EMA student) or best_model.pt (the best on validation) fills
-the model's weights."""
+the run used; neither its unlabeled shards nor its label store, which only training reads), and model.pt (the
+evaluated model, the EMA student) or best_model.pt (the best on validation) fills the model's weights."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,11 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     cfg = load_config_file(run / "config.yaml")
     # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
     cfg.data = with_own_split(run, cfg.data)
-    data = build_data(cfg.data, cfg.train.seed)
+    data = build_data(model_data(cfg.data), cfg.train.seed)
+    if cfg.data.unlabeled_shards:  # not read, yet still the run's inputs: outputs spare them (data_files)
+        from metapl.data.shards import ShardSet, named_shards
+
+        data.x_unlabeled = ShardSet(cfg.data.unlabeled_shards, named_shards(cfg.data.unlabeled_shards), 0)
     path = run / WEIGHTS[weights]
     if not (run / WEIGHTS["final"]).is_file() and (run / CHECKPOINT).is_file():
         raise CheckpointError(
@@ -62,6 +67,12 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     load_state(model, state, path, cfg, data)
     model.to(device).eval()
     return LoadedRun(run, cfg, data, model, path, class_names(run, data))
+
+
+def model_data(data_cfg):
+    """The data config that a finished run's model needs: its split, inputs and test set, without the unlabeled
+    shards and the stored teacher's distributions, which only training reads (they may be gone by now)."""
+    return dataclasses.replace(data_cfg, unlabeled_shards="", label_dir="")
 
 
 def class_names(run: Path, data: DataBundle) -> list[str]:

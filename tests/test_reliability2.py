@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_helpers import cli, one_line_error, succeeds
 from PIL import Image
 
 from metapl.cli import main
@@ -30,31 +31,6 @@ from metapl.errors import ConfigError, DataError
 
 TINY = ["--no-progress", "--no-tensorboard", "--set", "model.hidden=[16]", "--set", "train.eval_every=0"]
 TRAIN = ["train", "--preset", "digits", *TINY, "--set", "train.steps=2"]
-
-
-def cli(capsys, *args: object) -> tuple[int, list[str], str]:
-    """Run the command line in this process: (exit code, its stderr lines, its stdout)."""
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, captured.err.strip().splitlines(), captured.out
-
-
-def one_line_error(capsys, *args: object) -> str:
-    code, lines, out = cli(capsys, *args)
-    assert code == 2, (lines, out)
-    assert len(lines) == 1 and lines[0].startswith("metapl: error: "), lines
-    return lines[0]
-
-
-def succeeds(capsys, *args: object) -> str:
-    code, lines, out = cli(capsys, *args)
-    assert code == 0, lines
-    return out
 
 
 def files(directory: Path) -> dict[str, bytes]:

@@ -238,3 +238,19 @@ def test_every_user_file_survives_any_train_or_restart(
     if code != 0:
         assert code == 2 and len(lines) == 1 and lines[0].startswith("metapl: error: "), lines
         assert after == everything  # a refusal changes nothing at all
+
+
+def test_keeping_k_checkpoints_removes_only_metapls_numbered_copies(tmp_path):
+    from metapl.engine.checkpoint import CheckpointKeeper
+
+    (tmp_path / "checkpoint-mine.pt").write_bytes(b"mine")
+    (tmp_path / "checkpoint-1.pt").write_bytes(b"mine too")
+    keeper = CheckpointKeeper(tmp_path / "checkpoint.pt", keep=1)
+    for step in range(3):
+        keeper.save({"step": step}, step)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-00000002.pt",
+        "checkpoint-1.pt",
+        "checkpoint-mine.pt",
+        "checkpoint.pt",
+    ]

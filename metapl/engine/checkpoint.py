@@ -147,7 +147,10 @@ class CheckpointKeeper:
                 os.link(self.path, numbered)  # a second name for the same bytes; atomic_save replaces, never edits
             except OSError:
                 shutil.copyfile(self.path, numbered)
-            for old in sorted(self.path.parent.glob(f"{self.path.stem}-*{self.path.suffix}"))[: -self.keep]:
+            # Only the copies this class names (STEM-<8 digits>.pt): a user's checkpoint-mine.pt is not one of them.
+            copy = re.compile(rf"{re.escape(self.path.stem)}-\d{{8}}{re.escape(self.path.suffix)}")
+            copies = sorted(p for p in self.path.parent.iterdir() if copy.fullmatch(p.name))
+            for old in copies[: -self.keep]:
                 old.unlink()
 
 

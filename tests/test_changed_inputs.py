@@ -293,7 +293,7 @@ def test_a_finished_run_needs_neither_its_shards_nor_its_label_store(files, tmp_
     first = sorted(shards.iterdir())[0]
     original = first.read_bytes()
     assert main(["predict", str(run), str(files / "test" / "a"), "--out", str(first)]) == 2  # never read, still spared
-    assert first.read_bytes() == original and "which would be overwritten" in capsys.readouterr().err
+    assert first.read_bytes() == original and "the run's data.unlabeled_shards=" in capsys.readouterr().err
     shutil.rmtree(shards)
     assert main(["eval", str(run)]) == 0
     assert main(["predict", str(run), str(files / "test" / "a"), "--out", str(tmp_path / "p.csv")]) == 0

@@ -14,6 +14,7 @@ from metapl.errors import MetaplError
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
+    from metapl.inference import load_run as load_run
     from metapl.methods import UDA as UDA
     from metapl.methods import Batch as Batch
     from metapl.methods import FeedbackSettings as FeedbackSettings
@@ -24,6 +25,9 @@ if TYPE_CHECKING:
     from metapl.methods import Supervised as Supervised
     from metapl.methods import SupervisedSettings as SupervisedSettings
     from metapl.methods import UDASettings as UDASettings
+    from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels as ReducedMetaPseudoLabels
+    from metapl.methods.reduced_mpl import ReducedMPLSettings as ReducedMPLSettings
+    from metapl.methods.reduced_mpl import ReducedTeacher as ReducedTeacher
     from metapl.models import create_model as create_model
     from metapl.optim import OptimSettings as OptimSettings
 
@@ -38,6 +42,10 @@ _EXPORTS = {
     "SupervisedSettings": "metapl.methods",
     "UDA": "metapl.methods",
     "UDASettings": "metapl.methods",
+    "ReducedMetaPseudoLabels": "metapl.methods.reduced_mpl",
+    "ReducedMPLSettings": "metapl.methods.reduced_mpl",
+    "ReducedTeacher": "metapl.methods.reduced_mpl",
+    "load_run": "metapl.inference",
     "create_model": "metapl.models",
     "OptimSettings": "metapl.optim",
 }

@@ -293,8 +293,15 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    for name in preset_names():
-        print(name)
+    from metapl.presets import preset_table
+
+    rows = preset_table()
+    columns = ("preset", "data", "model", "method", "steps", "about")
+    shown = [{**row, "steps": f"{int(row['steps']):,}" if row["steps"].isdigit() else row["steps"]} for row in rows]
+    widths = {c: max(len(c), *(len(row[c]) for row in shown)) for c in columns[:-1]}
+    print("  ".join(c.ljust(widths[c]) for c in columns[:-1]) + "  about")
+    for row in shown:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns[:-1]) + "  " + row["about"])
     return 0
 
 

@@ -89,3 +89,12 @@ def test_invalid_options_are_refused():
     net = _net()
     with pytest.raises(ValueError, match="two separate modules"):
         MetaPseudoLabels(net, net, 3)
+
+
+def test_every_name_the_docs_promise_is_importable_from_metapl():
+    import metapl
+
+    promised = {"ReducedMetaPseudoLabels", "ReducedTeacher", "ReducedMPLSettings", "load_run", "create_model"}
+    assert promised <= set(metapl.__all__)
+    for name in metapl.__all__:
+        assert getattr(metapl, name) is not None, name

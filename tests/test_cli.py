@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from metapl.presets import ABOUT, load_preset, preset_names, preset_table
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -89,7 +91,11 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
 
 def test_presets_and_config_commands():
     listed = metapl("presets")
-    assert listed.returncode == 0 and "digits" in listed.stdout.split()
+    assert listed.returncode == 0
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert sorted(rows) == preset_names()
+    assert rows["digits"][1:5] == ["digits", "mlp", "mpl", "4,000"]
+    assert "96.11" in " ".join(rows["cifar10_4k"])  # the paper's accuracy, from the preset's about line
     shown = metapl("config", "--preset", "twomoon", "--set", "train.steps=9")
     assert shown.returncode == 0
     assert yaml.safe_load(shown.stdout)["train"]["steps"] == 9
@@ -128,3 +134,9 @@ def test_plot_errors_are_one_line(tmp_path):
     (run / "metrics.jsonl").unlink()
     result = metapl("plot", str(run))
     assert result.returncode == 2 and "no metrics.jsonl" in result.stderr
+
+
+def test_every_preset_says_what_it_is_and_its_about_line_is_no_config_key():
+    for row in preset_table():
+        assert row["about"] and row["data"] and row["model"] and row["steps"].isdigit(), row
+        assert ABOUT not in load_preset(row["preset"])

@@ -42,8 +42,10 @@ def check_image(data: bytes, path: str) -> None:
     """A DataError naming the file unless its bytes open as an image (PIL's verify: headers and structure)."""
     from PIL import Image
 
+    from metapl.data.folders import open_image
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

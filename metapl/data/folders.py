@@ -7,8 +7,10 @@ one image at a time (see streaming.py), so a pool of a million images costs only
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,12 +50,39 @@ POOL_IMAGE_FIX = (
 )
 
 
+# PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89 million pixels: 256 MiB of RGB), held
+# here so that a library that turns PIL's limit off cannot turn metapl's off.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def open_image(source: Any) -> Any:
+    """PIL's Image.open of a path or file object, which reads the header only; an image whose header declares more
+    than MAX_IMAGE_PIXELS pixels raises Image.DecompressionBombError before a pixel is decoded (PIL itself would
+    only warn below twice its limit, on stderr, and then decode it). Every reader of images opens them here."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise Image.DecompressionBombError(
+            f"its header declares {width}x{height} = {width * height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+            "of PIL's decompression-bomb limit"
+        )
+    return image
+
+
 def decode(path: str, channels: int = 3, fix: str = POOL_IMAGE_FIX) -> torch.Tensor:
     """One image file as a uint8 (C, H, W) tensor; a DataError names the file and `fix` when it cannot be decoded."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
             array = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable buffer
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

@@ -27,23 +27,25 @@ def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, p
     """
     from PIL import Image, ImageOps
 
-    if pipeline is not None:
-        from metapl.data.folders import decode
+    from metapl.data.folders import decode, open_image
 
+    if pipeline is not None:
         fix = "pass a PNG, JPEG or other image Pillow can open"
         image = pipeline.evaluate(decode(str(path), input_shape[0], fix)).float() / 255.0
         return 1.0 - image if invert else image
     channels, height, width = _image_shape(input_shape)
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = ImageOps.exif_transpose(opened)  # photos taken sideways carry their rotation in EXIF
             if "A" in image.getbands() or "transparency" in image.info:
                 # Transparent pixels would turn black; drawings on a transparent canvas mean ink on white paper.
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; pass a PNG, JPEG or other image Pillow can open") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(
+            f"cannot read image {path}: {_first_line(err)}; pass a PNG, JPEG or other image Pillow can open"
+        ) from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return 1.0 - tensor if invert else tensor
@@ -167,3 +169,8 @@ def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> b
         return True  # a row of values with a word in it can only be column names
     # One word: a header ("path") unless it names an image file.
     return not (Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0]).is_file()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

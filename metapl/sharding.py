@@ -20,6 +20,7 @@ from pathlib import Path
 
 from metapl.data.folders import unlabeled_source
 from metapl.errors import ConfigError, DataError
+from metapl.settings import SEED_LIMIT, SEEDS
 
 SHARD_NAME = "shard-{:06d}.tar"
 
@@ -67,6 +68,8 @@ def write_shards(
     """Write the images of `source` (a folder, searched recursively, or a CSV with a `path` column) as shards."""
     if shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size} is impossible; give the images per shard, e.g. 5000")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed {seed} is impossible; it must be {SEEDS}")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         what = "is a file" if not out.is_dir() else "holds files already"

@@ -18,9 +18,11 @@ classes; full rows are renormalised (float16 rounding).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +59,7 @@ def shard_name(number: int) -> str:
 
 def save_shard(path: Path, index: torch.Tensor, values: torch.Tensor, classes: torch.Tensor | None) -> None:
     """Write one shard atomically (a temporary file, then a rename): a killed run leaves no partial shard."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {"index": index.to(torch.int64).contiguous(), "values": values.contiguous()}
@@ -64,7 +67,13 @@ def save_shard(path: Path, index: torch.Tensor, values: torch.Tensor, classes: t
         tensors["classes"] = classes.contiguous()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
+    try:
+        save_file(tensors, str(tmp))
+    except SafetensorError as err:  # safetensors' own type for an OS error: raised as the OSError it is
+        tmp.unlink(missing_ok=True)
+        number = re.search(r"os error (\d+)", str(err))
+        code = int(number.group(1)) if number else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     tmp.replace(path)

@@ -306,3 +306,16 @@ def test_preset_inputs_of_another_method_are_dropped(capsys):
     assert "label_dir: ''" in capsys.readouterr().out
     assert main(["config", "--preset", "reduced_mpl_imagenet"]) == 0  # its own method reads them
     assert "label_dir: labels/imagenet-teacher" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["predict", "shard"])
+def test_too_long_path_in_a_csv_names_its_row(files, tmp_path, capsys, command):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"path\n{LONG}.png\n")
+    argv = {
+        "predict": ["predict", files / "run", rows, "--out", tmp_path / "p.csv"],
+        "shard": ["shard", rows, "--out", tmp_path / "shards", "--no-progress"],
+    }[command]
+    line = refused(argv, capsys)
+    assert str(rows) in line and ("line 2" in line or "row 2" in line)
+    assert f"{shorten(LONG + '.png')!r} is too long for the file system" in line and len(line) < 400

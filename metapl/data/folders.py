@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from metapl.errors import DataError
+from metapl.settings import check_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -148,6 +149,7 @@ def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
     for line, row in enumerate(rows, start=2):
         file = Path(row["path"])
         file = file if file.is_absolute() else path.parent / file
+        check_path(file, f"{path} line {line}: image")
         if not row["path"] or not file.is_file():
             raise DataError(f"{path} line {line}: image {row['path']!r} does not exist; fix the path or remove the row")
         if need_label and not row["label"]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metapl.errors import ConfigError, DataError
+from metapl.errors import ConfigError, DataError, shorten
+from metapl.settings import check_path
 
 
 def image_extensions() -> set[str]:
@@ -135,6 +137,7 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=N
                 where = f"row {line} of {path}"
                 if len(cells) == 1 and numbers[0] is None:
                     image_path = Path(cells[0]) if Path(cells[0]).is_absolute() else path.parent / cells[0]
+                    check_path(image_path, where)
                     if not image_path.is_file():
                         raise DataError(
                             f"{where}: no image file at {image_path}; {expected} (paths relative to the CSV)"
@@ -154,7 +157,8 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=N
                 inputs.append(torch.tensor(numbers, dtype=torch.float32).reshape(input_shape))
                 names.append(f"{path.name}:{line}")
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 CSV file") from None
+        reason = f"{err.strerror}: {shorten(err.filename)}" if isinstance(err, OSError) and err.filename else err
+        raise DataError(f"cannot read CSV {path}: {reason}; pass a UTF-8 CSV file") from None
     if not inputs:
         raise DataError(f"{path} has no rows; {expected}")
     if invert and images == 0:
@@ -168,7 +172,7 @@ def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> b
     if len(cells) > 1:
         return True  # a row of values with a word in it can only be column names
     # One word: a header ("path") unless it names an image file.
-    return not (Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0]).is_file()
+    return not os.path.isfile(Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0])
 
 
 def _first_line(err: BaseException) -> str:

@@ -210,7 +210,8 @@ def check_step_memory(cfg, data, device: torch.device, world_size: int = 1) -> N
     own = shape.own(cfg.method.settings, data.num_classes, b * (1 + mu * unlabeled)) if shape.own else []
     activation = 2 if cfg.train.precision in ("bf16", "fp16") else 4
     # what autograd keeps per example: of the smaller network, when the teacher is another one
-    saved = min(profile.saved_per_example, teacher.saved_per_example) * activation
+    measured = [p.saved_per_example for p in (profile, teacher) if p.saved_per_example]  # 0: forward not run
+    saved = min(measured, default=0) * activation
 
     # weights, gradients and momentum of each trained network (the teacher's own size), and the EMA's copy
     parameters = profile.parameters * (3 + (cfg.train.ema_decay > 0)) + teacher.parameters * 3 * (shape.networks - 1)

@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         _unrecognized(parser, args, extra)
     try:
+        _check_paths(args)
         return _COMMANDS[args.command](args)
     except Interrupted as stop:
         print(f"metapl: {_one_line(str(stop))}", file=sys.stderr)
@@ -221,9 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (MemoryError, RuntimeError, OSError) as err:
         message = _allocation_failure(err, args)  # an allocation that failed: one line naming the sizes
-        if message is None and isinstance(err, OSError):  # a path that cannot be written or read: the OS says why
-            where = f": {err.filename}" if err.filename else ""
-            message = f"{err.strerror or err}{where}; check the path and its permissions"
+        if message is None:  # a path that cannot be written or read: the OS says why
+            message = _os_failure(err, args)
         if message is None:
             raise
         print(f"metapl: error: {_one_line(message)}", file=sys.stderr)
@@ -236,6 +236,44 @@ def main(argv: list[str] | None = None) -> int:
 def _one_line(text: str) -> str:
     """The message with line breaks and other control characters escaped (a path or CSV cell may hold them)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Every path on the command line that the OS could not open for its length, refused naming its option."""
+    from metapl.settings import check_path
+
+    for action in args.commands[args.command]._actions:
+        value = getattr(args, action.dest, None)
+        if action.type is Path and value is not None:
+            key = action.option_strings[0] if action.option_strings else (action.metavar or action.dest).upper()
+            for path in value if isinstance(value, list) else [value]:
+                check_path(path, key)
+
+
+def _output_of(args: argparse.Namespace) -> Path:
+    """Where the command writes: --out, else the run directory it reads (eval, predict, export and plot write there)."""
+    runs = getattr(args, "runs", None)
+    return getattr(args, "out", None) or getattr(args, "run", None) or (runs[0] if runs else Path("runs"))
+
+
+def _os_failure(err: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for a file that could not be written or read: a full disk (whichever writer met it), a path too
+    long (shortened), or what the OS says, with the path; None for an error that is none of these."""
+    from metapl.errors import disk_full, no_space, shorten
+
+    filename = getattr(err, "filename", None)
+    path = filename if filename else _output_of(args)
+    if disk_full(err, path):
+        again = "run the same command to go on" if args.command == "train" else "run the command again"
+        return f"{no_space(path)}; free space on that disk or pass another --out, then {again}"
+    if not isinstance(err, OSError):
+        return None
+    if err.errno == errno.ENAMETOOLONG:
+        return (
+            f"path too long for the file system: {shorten(path)} ({len(os.fsencode(path)):,} bytes); use a shorter one"
+        )
+    where = f": {shorten(filename)}" if filename else f" (writing or reading {shorten(path)})"
+    return f"{err.strerror or err}{where}; check the path and its permissions"
 
 
 def _allocation_failure(err: BaseException, args: argparse.Namespace) -> str | None:

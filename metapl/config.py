@@ -22,7 +22,7 @@ from metapl.models.mlp import ACTIVATIONS
 from metapl.models.registry import MODELS
 from metapl.optim import OptimConfig
 from metapl.presets import load_preset
-from metapl.settings import above, at_least, check_settings, choice, fraction, ranged, suggest
+from metapl.settings import above, at_least, check_settings, choice, fraction, path_field, ranged, seed_field, suggest
 
 # config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
 # 2: the chosen method's keys only. Version 1 files are read by dropping what version 2 no longer has.
@@ -41,19 +41,21 @@ class DataConfig:
     num_points: int = at_least(4, 2000)  # twomoon
     noise: float = at_least(0, 0.1)  # twomoon: std of the points around the moons
     jitter: float = at_least(0, 0.0)  # twomoon: std of the strong view's Gaussian jitter
-    split_file: str = ""  # reuse the split of an earlier run (its splits.json)
+    split_file: str = path_field()  # reuse the split of an earlier run (its splits.json)
     # where the files are: fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist);
     # cifar10/cifar100/svhn: the folder torchvision downloads into (default ./data); imagenet: the folder
     # with train/ and val/; folder: the labeled images (class folders or a path,label CSV)
-    root: str = ""
+    root: str = path_field()
     labeled_selection: str = choice("balanced", ("balanced", "random", "first", "all"))  # first: file order
     extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the unlabeled pool
-    unlabeled_dir: str = ""  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
+    unlabeled_dir: str = (
+        path_field()
+    )  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
     # imagenet/folder: the unlabeled images as WebDataset shards, streamed instead of the unlabeled pool: a brace
     # pattern (shards/u-{000000..000099}.tar) or a folder of .tar files (docs/scale.md#shards)
-    unlabeled_shards: str = ""
+    unlabeled_shards: str = path_field()
     shard_lanes: int = at_least(0, 0, " (0: processes × data.workers)")  # shard readers the unlabeled batch is cut into
-    test_dir: str = ""  # folder: the test images (class folders or CSV); empty: no test set
+    test_dir: str = path_field()  # folder: the test images (class folders or CSV); empty: no test set
     image_size: int = at_least(0, 0, " (0: the dataset's)")  # imagenet/folder: the crop side (0: 224 / 32)
     # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; docs/method.md#randaugment)
     magnitude: int = ranged(0, lambda v: 0 <= v <= 20, "between 0 (the dataset's) and 20")
@@ -61,7 +63,9 @@ class DataConfig:
     # imagenet/folder: loader processes that decode images (-1: min(8, CPU count))
     workers: int = ranged(-1, lambda v: v >= -1, "-1 (automatic), 0 (in the training process) or more")
     augment_on_device: bool = False  # in-memory images: augment each batch on the training device (GPU)
-    label_dir: str = ""  # a teacher's stored class distributions (metapl label --out DIR), for method reduced_mpl
+    label_dir: str = (
+        path_field()
+    )  # a teacher's stored class distributions (metapl label --out DIR), for method reduced_mpl
 
 
 @dataclass
@@ -82,8 +86,10 @@ class ModelConfig:
     # the teacher's network (mpl, pseudo_label), e.g. a bigger timm/<architecture>; empty: model.name (docs/scale.md)
     teacher_name: str = ""
     # timm/<architecture>: pretrained weights, a local file or "cache" (timm's local cache; train --download fills it)
-    pretrained: str = ""
-    teacher_pretrained: str = ""  # the teacher's weights; empty: model.pretrained when the teacher is model.name
+    pretrained: str = path_field()
+    teacher_pretrained: str = (
+        path_field()
+    )  # the teacher's weights; empty: model.pretrained when the teacher is model.name
 
     def of(self, role: str) -> ModelConfig:
         """The section as one network sees it: role "teacher" gets model.teacher_name and its weights."""
@@ -112,7 +118,7 @@ class MethodSection:
 @dataclass
 class TrainConfig:
     steps: int = at_least(1, 1000)
-    seed: int = ranged(0, lambda v: 0 <= v < 2**32, "in [0, 2**32)")
+    seed: int = seed_field(0)
     device: str = choice("auto", ("auto", "cpu", "cuda"))
     ema_decay: float = ranged(0.0, lambda v: 0 <= v < 1, "in [0, 1) (0 turns EMA off)")
     eval_every: int = at_least(0, 100, " (0: only at the end)")
@@ -193,6 +199,8 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
     cfg.preset = preset
     for key, value in parsed:
         set_value(cfg, key, value)
+    given = {key for key, _ in parsed}
+    _drop_unread_inputs(cfg, keep=given)  # a preset's inputs for other methods; the user's own are checked
     validate(cfg)
     _pretrained_image_size(cfg)
     return cfg
@@ -237,6 +245,7 @@ def load_config_file(path: Path) -> Config:
                 raw[section] = {k: v for k, v in raw[section].items() if k not in ("total_steps", "fp16_loss_scale")}
     try:
         cfg = from_dict(raw, lenient_method=version == 1)
+        _drop_unread_inputs(cfg)  # a run of a metapl that let them through: they were never read
         validate(cfg)
     except ConfigError as err:
         raise ConfigError(f"config {path}: {err}") from None
@@ -408,6 +417,28 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- validation
+def unread_inputs(cfg: Config) -> dict[str, str]:
+    """The data settings naming inputs that the chosen method does not read, each with why: unlabeled images
+    (a method whose step takes none, MethodEntry.memory) and a teacher's stored distributions (a method that does
+    not declare MethodEntry.stored_distributions). Set by a user, such a setting is refused, not ignored: the run
+    would not be the one asked for."""
+    entry = METHODS.get(cfg.method.name)
+    unread = {}
+    if entry.memory.unlabeled_views == 0:
+        unread["data.unlabeled_dir"] = unread["data.unlabeled_shards"] = "trains on labeled images only"
+    if not entry.stored_distributions:
+        unread["data.label_dir"] = "reads no stored teacher distributions (method reduced_mpl does)"
+    return unread
+
+
+def _drop_unread_inputs(cfg: Config, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Clear the unread inputs (unread_inputs) that are not in `keep`: a preset describes an experiment that several
+    methods run, and a method takes the inputs it reads, as it takes the method keys it has."""
+    for key in unread_inputs(cfg):
+        if key not in keep:
+            setattr(cfg.data, key.partition(".")[2], "")
+
+
 def validate(cfg: Config) -> None:
     """Reject impossible values with a message that names the key, the value and the allowed range: each
     field's declared rule, the registered names, and the checks that involve several sections."""
@@ -429,6 +460,13 @@ def validate(cfg: Config) -> None:
             check_settings(section.settings, "method")
         elif dataclasses.is_dataclass(section):
             check_settings(section, f.name)
+    for key, why in unread_inputs(cfg).items():
+        value = getattr(cfg.data, key.partition(".")[2])
+        if value:
+            raise ConfigError(
+                f"{key}={value!r} is not read by method.name={cfg.method.name}, which {why}; clear it "
+                f"(--set {key}=) or choose a method that reads it"
+            )
     check_with = getattr(cfg.method.settings, "check_with", None)  # a method's checks across sections
     if check_with is not None:
         check_with(cfg)

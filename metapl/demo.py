@@ -19,12 +19,12 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
     out = Path(out)
     # A new or empty folder, or an earlier demo's: never a folder of the user's.
     ownership.check_folder(out, "demo", adopt=_earlier_demo(out))
+    overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps is not None else [])
+    configs = {method: build_config("digits", overrides, method) for method in DEMO_METHODS}  # checked first
     out.mkdir(parents=True, exist_ok=True)
     ownership.claim(out, "demo")
     summaries = {}
-    for method in DEMO_METHODS:
-        overrides = [f"train.seed={seed}"] + ([f"train.steps={steps}"] if steps is not None else [])
-        cfg = build_config("digits", overrides, method)
+    for method, cfg in configs.items():
         print(f"training {method} ({cfg.train.steps} steps) ...", flush=True)
         summaries[method] = run_experiment(cfg, out / method, progress=progress)
     table = format_table(summaries)

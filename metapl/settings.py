@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from metapl.errors import ConfigError
+from metapl.errors import ConfigError, shorten
 
 Rule = Callable[[Any], bool]
 FLOAT32_MAX = 3.4028234663852886e38  # settings meet float32 tensors: a larger value would turn into inf there
@@ -44,6 +45,36 @@ def fraction(default: float, *, closed: bool = False) -> Any:
     return ranged(default, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+# Every seed of metapl (train.seed, metapl shard --seed): what torch.manual_seed and NumPy's generators take alike.
+SEED_LIMIT = 2**32
+SEEDS = "in [0, 2**32)"
+
+
+def seed_field(default: int = 0) -> Any:
+    return ranged(default, lambda v: 0 <= v < SEED_LIMIT, SEEDS)
+
+
+def path_field(default: str = "") -> Any:
+    """A field that names a file or folder: checked for a length the OS can open (check_path)."""
+    return dataclasses.field(default=default, metadata={"path": True})
+
+
+NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS; os.pathconf may say less for a disk)
+PATH_MAX = 4096  # bytes in a path the OS opens at once (Linux), with its terminating NUL
+
+
+def check_path(value: str | os.PathLike, key: str) -> None:
+    """Refuse, naming `key`, a path longer than the OS can open (ENAMETOOLONG), shortened in the message."""
+    raw = os.fsencode(value)
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > NAME_MAX or len(raw) >= PATH_MAX:
+        what = f"a name of {longest:,} bytes (at most {NAME_MAX})" if longest > NAME_MAX else f"{len(raw):,} bytes"
+        raise ConfigError(
+            f"{key}={shorten(value)!r} is too long for the file system ({what}; a path may have at most "
+            f"{PATH_MAX - 1:,}); pass a shorter path"
+        )
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -67,6 +98,8 @@ def check_settings(settings: Any, prefix: str) -> None:
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in numbers):
             raise ConfigError(f"{key}={value!r} is impossible; it must fit in 64 bits (below 2**63)")
+        if f.metadata.get("path") and value:
+            check_path(value, key)
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             shown = ", ".join(str(c) for c in choices)

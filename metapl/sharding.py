@@ -21,6 +21,7 @@ from pathlib import Path
 from metapl.data.folders import unlabeled_source
 from metapl.engine.outputs import check_output_folder
 from metapl.errors import ConfigError, DataError
+from metapl.settings import SEED_LIMIT, SEEDS
 
 SHARD_NAME = "shard-{:06d}.tar"
 
@@ -43,8 +44,10 @@ def check_image(data: bytes, path: str) -> None:
     """A DataError naming the file unless its bytes open as an image (PIL's verify: headers and structure)."""
     from PIL import Image
 
+    from metapl.data.folders import open_image
+
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -66,6 +69,8 @@ def write_shards(
     """Write the images of `source` (a folder, searched recursively, or a CSV with a `path` column) as shards."""
     if shard_size < 1:
         raise ConfigError(f"--shard-size {shard_size} is impossible; give the images per shard, e.g. 5000")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed {seed} is impossible; it must be {SEEDS}")
     out = Path(out)
     what = "the source folder" if Path(source).is_dir() else "the source file"
     check_output_folder(out, [(f"{what} {str(source)!r}", Path(source))])

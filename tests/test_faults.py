@@ -127,7 +127,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="No space left on device; the previous file is intact"):
+    with pytest.raises(CheckpointError, match="no space left on device; the previous file is intact"):
         atomic_save({"step": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"step": 1}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
+from metapl import network
 from metapl.build import build_method, build_model
 from metapl.cli import main
 from metapl.config import build_config
@@ -161,7 +162,13 @@ def test_names_outside_timm_never_import_timm():
 
 
 def test_teacher_settings_for_a_method_without_a_teacher_are_refused(folders):
-    cfg = _config(folders, "model.name=small_cnn", "model.teacher_name=timm/test_resnet", method="supervised")
+    cfg = _config(
+        folders,
+        "model.name=small_cnn",
+        "model.teacher_name=timm/test_resnet",
+        "data.unlabeled_dir=",
+        method="supervised",
+    )
     with pytest.raises(ConfigError, match="method.name=supervised builds no teacher network"):
         build_method(cfg, build_data(cfg.data, 0), torch.device("cpu"))
 
@@ -254,6 +261,7 @@ def test_download_fills_the_cache_once(folders, tmp_path, monkeypatch):
         return str(_fake_hub_cache(tmp_path / "hub", repo_id, _published("test_resnet")))
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    monkeypatch.setattr(network, "unreachable", lambda url: None)  # the hub is faked: so is reaching it
     args = ["train", "--preset", "cifar10_4k", "--out", str(tmp_path / "run"), "--download", "--no-progress"]
     settings = [
         "data.name=folder",

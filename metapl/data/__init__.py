@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -55,14 +56,25 @@ def download_dataset(cfg) -> None:
     download = DATASETS.get(cfg.name).download
     if download is None:
         raise DataError(f"--download cannot fetch {cfg.name}: it has no public download; put the files in data.root")
+    from metapl.network import DOWNLOAD_TIMEOUT, describe, is_network_error
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)  # urllib waits forever for a server that never answers
     try:
         download(cfg)
     except DataError:
         raise
     except Exception as err:  # noqa: BLE001 - network and archive errors come in many types
+        if is_network_error(err):
+            raise DataError(
+                f"no network: --download cannot reach the server of {cfg.name} ({describe(err)}); copy the files "
+                f"to this machine into data.root={cfg.root or 'data'} and run without --download"
+            ) from None
         raise DataError(
             f"could not download {cfg.name} into {cfg.root or 'data'}: {err}; download it by hand and set data.root"
         ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def example_inputs(x, count: int) -> torch.Tensor:

@@ -7,13 +7,16 @@ one image at a time (see streaming.py), so a pool of a million images costs only
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from metapl.errors import DataError
+from metapl.settings import check_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -48,12 +51,39 @@ POOL_IMAGE_FIX = (
 )
 
 
+# PIL's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS, about 89 million pixels: 256 MiB of RGB), held
+# here so that a library that turns PIL's limit off cannot turn metapl's off.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+def open_image(source: Any) -> Any:
+    """PIL's Image.open of a path or file object, which reads the header only; an image whose header declares more
+    than MAX_IMAGE_PIXELS pixels raises Image.DecompressionBombError before a pixel is decoded (PIL itself would
+    only warn below twice its limit, on stderr, and then decode it). Every reader of images opens them here."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except Image.DecompressionBombWarning as warning:
+            raise Image.DecompressionBombError(str(warning)) from None
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise Image.DecompressionBombError(
+            f"its header declares {width}x{height} = {width * height:,} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+            "of PIL's decompression-bomb limit"
+        )
+    return image
+
+
 def decode(path: str, channels: int = 3, fix: str = POOL_IMAGE_FIX) -> torch.Tensor:
     """One image file as a uint8 (C, H, W) tensor; a DataError names the file and `fix` when it cannot be decoded."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
             array = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable buffer
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
@@ -119,6 +149,7 @@ def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
     for line, row in enumerate(rows, start=2):
         file = Path(row["path"])
         file = file if file.is_absolute() else path.parent / file
+        check_path(file, f"{path} line {line}: image")
         if not row["path"] or not file.is_file():
             raise DataError(f"{path} line {line}: image {row['path']!r} does not exist; fix the path or remove the row")
         if need_label and not row["label"]:

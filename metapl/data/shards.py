@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import tarfile
@@ -50,27 +51,67 @@ _MASK = (1 << 64) - 1
 
 
 # ------------------------------------------------------------------------------------------------ shard lists
+# The most shard names a pattern may expand to: a million shards of `metapl shard`'s 5,000 images hold five
+# billion images, beyond any data set, while a pattern such as {0..999999999999} would exhaust memory (and
+# take hours to stat) before its first name was checked.
+MAX_SHARDS = 1_000_000
+
+
+def _groups(pattern: str) -> Iterator[tuple[str, list[str] | tuple[int, int, int]]]:
+    """The pattern cut at its brace groups: (text before the group, the group), the group a list of its
+    items or a range (first, last, zero-padding width); a last ("", []) pair carries the text after them."""
+    rest = pattern
+    while (match := re.search(r"\{([^{}]*)\}", rest)) is not None:
+        body, head = match.group(1), rest[: match.start()]
+        numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+        if numeric:
+            first, last = numeric.groups()
+            width = len(first) if first.startswith("0") or len(first) == len(last) else 0
+            yield head, (int(first), int(last), width)
+        elif "," in body:
+            yield head, body.split(",")
+        else:
+            raise ConfigError(
+                f"data.unlabeled_shards={pattern!r}: {{{body}}} is neither a range {{000..099}} nor a list {{a,b}}; "
+                "fix the pattern"
+            )
+        rest = rest[match.end() :]
+    yield rest, []
+
+
+def _size(group: list[str] | tuple[int, int, int]) -> int:
+    return len(group) if isinstance(group, list) else abs(group[1] - group[0]) + 1
+
+
+def _items(group: list[str] | tuple[int, int, int]) -> list[str]:
+    if isinstance(group, list):
+        return group
+    first, last, width = group
+    step = 1 if last >= first else -1
+    return [str(i).zfill(width) for i in range(first, last + step, step)]
+
+
+def count_braces(pattern: str) -> int:
+    """How many names `pattern` expands to, computed from its groups without expanding any."""
+    return math.prod(_size(group) for _, group in _groups(pattern) if group)
+
+
 def expand_braces(pattern: str) -> list[str]:
     """WebDataset's brace notation: '{000..012}' counts (keeping the zero padding), '{a,b}' lists; several groups
-    expand left to right ('u-{0..1}-{a,b}.tar' → u-0-a, u-0-b, u-1-a, u-1-b)."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
-        return [pattern]
-    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
-    numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
-    if numeric:
-        first, last = numeric.groups()
-        width = len(first) if first.startswith("0") or len(first) == len(last) else 0
-        step = 1 if int(last) >= int(first) else -1
-        items = [str(i).zfill(width) for i in range(int(first), int(last) + step, step)]
-    elif "," in body:
-        items = body.split(",")
-    else:
+    expand left to right ('u-{0..1}-{a,b}.tar' → u-0-a, u-0-b, u-1-a, u-1-b). A pattern of more than MAX_SHARDS
+    names is refused from its groups' sizes, before any name is made."""
+    count = count_braces(pattern)
+    if count > MAX_SHARDS:
         raise ConfigError(
-            f"data.unlabeled_shards={pattern!r}: {{{body}}} is neither a range {{000..099}} nor a list {{a,b}}; "
-            "fix the pattern"
+            f"data.unlabeled_shards={pattern!r} names {count:,} shards, more than metapl reads ({MAX_SHARDS:,}); "
+            "fix the pattern's range, or write fewer, larger shards (metapl shard --shard-size)"
         )
-    return [head + item + rest for item in items for rest in expand_braces(tail)]
+    names = [""]
+    for text, group in _groups(pattern):
+        names = [name + text for name in names]
+        if group:
+            names = [name + item for name in names for item in _items(group)]
+    return names
 
 
 def named_shards(spec: str) -> list[str]:
@@ -292,8 +333,10 @@ def decode_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps
 
+    from metapl.data.folders import open_image
+
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with open_image(io.BytesIO(data)) as opened:
             image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
             array = np.array(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:

@@ -8,12 +8,15 @@ a full disk leaves the old file and, at worst, one `.NAME.*.tmp` file that metap
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from metapl.errors import disk_full
 
 
 def _umask() -> int:
@@ -36,8 +39,13 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        # A full disk is recognised before the temporary file is removed: removing it frees the space that shows
+        # it (torch.save reports a short write, not ENOSPC). It is raised as the OSError it is, naming the target.
+        full = isinstance(err, Exception) and disk_full(err, tmp)
         Path(tmp).unlink(missing_ok=True)
+        if full and not (isinstance(err, OSError) and err.errno == errno.ENOSPC):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
         raise
 
 

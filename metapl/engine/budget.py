@@ -34,6 +34,10 @@ SIZE_SETTINGS = {
         "train.eval_batch_size",
         "data.num_points",
         "finetune.batch_size",
+        "model.name",
+        "model.teacher_name",
+        "method.hidden",
+        "method.shuffle_buffer",
     ),
     "eval": ("--batch-size",),
     "predict": ("the number of inputs",),
@@ -155,17 +159,27 @@ def profile_network(cfg, data, role: str = "student") -> NetworkProfile | None:
             own = next(module.parameters(recurse=False), None) is not None
             outputs.append((own, output.numel()))
 
+    parameters = sum(p.numel() for p in model.parameters())
     hooks = [m.register_forward_hook(record) for m in model.modules()]
     try:
         with torch.no_grad():
             model.train()
             model(torch.empty((2, *data.input_shape), device="meta"))
-    except (RuntimeError, NotImplementedError):  # an operation the meta device does not implement
-        return None
+    except NotImplementedError:  # an operation the meta device does not implement: count the weights alone
+        return NetworkProfile(parameters, 0, 0)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "meta" in first.lower():  # code that reads tensor values, which the meta device has not
+            return NetworkProfile(parameters, 0, 0)
+        key = "model.teacher_name" if role == "teacher" else "model.name"  # a shape the network cannot take
+        name = cfg.model.of(role).name
+        raise ConfigError(
+            f"{key}={name!r} does not fit data.name={cfg.data.name!r} (inputs of shape {tuple(data.input_shape)}): "
+            f"{first[:160]}; choose a {key} for inputs of this size"
+        ) from None
     finally:
         for hook in hooks:
             hook.remove()
-    parameters = sum(p.numel() for p in model.parameters())
     saved = sum(n for own, n in outputs if own) // 2
     widest = max((n for _, n in outputs), default=0) // 2
     return NetworkProfile(parameters, saved, widest)
@@ -192,9 +206,12 @@ def check_step_memory(cfg, data, device: torch.device, world_size: int = 1) -> N
     b_global, mu = cfg.data.batch_size, cfg.data.mu
     unlabeled = shape.unlabeled_views > 0
     b = max(1, b_global // world_size)
+    # what the method's own settings allocate besides the networks (reduced_mpl: its teacher and buffer)
+    own = shape.own(cfg.method.settings, data.num_classes, b * (1 + mu * unlabeled)) if shape.own else []
     activation = 2 if cfg.train.precision in ("bf16", "fp16") else 4
     # what autograd keeps per example: of the smaller network, when the teacher is another one
-    saved = min(profile.saved_per_example, teacher.saved_per_example) * activation
+    measured = [p.saved_per_example for p in (profile, teacher) if p.saved_per_example]  # 0: forward not run
+    saved = min(measured, default=0) * activation
 
     # weights, gradients and momentum of each trained network (the teacher's own size), and the EMA's copy
     parameters = profile.parameters * (3 + (cfg.train.ema_decay > 0)) + teacher.parameters * 3 * (shape.networks - 1)
@@ -202,13 +219,16 @@ def check_step_memory(cfg, data, device: torch.device, world_size: int = 1) -> N
     # on the device, per unit of μ and the rest: the batch's inputs (labeled, weak and strong views) and what
     # autograd keeps of the layers' outputs for the examples that go through a network with a graph
     step_per_mu = b * (2 * per_input * input_element + shape.unlabeled_views * saved) if unlabeled else 0
-    step_rest = weights + b * (per_input * input_element + saved * shape.labeled)
+    step_rest = weights + sum(need for _, need in own) + b * (per_input * input_element + saved * shape.labeled)
     eval_batch = min(cfg.train.eval_batch_size, max(len(data.y_val), len(data.y_test), 1))
     evaluation = weights + eval_batch * (per_input * 4 + profile.widest_per_example * 4)
     step = step_rest + step_per_mu * mu
 
     available = device_available(device)
     if available is not None:
+        for key, need in own:
+            if need > available:
+                _refuse_setting(cfg, key, need, available, device)
         if weights > available:
             _refuse_network(cfg, profile, teacher, weights, available, device)
         if step > available:
@@ -247,7 +267,19 @@ def _size_keys(cfg) -> list[str]:
 
 def _shown(cfg, key: str) -> str:
     section, _, name = key.partition(".")
-    return f"{key}={getattr(getattr(cfg, section), name)!r}"
+    values = cfg.method.settings if section == "method" else getattr(cfg, section)
+    return f"{key}={getattr(values, name)!r}"
+
+
+def _refuse_setting(cfg, key: str, need: int, available: int, device: torch.device) -> None:
+    """A method's own size setting that alone cannot fit (what it allocates grows in proportion to it)."""
+    value = getattr(cfg.method.settings, key.partition(".")[2])
+    most = value * available // need
+    fits = f" (more than {most:,} cannot fit)" if most >= 1 else ""
+    raise ConfigError(
+        f"{_shown(cfg, key)} needs at least {human(need)} for method.name={cfg.method.name}, but {_where(device)} "
+        f"{human(available)} available; lower {key}{fits}"
+    )
 
 
 def _refuse_network(cfg, profile, teacher, weights: int, available: int, device: torch.device) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from metapl.engine.atomic import atomic_write
-from metapl.errors import CheckpointError
+from metapl.errors import CheckpointError, disk_full
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -23,7 +23,7 @@ def atomic_save(obj: object, path: Path) -> None:
     try:
         atomic_write(path, lambda handle: torch.save(obj, handle))
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+        reason = "no space left on device" if disk_full(err) else getattr(err, "strerror", None) or _first_line(err)
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise CheckpointError(
             f"could not write {path}: {reason}; {kept}; free disk space or fix permissions, then run the same command"
@@ -62,6 +62,10 @@ def state_mismatch(model: torch.nn.Module, state: dict) -> str | None:
     bad = next((k for k, t in expected.items() if state[k].shape != t.shape), None)
     if bad is not None:
         return f"{bad} has shape {tuple(state[bad].shape)} where the model needs {tuple(expected[bad].shape)}"
+    integer = next((k for k, t in expected.items() if t.is_floating_point() and not state[k].is_floating_point()), None)
+    if integer is not None:  # load_state_dict would copy the integers into floats without a word
+        stored = str(state[integer].dtype).replace("torch.", "")
+        return f"{integer} is stored as {stored} where the model needs floating point"
     return None
 
 
@@ -93,7 +97,31 @@ def load_state_file(path: Path, fix: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    check_weight_values(state, path, fix)
     return state
+
+
+PARAMETER_NAMES = ("weight", "bias")  # the last part of a parameter's key; buffers (num_batches_tracked) may be ints
+
+
+def check_weight_values(state: dict[str, torch.Tensor], path: Path, fix: str) -> None:
+    """Refuse weights no trained network has, naming the file and the key: a NaN or infinite value (training would
+    diverge from them and seem to blame its learning rate), or a parameter stored as integers (loading would turn
+    it into floats without a word)."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point():
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                bad = int(finite.numel() - finite.sum())
+                raise CheckpointError(
+                    f"{path}: {key} holds {bad:,} NaN or infinite value{'s' if bad != 1 else ''}, so these weights "
+                    f"are broken (saved from a diverged run?); {fix}"
+                )
+        elif key.rpartition(".")[2] in PARAMETER_NAMES and not tensor.is_complex():
+            raise CheckpointError(
+                f"{path}: {key} is stored as {str(tensor.dtype).replace('torch.', '')}, but a network's weights are "
+                f"floating point (integer-typed weights are quantised or not weights at all); {fix}"
+            )
 
 
 def _first_line(err: BaseException) -> str:

@@ -78,10 +78,7 @@ def config_inputs(cfg) -> list[Input]:
         if value:
             found.append((f"the run's data.{key}={value!r}", Path(value)))
     if data.unlabeled_shards:
-        found += [
-            (f"the folder of the run's data.unlabeled_shards={data.unlabeled_shards!r}", p)
-            for p in _shard_folders(data)
-        ]
+        found += _shard_inputs(data.unlabeled_shards)
     for key in ("pretrained", "teacher_pretrained"):
         value = getattr(model, key, "")
         if value and value != "cache":  # cache: timm's own cache folder, which metapl only reads
@@ -100,22 +97,24 @@ def inputs_of_run(run: Path) -> list[Input]:
         return []
 
 
-def _shard_folders(data) -> list[Path]:
-    """The folders that hold data.unlabeled_shards (the folder itself, or the folders of a brace pattern's files),
-    without expanding the pattern's file names: a pattern may name millions."""
-    spec = Path(data.unlabeled_shards)
-    if "{" not in str(spec):
-        return [spec]
-    parent = str(spec.parent)
-    if "{" not in parent:
-        return [Path(parent)]
-    from metapl.data.shards import expand_braces
-    from metapl.errors import MetaplError
+_LISTED_SHARDS = 10_000  # a brace pattern up to this many names is checked file by file, a larger one by its folders
 
-    try:
-        return [Path(p) for p in expand_braces(parent)]
-    except MetaplError:
-        return []
+
+def _shard_inputs(spec: str) -> list[Input]:
+    """data.unlabeled_shards as inputs: a folder (or one file) as it is; a brace pattern's files, or for a pattern of
+    more than _LISTED_SHARDS names the folders that hold them (resolving a million names costs seconds). A pattern
+    of more names than metapl reads is refused here in its own line (shards.expand_braces)."""
+    from metapl.data.shards import MAX_SHARDS, count_braces, expand_braces
+
+    what = f"the run's data.unlabeled_shards={spec!r}"
+    if "{" not in spec:
+        return [(what, Path(spec))]
+    count = count_braces(spec)
+    if count <= _LISTED_SHARDS or count > MAX_SHARDS:  # the second: expand_braces says why in one line
+        return [(f"a shard of {what}", Path(name)) for name in expand_braces(spec)]
+    parent = str(Path(spec).parent)
+    folders = expand_braces(parent) if "{" in parent else [parent]
+    return [(f"the folder of {what}", Path(folder)) for folder in folders]
 
 
 def _root_files(data) -> list[Path]:

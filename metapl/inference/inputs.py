@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from metapl.errors import ConfigError, DataError
+from metapl.errors import ConfigError, DataError, shorten
+from metapl.settings import check_path
 
 
 def image_extensions() -> set[str]:
@@ -27,23 +29,25 @@ def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, p
     """
     from PIL import Image, ImageOps
 
-    if pipeline is not None:
-        from metapl.data.folders import decode
+    from metapl.data.folders import decode, open_image
 
+    if pipeline is not None:
         fix = "pass a PNG, JPEG or other image Pillow can open"
         image = pipeline.evaluate(decode(str(path), input_shape[0], fix)).float() / 255.0
         return 1.0 - image if invert else image
     channels, height, width = _image_shape(input_shape)
     try:
-        with Image.open(path) as opened:
+        with open_image(path) as opened:
             image = ImageOps.exif_transpose(opened)  # photos taken sideways carry their rotation in EXIF
             if "A" in image.getbands() or "transparency" in image.info:
                 # Transparent pixels would turn black; drawings on a transparent canvas mean ink on white paper.
                 rgba = image.convert("RGBA")
                 image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot read image {path}: {err}; pass a PNG, JPEG or other image Pillow can open") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise DataError(
+            f"cannot read image {path}: {_first_line(err)}; pass a PNG, JPEG or other image Pillow can open"
+        ) from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
     return 1.0 - tensor if invert else tensor
@@ -133,6 +137,7 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=N
                 where = f"row {line} of {path}"
                 if len(cells) == 1 and numbers[0] is None:
                     image_path = Path(cells[0]) if Path(cells[0]).is_absolute() else path.parent / cells[0]
+                    check_path(image_path, where)
                     if not image_path.is_file():
                         raise DataError(
                             f"{where}: no image file at {image_path}; {expected} (paths relative to the CSV)"
@@ -152,7 +157,8 @@ def _load_csv(path: Path, input_shape: tuple[int, ...], invert: bool, pipeline=N
                 inputs.append(torch.tensor(numbers, dtype=torch.float32).reshape(input_shape))
                 names.append(f"{path.name}:{line}")
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 CSV file") from None
+        reason = f"{err.strerror}: {shorten(err.filename)}" if isinstance(err, OSError) and err.filename else err
+        raise DataError(f"cannot read CSV {path}: {reason}; pass a UTF-8 CSV file") from None
     if not inputs:
         raise DataError(f"{path} has no rows; {expected}")
     if invert and images == 0:
@@ -166,4 +172,9 @@ def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> b
     if len(cells) > 1:
         return True  # a row of values with a word in it can only be column names
     # One word: a header ("path") unless it names an image file.
-    return not (Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0]).is_file()
+    return not os.path.isfile(Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0])
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -16,7 +16,7 @@ from metapl.build import build_model
 from metapl.config import Config, load_config_file
 from metapl.data import build_data
 from metapl.data.loaders import DataBundle
-from metapl.engine.checkpoint import load_weights, state_mismatch
+from metapl.engine.checkpoint import check_weight_values, load_weights, state_mismatch
 from metapl.engine.run_dir import CHECKPOINT, with_own_split
 from metapl.errors import CheckpointError, ConfigError
 
@@ -110,6 +110,7 @@ def load_state(model: nn.Module, state: object, path: Path, cfg: Config, data: D
     )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict of tensors; {fix}")
+    check_weight_values(state, path, "train the run again, or pass another run's weights")
     problem = state_mismatch(model, state)
     if problem is None:
         try:

@@ -161,23 +161,27 @@ class BuildContext:
 class MemoryShape:
     """What one step of a method holds at least, for the memory check before a run (engine/budget.py): the
     networks of the run's model it trains (each with weights, gradients and momentum), the views of the μB
-    unlabeled images that go through a network with a graph, and whether the B labeled ones do."""
+    unlabeled images that go through a network with a graph, and whether the B labeled ones do. `own` gives
+    what the method's own settings allocate besides those networks: (settings, class count, examples per step)
+    -> [(setting key, bytes)], so that a setting too large is named before anything is allocated."""
 
     networks: int = 1
     unlabeled_views: int = 1
     labeled: bool = False
+    own: Callable[[Any, int, int], list[tuple[str, int]]] | None = None
 
 
 @dataclass(frozen=True)
 class MethodEntry:
     """A method's registration: its settings dataclass (the config's `method` section and the constructor's
-    argument), how to build it for a run, a short label of its settings for plots and tables, and the memory
-    shape of its step."""
+    argument), how to build it for a run, a short label of its settings for plots and tables, the memory
+    shape of its step, and whether it reads a teacher's stored class distributions (data.label_dir)."""
 
     settings: type
     build: Callable[[Any, BuildContext], Method]
     label: Callable[[Any], str] = lambda settings: ""
     memory: MemoryShape = MemoryShape()
+    stored_distributions: bool = False
 
 
 class SingleModelMethod:

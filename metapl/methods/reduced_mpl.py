@@ -243,5 +243,21 @@ def _label(settings: ReducedMPLSettings) -> str:
     return ", ".join(parts)
 
 
+def _own_memory(settings: ReducedMPLSettings, num_classes: int, examples: int) -> list[tuple[str, int]]:
+    """What the reduced teacher allocates at least (float32): its weights, gradients and momentum and its hidden
+    layer's output on a step's examples; and the shuffled control's buffer of earlier steps' h."""
+    parameters = 2 * num_classes * settings.hidden + settings.hidden + num_classes
+    return [
+        ("method.hidden", 4 * (3 * parameters + examples * settings.hidden)),
+        ("method.shuffle_buffer", 4 * settings.shuffle_buffer),
+    ]
+
+
 # one network of the run's model (the student); its teacher is a small network on stored distributions
-METHOD = MethodEntry(ReducedMPLSettings, _build, _label, MemoryShape(networks=1, unlabeled_views=1))
+METHOD = MethodEntry(
+    ReducedMPLSettings,
+    _build,
+    _label,
+    MemoryShape(networks=1, unlabeled_views=1, own=_own_memory),
+    stored_distributions=True,
+)

@@ -124,6 +124,20 @@ def download_weights(rest: str) -> Path:
     cfg = _pretrained_cfg(rest)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
         raise ConfigError(f"--download: timm has no pretrained weights for {PREFIX}{rest}; pass a local file")
+    from metapl.network import unreachable
+
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        server = f"{constants.ENDPOINT}/{cfg.hf_hub_id}"
+    else:
+        server = cfg.url
+    reason = unreachable(server)  # the hub's client would retry for about a minute
+    if reason is not None:
+        raise ConfigError(
+            f"no network: --download cannot reach {reason} to fetch the weights of {PREFIX}{rest} "
+            f"({cfg.hf_hub_id or cfg.url}); copy the weights file to this machine and set model.pretrained=FILE"
+        )
     try:
         if cfg.hf_hub_id:
             from huggingface_hub import hf_hub_download

@@ -1,0 +1,321 @@
+"""No traceback, one line each (issue #21, item 6): every number of the command line at its extremes, --download
+without a network, a full disk, an image that cannot be decoded, a path too long for the OS, weights with NaN or
+integer parameters, and settings the chosen method does not read. Each ends in exit 2 and one line on stderr
+that starts 'metapl: error:' and names the value (or file, or key) to fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fake_datasets import write_class_folders
+
+from metapl import network
+from metapl.cli import build_parser, main
+from metapl.data.shards import decode_bytes
+from metapl.errors import DataError, disk_full, shorten
+from metapl.settings import NAME_MAX, PATH_MAX
+
+EXTREMES = (-1, 0, 10**30)
+
+
+def refused(argv: list[str], capsys) -> str:
+    """The one line `metapl ARGV` ends with: exit 2, one line on stderr, no traceback."""
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metapl: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """A finished 2-step digits run, 4 small images, and a corrupt one."""
+    root = tmp_path_factory.mktemp("one_line")
+    base = ["--no-progress", "--no-tensorboard", "--set", "train.steps=2", "--set", "finetune.steps=1"]
+    assert main(["train", "--preset", "digits", "--out", str(root / "run"), *base]) == 0
+    write_class_folders(root / "images", ["a", "b"], per_class=2, side=8)
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return root
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+def _int_options() -> set[tuple[str, str]]:
+    """(command, option) of every integer option of the command line."""
+    commands = build_parser()._defaults["commands"]
+    return {
+        (name, action.option_strings[0])
+        for name, sub in commands.items()
+        for action in sub._actions
+        if action.type is int and action.option_strings
+    }
+
+
+def _argv(command: str, option: str, value: int, files: Path, out: Path) -> list:
+    run = files / "run"
+    base = {
+        "demo": ["demo", "--out", out, "--no-progress"] + (["--steps", 1] if option != "--steps" else []),
+        "eval": ["eval", run],
+        "label": ["label", run, "--out", out, "--no-progress"],
+        "shard": ["shard", files / "images", "--out", out, "--no-progress"],
+    }[command]
+    return [*base, option, value]
+
+
+# Values that are fine (exit 0) for these options; every other one must be refused in one line.
+VALID = {("demo", "--seed", 0), ("label", "--top-k", 0), ("shard", "--seed", 0)}
+VALID |= {(c, o, 10**30) for c, o in [("eval", "--batch-size"), ("label", "--top-k")]}
+VALID |= {(c, o, 10**30) for c, o in [("label", "--shard-size"), ("label", "--batch-size"), ("shard", "--shard-size")]}
+COVERED = {
+    ("demo", "--steps"),
+    ("demo", "--seed"),
+    ("eval", "--batch-size"),
+    ("label", "--top-k"),
+    ("label", "--shard-size"),
+    ("label", "--batch-size"),
+    ("shard", "--shard-size"),
+    ("shard", "--seed"),
+}
+
+
+def test_every_integer_option_is_covered():
+    assert _int_options() == COVERED  # a new integer option: add it to COVERED (and VALID where it is fine)
+
+
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        pytest.param(c, o, v, marks=[pytest.mark.slow] if (c, o, v) == ("demo", "--seed", 0) else [])
+        for c, o in sorted(COVERED)
+        for v in EXTREMES
+    ],
+)
+def test_integer_options_at_their_extremes(files, tmp_path, capsys, command, option, value):
+    argv = _argv(command, option, value, files, tmp_path / "out")
+    if (command, option, value) in VALID:
+        assert main([str(a) for a in argv]) == 0
+        assert "Traceback" not in capsys.readouterr().err
+        return
+    line = refused(argv, capsys)
+    assert str(value) in line and (option in line or "train." in line)
+
+
+def test_shard_seed_minus_one_is_one_line(files, tmp_path, capsys):
+    line = refused(["shard", files / "images", "--out", tmp_path / "out", "--seed", "-1"], capsys)
+    assert line == "metapl: error: --seed -1 is impossible; it must be in [0, 2**32)"
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------------ network
+@pytest.fixture
+def offline(monkeypatch):
+    """Every connection goes through a proxy on a closed local port: refused at once, whatever the machine has."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_probe_says_why_a_server_cannot_be_reached(offline):
+    reason = network.unreachable("https://example.org/file")
+    assert reason is not None and reason.startswith("127.0.0.1 (")
+
+
+def test_dataset_download_offline_is_one_line_at_once(offline, tmp_path, capsys):
+    started = time.monotonic()
+    argv = ["train", "--preset", "svhn_1k", "--download", "--set", f"data.root={tmp_path / 'svhn'}"]
+    line = refused([*argv, "--out", tmp_path / "run", "--no-progress"], capsys)
+    assert time.monotonic() - started < 60
+    assert line.startswith("metapl: error: no network: --download cannot reach the server of svhn (")
+    assert f"data.root={tmp_path / 'svhn'}" in line and not (tmp_path / "run").exists()
+
+
+def test_weights_download_offline_is_one_line_at_once(offline, monkeypatch):
+    pytest.importorskip("timm")
+    from metapl.errors import ConfigError
+    from metapl.models import timm_models
+
+    monkeypatch.setattr(timm_models, "cached_weights", lambda rest: None)  # as on a machine without them
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^no network: --download cannot reach 127\.0\.0\.1 \(.*timm/resnet18"):
+        timm_models.download_weights("resnet18")
+    assert time.monotonic() - started < 20  # the hub's client alone retries for about a minute
+
+
+# ------------------------------------------------------------------------------------------------ full disk
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (root only): a disk that fills up."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)  # lazy: a writer torch left open may hold it
+
+
+def _fill(disk: Path, leave: int = 2048) -> None:
+    free = shutil.disk_usage(disk).free
+    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+@pytest.mark.parametrize("command", ["train", "label", "predict", "export", "plot", "shard"])
+def test_full_disk_is_one_line_naming_the_path(files, tiny_disk, capsys, command):
+    out = tiny_disk / "out"
+    run = files / "run"
+    argv = {
+        "train": ["train", "--preset", "digits", "--out", out, "--no-progress", "--set", "train.steps=2"],
+        "label": ["label", run, "--out", out, "--no-progress"],
+        "predict": ["predict", run, files / "images" / "a" / "0.png", "--out", out],
+        "export": ["export", run, "--format", "safetensors", "--out", out],
+        "plot": ["plot", run, "--out", tiny_disk / "curves.png"],
+        "shard": ["shard", files / "images", "--out", out, "--no-progress"],
+    }[command]
+    if command != "train":  # the run's own small files fit; its first checkpoint does not
+        _fill(tiny_disk)
+    line = refused(argv, capsys)
+    assert "no space left on device" in line and str(tiny_disk) in line
+
+
+def test_short_write_on_a_full_disk_counts_as_disk_full(tiny_disk):
+    _fill(tiny_disk, leave=0)
+    with pytest.raises(RuntimeError) as raised:
+        torch.save({"x": torch.zeros(10_000)}, tiny_disk / "x.pt")  # torch's words: "unexpected pos"
+    assert disk_full(raised.value, tiny_disk / "x.pt")
+    assert not disk_full(RuntimeError("unexpected pos 1 vs 2"), Path("/"))  # a disk with room: something else
+
+
+# ------------------------------------------------------------------------------------------------ images
+def test_undecodable_image_names_its_file(files, tmp_path, capsys):
+    line = refused(["predict", files / "run", files / "broken.png", "--out", tmp_path / "p.csv"], capsys)
+    assert f"cannot read image {files / 'broken.png'}" in line
+    source = tmp_path / "source"
+    shutil.copytree(files / "images", source)
+    shutil.copy(files / "broken.png", source / "a" / "broken.png")
+    line = refused(["shard", source, "--out", tmp_path / "shards", "--no-progress"], capsys)
+    assert f"cannot read image {source / 'a' / 'broken.png'}" in line
+
+
+def test_undecodable_shard_member_is_named():
+    with pytest.raises(DataError, match=r"cannot decode image 000000042\.jpg in shard u-3\.tar \("):
+        decode_bytes(b"not an image", 3, "000000042.jpg in shard u-3.tar")
+
+
+# ------------------------------------------------------------------------------------------------ long paths
+LONG = "/tmp/" + "/".join(["d" * 200] * 25)  # 5,000 characters, each name within NAME_MAX
+LONG_NAME = "/tmp/" + "n" * (NAME_MAX + 1)
+
+
+@pytest.mark.parametrize("path", [LONG, LONG_NAME])
+@pytest.mark.parametrize("command", ["train", "label", "shard", "predict", "export", "plot", "demo"])
+def test_too_long_out_names_the_option_shortened(files, capsys, command, path):
+    run = files / "run"
+    argv = {
+        "train": ["train", "--preset", "digits"],
+        "label": ["label", run],
+        "shard": ["shard", files / "images"],
+        "predict": ["predict", run, files / "images" / "a" / "0.png"],
+        "export": ["export", run, "--format", "safetensors"],
+        "plot": ["plot", run],
+        "demo": ["demo"],
+    }[command]
+    line = refused([*argv, "--out", path], capsys)
+    assert line.startswith(f"metapl: error: --out={shorten(path)!r} is too long for the file system")
+    assert len(line) < 400 and not os.path.exists(path)
+
+
+@pytest.mark.parametrize("key", ["data.root", "data.split_file", "data.test_dir", "data.label_dir"])
+def test_too_long_path_setting_names_its_key(tmp_path, capsys, key):
+    line = refused(["train", "--preset", "digits", "--out", tmp_path / "run", "--set", f"{key}={LONG}"], capsys)
+    assert line.startswith(f"metapl: error: {key}={shorten(LONG)!r} is too long") and len(line) < 400
+    assert f"at most {PATH_MAX - 1:,}" in line
+
+
+def test_too_long_positional_path_names_it(capsys):
+    line = refused(["eval", LONG], capsys)
+    assert line.startswith("metapl: error: RUN=") and "too long" in line
+
+
+# ------------------------------------------------------------------------------------------------ weights
+def _poisoned(files: Path, tmp_path: Path, key: str, value: torch.Tensor) -> Path:
+    state = torch.load(files / "run" / "model.pt", weights_only=True)
+    state[key] = value
+    path = tmp_path / "weights.pt"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_blamed_on_the_file(files, tmp_path, capsys, bad):
+    weight = torch.zeros(256, 64)
+    weight[3, 5] = bad
+    path = _poisoned(files, tmp_path, "net.1.weight", weight)
+    argv = ["label", "mlp", "--preset", "digits", "--weights", path, "--out", tmp_path / "labels", "--no-progress"]
+    line = refused(argv, capsys)
+    assert f"{path}: net.1.weight holds 1 NaN or infinite value" in line
+    assert "teacher.lr" not in line and "student.lr" not in line and not (tmp_path / "labels").exists()
+
+
+def test_nonfinite_weights_of_a_run_are_blamed_on_its_file(files, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(files / "run", run)
+    weight = torch.full((10,), float("nan"))
+    torch.save({**torch.load(run / "model.pt", weights_only=True), "net.6.bias": weight}, run / "model.pt")
+    line = refused(["eval", run], capsys)
+    assert f"{run / 'model.pt'}: net.6.bias holds 10 NaN or infinite values" in line
+
+
+def test_integer_weights_are_refused_naming_file_and_key(files, tmp_path, capsys):
+    path = _poisoned(files, tmp_path, "net.3.weight", torch.ones(256, 256, dtype=torch.int64))
+    argv = ["label", "mlp", "--preset", "digits", "--weights", path, "--out", tmp_path / "labels", "--no-progress"]
+    line = refused(argv, capsys)
+    assert f"{path}: net.3.weight is stored as int64" in line
+
+
+def test_integer_weights_are_refused_by_the_model_check():
+    from metapl.engine.checkpoint import state_mismatch
+
+    model = torch.nn.BatchNorm1d(3)  # running_mean is a buffer, not named weight/bias: the model knows its type
+    state = {**model.state_dict(), "running_mean": torch.zeros(3, dtype=torch.int32)}
+    assert state_mismatch(model, state) == "running_mean is stored as int32 where the model needs floating point"
+
+
+# ------------------------------------------------------------------------------------------------ unread settings
+@pytest.mark.parametrize(
+    "method, key",
+    [("mpl", "data.label_dir"), ("uda", "data.label_dir"), ("supervised", "data.unlabeled_dir")],
+)
+def test_setting_the_method_does_not_read_is_refused(tmp_path, capsys, method, key):
+    argv = ["train", "--preset", "digits", "--method", method, "--out", tmp_path / "run"]
+    line = refused([*argv, "--set", f"{key}={tmp_path}"], capsys)
+    assert line.startswith(f"metapl: error: {key}={str(tmp_path)!r} is not read by method.name={method}, which ")
+    assert not (tmp_path / "run").exists()
+
+
+def test_preset_inputs_of_another_method_are_dropped(capsys):
+    assert main(["config", "--preset", "reduced_mpl_imagenet", "--method", "mpl"]) == 0
+    assert "label_dir: ''" in capsys.readouterr().out
+    assert main(["config", "--preset", "reduced_mpl_imagenet"]) == 0  # its own method reads them
+    assert "label_dir: labels/imagenet-teacher" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["predict", "shard"])
+def test_too_long_path_in_a_csv_names_its_row(files, tmp_path, capsys, command):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f"path\n{LONG}.png\n")
+    argv = {
+        "predict": ["predict", files / "run", rows, "--out", tmp_path / "p.csv"],
+        "shard": ["shard", rows, "--out", tmp_path / "shards", "--no-progress"],
+    }[command]
+    line = refused(argv, capsys)
+    assert str(rows) in line and ("line 2" in line or "row 2" in line)
+    assert f"{shorten(LONG + '.png')!r} is too long for the file system" in line and len(line) < 400

@@ -12,11 +12,16 @@ from metapl.engine.evaluate import predict_proba
 from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable
 from metapl.inference.inputs import csv_image_paths, load_inputs
-from metapl.inference.run import data_files, load_run
+from metapl.inference.run import data_files, load_run, output_name
 
 
 def predict_run(
-    run: Path, source: Path, out: Path | None = None, weights: str = "final", invert: bool = False
+    run: Path,
+    source: Path,
+    out: Path | None = None,
+    weights: str = "final",
+    invert: bool = False,
+    network: str = "student",
 ) -> tuple[Path, int]:
     """Class probabilities per input, written as input,class,prob_0..prob_{K-1} to `out` (RUN/predictions.csv).
 
@@ -24,12 +29,12 @@ def predict_run(
     `class` with the predicted class's name; `class` stays the index, as for every run.
     """
     source = Path(source)
-    out = Path(out) if out is not None else Path(run) / "predictions.csv"
+    out = Path(out) if out is not None else Path(run) / output_name("predictions.csv", network)
     what = "the input folder" if source.is_dir() else "the input file"
     check_output_file(out, [(f"{what} {str(source)!r}", source), *inputs_of_run(Path(run))], [Path(run)])
     if source.suffix.lower() == ".csv" and source.is_file():
         check_not_among(out, [str(p) for p in csv_image_paths(source)], f"the input CSV {source}")
-    loaded = load_run(run, weights, resolve_device("auto"))
+    loaded = load_run(run, weights, resolve_device("auto"), network)
     check_not_among(out, data_files(loaded.data), "the run's data")
     check_replaceable(out)
     pipeline = getattr(loaded.data.x_labeled, "pipeline", None)  # runs on image files: their eval crop

@@ -17,6 +17,7 @@ from metapl.data import example_inputs
 from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable, mark
 from metapl.errors import ConfigError, ExportError
+from metapl.inference.inputs import preprocessing
 from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run, output_name
 
 EXPORT_FORMATS = ("safetensors", "onnx")
@@ -109,7 +110,14 @@ def _description(loaded: LoadedRun) -> dict[str, str]:
         "model": loaded.config.model.of(loaded.network).name,
         "network": loaded.network,
         "weights": loaded.weights_path.name,
+        # how predict turns an image file into the input, to be repeated outside metapl (docs/cli.md#preprocessing)
+        **{f"preprocessing_{k}": v for k, v in preprocessing(data.input_shape, _pipeline(data), loaded.model).items()},
     }
+
+
+def _pipeline(data):
+    """The evaluation pipeline of a run on image files (predict's crop and resize), None for other runs."""
+    return getattr(data.x_labeled, "pipeline", None)
 
 
 def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:

@@ -145,7 +145,7 @@ def plot_curves(runs: list[Path], out: Path) -> None:
 
 def run_colours(names: list[str]) -> dict[str, str]:
     """One colour per run or method, in order (the same order gives the same colours in every plot)."""
-    palette = plt.get_cmap("tab10").colors
+    palette = matplotlib.colormaps["tab10"].colors  # type: ignore[attr-defined]  # a ListedColormap
     return {name: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, name in enumerate(names)}
 
 
@@ -270,11 +270,11 @@ def bars_figure(
     tops: list[float] = []
     bars: list[tuple[float, float, float]] = []  # (x, mean, std) of every bar, for the labels
     for i, name in enumerate(names):
-        groups = [(results[name], {}, "")]
+        groups: list[tuple[list[float], dict]] = [(results[name], {})]  # the student, then its teacher hatched
         if name in teachers:
-            groups.append((teachers[name], {"hatch": "///", "alpha": 0.45, "edgecolor": colours[name]}, "teacher"))
+            groups.append((teachers[name], {"hatch": "///", "alpha": 0.45, "edgecolor": colours[name]}))
         offsets = [0.0] if len(groups) == 1 else [-width / 2, width / 2]
-        for (values, style, _), offset in zip(groups, offsets):
+        for (values, style), offset in zip(groups, offsets):
             mean, std = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             ax.bar(i + offset, mean, width, yerr=std if std else None, capsize=4, color=colours[name], **style)
             bars.append((i + offset, mean, std))

@@ -415,3 +415,73 @@ def test_onnx_metadata_says_the_preprocessing_and_onnxruntime_matches_predict(ru
     assert np.abs(onnx_proba(Image.Resampling.BILINEAR) - predicted).max() <= 1e-4
     # another resampling is seen: the match above says the documented resize is the one predict uses
     assert np.abs(onnx_proba(Image.Resampling.BICUBIC) - predicted).max() > 3e-4
+
+
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """(out, in) weights of the documented antialiased bilinear resize along one axis: a triangle filter whose
+    support is the shrink factor (at least 1), centred on (i + 0.5)·scale, normalised per output pixel."""
+    scale = in_size / out_size
+    support, invscale = (scale, 1.0 / scale) if scale >= 1.0 else (1.0, 1.0)
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), in_size)
+        w = np.maximum(0.0, 1.0 - np.abs((np.arange(lo, hi) - center + 0.5) * invscale))
+        weights[i, lo:hi] = w / w.sum()
+    return weights
+
+
+@pytest.mark.slow
+def test_a_folder_runs_documented_preprocessing_matches_predict_through_onnxruntime(tmp_path, capsys):
+    """docs/cli.md#preprocessing step 3 (runs on image files, S up to 64), repeated with PIL and NumPy alone."""
+    import onnx
+    import onnxruntime
+    from cli_helpers import succeeds
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / name / f"{i}.png"
+            )
+    run = tmp_path / "run"
+    overrides = ["data.name=folder", f"data.root={tmp_path / 'train'}", "data.labeled_selection=all"]
+    overrides += ["data.val_per_class=1", "data.batch_size=4", "data.mu=1", "data.image_size=16", "data.workers=0"]
+    overrides += ["model.name=small_cnn", "model.width=4", "train.steps=3", "train.eval_every=0", "finetune.steps=0"]
+    sets = [arg for key in overrides for arg in ("--set", key)]
+    succeeds(capsys, "train", "--preset", "cifar10_4k", *sets, "--out", run, "--no-progress", "--no-tensorboard")
+    exported = export_run(run, "onnx", tmp_path / "m.onnx")
+    metadata = {p.key: p.value for p in onnx.load(str(exported.path)).metadata_props}
+    assert "antialias=True" in metadata["preprocessing_resize"] and "16x16" in metadata["preprocessing_resize"]
+    assert json.loads(metadata["classes"]) == ["cat", "dog"]
+
+    photos = tmp_path / "photos" / "cats"
+    photos.mkdir(parents=True)
+    for i, (height, width) in enumerate([(37, 53), (90, 31), (16, 16), (9, 12)]):  # shrunk, kept, enlarged
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    out, _ = predict_run(run, tmp_path / "photos", tmp_path / "p.csv")
+    columns, rows = _read_csv(out)
+    assert columns[3:] == ["prob_cat", "prob_dog"]
+    predicted = np.array([[float(r["prob_cat"]), float(r["prob_dog"])] for r in rows])
+
+    inputs = []
+    for row in rows:
+        with Image.open(row["input"]) as opened:
+            pixels = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"), dtype=np.float32)
+        if pixels.shape[:2] != (16, 16):
+            pixels = np.einsum("oh,hwc->owc", _resize_weights(pixels.shape[0], 16), pixels)
+            pixels = np.einsum("ow,hwc->hoc", _resize_weights(pixels.shape[1], 16), pixels)
+            pixels = np.clip(np.round(pixels), 0, 255)
+        inputs.append((pixels / 255.0).transpose(2, 0, 1).astype(np.float32))
+    x = np.stack(inputs)
+    # the same pixels as predict's own loading, up to float rounding at a half grey level (a few in 10,000)
+    pipeline = load_run(run).data.x_labeled.pipeline
+    reference = np.stack([load_image(Path(r["input"]), (3, 16, 16), pipeline=pipeline).numpy() for r in rows])
+    assert np.abs(x - reference).max() <= 1 / 255 + 1e-6 and (np.abs(x - reference) > 1e-6).mean() < 1e-3
+    session = onnxruntime.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x})
+    proba = np.exp(logits - logits.max(1, keepdims=True))
+    proba /= proba.sum(1, keepdims=True)
+    assert np.abs(proba - predicted).max() <= 1e-4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
@@ -183,7 +184,11 @@ def curves_figure(runs: dict[str, Series]):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if title in ACCURACY_PANELS:
+        if title in ACCURACY_PANELS and not plotted:  # e.g. TwoMoon, which has no validation split
+            ax.text(0.5, 0.5, f"no {title} in these runs", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        elif title in ACCURACY_PANELS:
             ax.set_ylabel("top-1 accuracy")
             limits = plateau_limits(plotted)
             if limits is not None:
@@ -235,10 +240,21 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
         )
         test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
         name = method_label(cfg)
-        ax.set_title(f"{name}: test accuracy {test_acc:.1%}")
+        teacher = _summary(run).get("teacher_test_top1")  # the regions are the student's; its teacher's score beside
+        teacher_text = f"\n(its teacher: {teacher:.1%})" if isinstance(teacher, float) else ""
+        ax.set_title(f"{name}: test accuracy {test_acc:.1%}{teacher_text}")
         ax.set_xticks([])
         ax.set_yticks([])
     save_figure(fig, out)
+
+
+def _summary(run: Path) -> dict:
+    """A run's summary.json, or {} when it has none that reads (plots still draw without it)."""
+    try:
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def plot_bars(

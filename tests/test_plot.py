@@ -159,3 +159,12 @@ def test_bars(tmp_path):
 def test_plot_refuses_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(CheckpointError, match="not a run directory"):
         plot_runs([tmp_path])
+
+
+def test_an_accuracy_panel_without_data_says_so():
+    fig = curves_figure({"twomoon": {"train_eval/test_top1": ([100.0, 200.0], [0.7, 0.8])}})  # no validation split
+    try:
+        panel = _axis(fig, "validation accuracy")
+        assert not panel.lines and [t.get_text() for t in panel.texts] == ["no validation accuracy in these runs"]
+    finally:
+        plt.close(fig)

@@ -60,9 +60,10 @@ FINETUNE_FRACTION = 0.1
 FINETUNE_LR = 0.005  # the paper's 1e-5 is for batch 512 on CIFAR after 300k steps; a tenth of the training LR here
 QUICK = {"preset": "digits", "seeds": 2, "steps": 1000}
 # Diagnostics read from metrics.jsonl: (panel title, phase, key) — the names metapl.methods log.
+# The accuracy panels draw the student solid and, where it has one, its teacher dashed, in the method's colour.
 CURVES = (
-    ("student test accuracy (EMA)", "train_eval", "test_top1"),
-    ("teacher test accuracy", "train_eval", "teacher_test_top1"),
+    ("test accuracy: student (EMA) solid, teacher dashed", "train_eval", "test_top1"),
+    ("validation accuracy: student (EMA) solid, teacher dashed", "train_eval", "val_top1"),
     ("h (teacher feedback)", "train", "h"),
     ("b (moving-average baseline)", "train", "baseline"),
     ("pseudo-label accuracy on unlabeled data", "train", "pseudo_label_acc"),
@@ -98,8 +99,8 @@ def _run(task: tuple[str, tuple[str, list[str]], str, int, int | None, list[str]
         "seed": seed,
         "selected": summary["test_top1_selected"],
         "final": summary["test_top1"],
-        "teacher_selected": summary.get("train_best_teacher_test_top1"),
-        "teacher_final": summary.get("train_final_teacher_test_top1"),
+        "teacher_selected": summary.get("teacher_test_top1_selected"),
+        "teacher_final": summary.get("teacher_test_top1"),
         "seconds": seconds,
         "overrides": overrides,
         "passes_teacher_at": passes_teacher_at(run_dir),
@@ -220,31 +221,19 @@ def _read(run: Path) -> list[dict]:
 
 
 def plot_bars(results: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Mean ± std (error bars) of the selected checkpoints' test accuracy, final-step mean as a marker."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Mean ± std (error bars) of the selected checkpoints' test accuracy, hatched beside it the teacher's
+    (selected on its own validation accuracy), the final-step mean as a diamond (metapl.plot.bars_figure)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    names = list(results)
-    selected = [[r["selected"] for r in results[n]] for n in names]
-    final = [float(np.mean([r["final"] for r in results[n]])) for n in names]
-    means = [float(np.mean(s)) for s in selected]
-    stds = [float(np.std(s, ddof=1)) if len(s) > 1 else 0.0 for s in selected]
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 4.2))
-    x = np.arange(len(names))
-    ax.bar(x, means, yerr=stds, capsize=4, color="#5b8bd0", label="selected on validation (mean ± std)")
-    ax.scatter(x, final, color="#d0452b", marker="D", s=22, zorder=3, label="final step (mean)")
-    for i, mean in enumerate(means):
-        ax.text(i, mean + stds[i] + 0.003, f"{mean:.1%}", ha="center", va="bottom", fontsize=8)
-    low = min(min(means) - max(stds) - 0.05, min(final) - 0.02)
-    ax.set_ylim(max(0.0, low), min(1.0, max(means) + max(stds) + 0.03))
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="y", alpha=0.3)
+    from metapl.plot import bars_figure
+
+    selected = {name: [r["selected"] for r in records] for name, records in results.items()}
+    finals = {name: [r["final"] for r in records] for name, records in results.items()}
+    teachers = {
+        name: [r["teacher_selected"] for r in records if r.get("teacher_selected") is not None]
+        for name, records in results.items()
+    }
+    fig = bars_figure(selected, title, teachers, finals)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -274,27 +263,40 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_curves(out: Path, names: list[str], seed: int, path: Path, title: str) -> None:
-    """Diagnostics of one seed, one line per method: accuracies, h and b (smoothed), pseudo labels, agreement."""
+    """Diagnostics of one seed, one colour per method: test and validation accuracy (teachers dashed, the axis
+    from the plateau), h and b (smoothed), pseudo labels, agreement."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metapl.plot import plateau_limits, run_colours
+
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
-    colours = plt.get_cmap("tab10")
+    colours = run_colours(names)
     for ax, (panel, phase, key) in zip(axes.flat, CURVES):
-        for i, name in enumerate(names):
-            steps, values = _series(out / f"{_slug(name)}-seed{seed}", phase, key)
-            if not steps:
-                continue
-            if phase == "train":
-                values = _smooth(values, 10)
-            ax.plot(steps, values, lw=1.1, color=colours(i % 10), label=name)
+        plotted = []
+        for name in names:
+            run = out / f"{_slug(name)}-seed{seed}"
+            lines = [(key, "-", name)]
+            if phase == "train_eval":
+                lines.append((f"teacher_{key}", "--", f"{name}: teacher"))
+            for series_key, style, label in lines:
+                steps, values = _series(run, phase, series_key)
+                if not steps:
+                    continue
+                if phase == "train":
+                    values = _smooth(values, 10)
+                ax.plot(steps, values, style, lw=1.1, color=colours[name], label=label)
+                plotted.append(values)
         ax.set_title(panel + (" (moving average of 10 logs)" if phase == "train" else ""), fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if key in ("h", "baseline"):
             ax.set_yscale("symlog", linthresh=1e-5)
+        if phase == "train_eval" and (limits := plateau_limits(plotted)) is not None:
+            ax.set_ylim(*limits)
+            ax.set_ylabel("top-1 accuracy (axis from the plateau)")
         if ax.lines:
             ax.legend(fontsize=6)
     fig.suptitle(title)
@@ -305,19 +307,21 @@ def plot_curves(out: Path, names: list[str], seed: int, path: Path, title: str) 
 
 def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, title: str) -> None:
     """One budget's test accuracy against the step, mean over seeds (the band: ± std): each method's evaluated
-    model (solid) and, where it has one, its teacher (dashed). Shows where a student passes its teacher and how a
-    model that over-trains declines, which the budget plot's end points cannot."""
+    model (solid) and, where it has one, its teacher (dashed), one colour per method. Shows where a student passes
+    its teacher and how a model that over-trains declines, which the budget plot's end points cannot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from metapl.plot import plateau_limits, run_colours
+
     fig, ax = plt.subplots(figsize=(9, 5))
-    colours = plt.get_cmap("tab10")
+    colours = run_colours(list(results))
     drawn: set[Path] = set()
-    lows: list[float] = []  # the y axis starts below the lowest mean after the first tenth (the climb from chance)
-    for i, (name, records) in enumerate(results.items()):
+    means: list[list[float]] = []  # the y axis starts from the plateau (the climb from chance may fall below)
+    for name, records in results.items():
         runs = [_run_dir(out, r) for r in records]
         if not runs or runs[0] in drawn:  # "mpl hard dot" is the "+ finetune" run's training phase: drawn once
             continue
@@ -332,13 +336,13 @@ def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, ti
             steps = np.array(series[0][0][:length])
             values = np.array([v[:length] for _, v in series])
             mean, std = values.mean(axis=0), values.std(axis=0)
-            lows.append(float(mean[len(mean) // 10 :].min()))
-            ax.plot(steps, mean, style, color=colours(i % 10), lw=1.1, label=f"{label}{suffix} ({len(series)} seeds)")
-            ax.fill_between(steps, mean - std, mean + std, color=colours(i % 10), alpha=0.12, lw=0)
+            means.append([float(m) for m in mean])
+            ax.plot(steps, mean, style, color=colours[name], lw=1.1, label=f"{label}{suffix} ({len(series)} seeds)")
+            ax.fill_between(steps, mean - std, mean + std, color=colours[name], alpha=0.12, lw=0)
     ax.set_xlabel("step")
-    ax.set_ylabel("test accuracy (mean over seeds)")
-    if lows:
-        ax.set_ylim(max(0.0, min(lows) - 0.03), None)
+    ax.set_ylabel("test accuracy (mean over seeds; axis from the plateau)")
+    if (limits := plateau_limits(means)) is not None:
+        ax.set_ylim(*limits)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -648,9 +652,12 @@ def plot_budgets(sweep: dict, path: Path, title: str) -> None:
 
     budgets = sorted(int(b) for b in sweep["budgets"])
     names = list(dict.fromkeys(n for b in budgets for n in sweep["budgets"][str(b)] if sweep["budgets"][str(b)][n]))
-    colours = plt.get_cmap("tab10")
+    from metapl.plot import plateau_limits, run_colours
+
+    colours = run_colours(names)
     fig, ax = plt.subplots(figsize=(8, 5))
-    for i, name in enumerate(names):
+    drawn: list[list[float]] = []
+    for name in names:
         for key, style in (("selected", "-"), ("final", "--")):
             xs, means, stds = [], [], []
             for b in budgets:
@@ -666,18 +673,23 @@ def plot_budgets(sweep: dict, path: Path, title: str) -> None:
                     means,
                     yerr=stds,
                     fmt="o" + style,
-                    color=colours(i % 10),
+                    color=colours[name],
                     capsize=3,
                     lw=1.2,
                     ms=4,
                     label=label,
                     alpha=1.0 if key == "selected" else 0.6,
                 )
+                drawn.append(means)
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(budgets, [f"{b:,}" for b in budgets])
     ax.set_xlabel("training steps")
     ax.set_ylabel("test accuracy")
+    limits = plateau_limits([[v] for values in drawn for v in values])  # every point: few budgets, each one counts
+    if limits is not None and limits[0] > 0:
+        ax.set_ylim(*limits)
+        ax.set_ylabel(f"test accuracy (axis starts at {limits[0]:.0%})")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

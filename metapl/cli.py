@@ -16,7 +16,7 @@ from pathlib import Path
 
 from metapl import __version__
 from metapl.errors import Interrupted, MetaplError
-from metapl.methods import METHODS
+from metapl.methods import METHODS, NETWORKS
 from metapl.presets import preset_names
 
 # This module imports neither PyTorch nor the config (which imports it): `--help`, `--version` and `presets`
@@ -95,9 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(show)
 
     weights_help = "final: model.pt, the evaluated model (EMA student); best: best_model.pt, best on validation"
+    network_help = (
+        "student (default): the evaluated model; teacher: the teacher's final weights (teacher_model.pt; "
+        "methods mpl and pseudo_label)"
+    )
     evaluate = commands.add_parser("eval", help="score a run's weights on its validation and test sets again")
     evaluate.add_argument("run", type=Path, help="run directory written by metapl train")
     evaluate.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    evaluate.add_argument("--network", choices=NETWORKS, default="student", help=network_help)
     evaluate.add_argument(
         "--batch-size", type=int, default=None, help="evaluation batch (default: train.eval_batch_size)"
     )
@@ -111,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--out", type=Path, help="output CSV (default RUN/predictions.csv)")
     predict.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    predict.add_argument("--network", choices=NETWORKS, default="student", help=network_help)
     predict.add_argument(
         "--invert",
         action="store_true",
@@ -128,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", type=Path, help="output file (default RUN/model.safetensors or RUN/model.onnx)")
     export.add_argument("--weights", choices=("final", "best"), default="final", help=weights_help)
+    export.add_argument("--network", choices=NETWORKS, default="student", help=network_help)
 
     label = commands.add_parser(
         "label", help="store a teacher's class distributions on a data set's images, for method reduced_mpl"
@@ -309,7 +316,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if not main_rank:
         return 0
-    shown = {k: v for k, v in summary.items() if k in ("method", "test_top1", "test_top1_selected", "train_seconds")}
+    final = ("method", "test_top1", "test_top1_selected", "teacher_test_top1", "teacher_test_top1_selected")
+    shown = {k: summary[k] for k in (*final, "train_seconds") if k in summary}
     print(f"run directory: {out}")
     print(" ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
     return 0
@@ -354,18 +362,18 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from metapl.inference import evaluate_run, format_eval_table
+    from metapl.inference import eval_path, evaluate_run, format_eval_table
 
-    result = evaluate_run(args.run, args.weights, args.batch_size)
+    result = evaluate_run(args.run, args.weights, args.batch_size, args.network)
     print(format_eval_table(result))
-    print(f"wrote {args.run / 'eval.json'}")
+    print(f"wrote {eval_path(args.run, args.network)}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from metapl.inference import predict_run
 
-    out, rows = predict_run(args.run, args.input, args.out, args.weights, args.invert)
+    out, rows = predict_run(args.run, args.input, args.out, args.weights, args.invert, args.network)
     print(f"wrote {rows} prediction{'s' if rows != 1 else ''} to {out}")
     return 0
 
@@ -373,7 +381,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from metapl.inference import export_run
 
-    result = export_run(args.run, args.export_format, args.out, args.weights)
+    result = export_run(args.run, args.export_format, args.out, args.weights, args.network)
     print(f"wrote {result.path}")
     print(f"checked on {result.checked_examples} test inputs: max abs difference to PyTorch {result.max_abs_diff:.3g}")
     return 0

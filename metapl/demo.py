@@ -35,6 +35,9 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
         {m: [s["test_top1_selected"]] for m, s in summaries.items()},
         out / "demo_accuracy.png",
         "digits, 5 labels/class: validation-selected test accuracy",
+        teachers={
+            m: [s["teacher_test_top1_selected"]] for m, s in summaries.items() if "teacher_test_top1_selected" in s
+        },
     )
     plot_curves([out / m for m in DEMO_METHODS], out / "demo_curves.png")
     print(f"wrote {out / 'table.md'}, {out / 'demo_accuracy.png'} and {out / 'demo_curves.png'}")

@@ -25,10 +25,11 @@ from metapl.engine.atomic import atomic_write_json
 from metapl.engine.budget import check_data_settings, check_step_memory
 from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, set_rng_state, training_state
 from metapl.engine.evaluate import make_evaluator
-from metapl.engine.logger import RunLogger
+from metapl.engine.logger import RunLogger, read_metrics
 from metapl.engine.loop import FitResult, fit
+from metapl.engine.loop import _better as better_evaluation  # the rule that selects the student's evaluation
 from metapl.engine.outputs import check_output_folder, config_inputs
-from metapl.engine.run_dir import CHECKPOINT, RunLock
+from metapl.engine.run_dir import CHECKPOINT, TEACHER_MODEL, RunLock
 from metapl.engine.speed import AUTOCAST_DTYPES, apply_switches, check_switches
 from metapl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from metapl.methods.base import Method
@@ -218,6 +219,9 @@ def _run_phases(
     if not main:
         return {}
     atomic_save(_cpu_state(final_model), out_dir / "model.pt")
+    teacher = method.reported_networks().get("teacher")  # an image network (mpl, pseudo_label): eval/predict/export
+    if teacher is not None:
+        atomic_save(_cpu_state(teacher), out_dir / TEACHER_MODEL)
     last = results.get("finetune", results["train"])
     if last.best_state is not None:
         atomic_save(last.best_state, out_dir / "best_model.pt")
@@ -232,6 +236,7 @@ def _run_phases(
     }
     summary["test_top1"] = last.final.get("test_top1")
     summary["test_top1_selected"] = last.best.get("test_top1")
+    summary.update(_teacher_summary(out_dir, results["train"]))
     atomic_write_json(summary, out_dir / "summary.json")
     return summary
 
@@ -271,3 +276,27 @@ def _phase_summary(result: FitResult) -> dict:
 
 def _cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _teacher_summary(out_dir: Path, train: FitResult) -> dict:
+    """The teacher's test top-1 at the end of training (teacher_test_top1) and at the evaluation where its own
+    validation top-1 was highest (teacher_test_top1_selected), as the student's test_top1 and
+    test_top1_selected; {} for methods that score no teacher (a teacher is trained in the training phase only)."""
+    if "teacher_test_top1" not in train.final:
+        return {}
+    selected = train.final  # without a validation split nothing may select on the test set: the last evaluation
+    try:
+        records = read_metrics(out_dir)
+    except (OSError, ValueError):
+        records = []
+    best: dict | None = None
+    for record in records:
+        if record.get("phase") == "train_eval" and "teacher_val_top1" in record and "teacher_test_top1" in record:
+            if best is None or better_evaluation(record, best, "teacher_val_top1"):
+                best = record
+    if best is not None:
+        selected = best
+    return {
+        "teacher_test_top1": train.final["teacher_test_top1"],
+        "teacher_test_top1_selected": selected["teacher_test_top1"],
+    }

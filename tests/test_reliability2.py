@@ -569,7 +569,7 @@ def test_a_csv_with_a_byte_order_mark_trains_and_class_names_come_back(capsys, f
     out = tmp_path / "p.csv"
     succeeds(capsys, "predict", run, images / "images" / "dog", "--out", out)
     columns, rows = _predictions(out)
-    assert columns[:3] == ["input", "class", "label"] and columns[3:] == ["prob_0", "prob_1"]
+    assert columns[:3] == ["input", "class", "label"] and columns[3:] == ["prob_cat", "prob_dog"]
     assert all(r["label"] == ["cat", "dog"][int(r["class"])] for r in rows)
 
 

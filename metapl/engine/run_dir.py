@@ -24,6 +24,7 @@ from metapl.engine.checkpoint import read_training_state
 from metapl.errors import CheckpointError, ConfigError, MetaplError
 
 CHECKPOINT = "checkpoint.pt"
+TEACHER_MODEL = "teacher_model.pt"  # the teacher's final weights (methods whose teacher is an image network)
 # What metapl writes into a run directory, besides metapl.json, checkpoint.pt, its numbered copies and the lock.
 RUN_OUTPUTS = (
     "config.yaml",
@@ -33,18 +34,23 @@ RUN_OUTPUTS = (
     "tensorboard",
     "model.pt",
     "best_model.pt",
+    TEACHER_MODEL,
     "summary.json",
     "eval.json",
+    "teacher_eval.json",
     "inputs.json",  # fingerprints of the shards, label store, weights and test set read (engine/run_inputs.py)
 )
 # What the other commands write into a run directory by default (predict, export, plot): they describe its model,
 # so a fresh start removes them with the rest.
 COMMAND_OUTPUTS = (
     "predictions.csv",
+    "teacher_predictions.csv",
     "model.safetensors",
     "model.onnx",
     "best_model.safetensors",
     "best_model.onnx",
+    "teacher_model.safetensors",
+    "teacher_model.onnx",
     "curves.png",
     "regions.png",
 )

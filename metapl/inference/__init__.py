@@ -1,6 +1,6 @@
 """Using a finished run: evaluate its weights again, predict on image files or CSV rows, export to safetensors/ONNX."""
 
-from metapl.inference.evaluation import evaluate_run, format_eval_table
+from metapl.inference.evaluation import eval_path, evaluate_run, format_eval_table
 from metapl.inference.export import EXPORT_FORMATS, ExportResult, export_run
 from metapl.inference.inputs import image_extensions, load_image, load_inputs
 from metapl.inference.predict import predict_run
@@ -11,6 +11,7 @@ __all__ = [
     "WEIGHTS",
     "ExportResult",
     "LoadedRun",
+    "eval_path",
     "evaluate_run",
     "export_run",
     "format_eval_table",

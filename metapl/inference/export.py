@@ -17,7 +17,8 @@ from metapl.data import example_inputs
 from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable, mark
 from metapl.errors import ConfigError, ExportError
-from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run
+from metapl.inference.inputs import preprocessing
+from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run, output_name
 
 EXPORT_FORMATS = ("safetensors", "onnx")
 ONNX_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch that an export may show
@@ -34,14 +35,20 @@ class ExportResult:
     checked_examples: int
 
 
-def export_run(run: Path, fmt: str, out: Path | None = None, weights: str = "final") -> ExportResult:
-    """Write the run's model as safetensors or ONNX, then check that the file reproduces the model's outputs."""
+def export_run(
+    run: Path, fmt: str, out: Path | None = None, weights: str = "final", network: str = "student"
+) -> ExportResult:
+    """Write the run's model (the student, or with network="teacher" the teacher's final weights) as
+    safetensors or ONNX, then check that the file reproduces the model's outputs."""
     if fmt not in EXPORT_FORMATS:
         raise ConfigError(f"export format {fmt!r} is not allowed; use one of: {', '.join(EXPORT_FORMATS)}")
-    default = Path(run) / f"{WEIGHTS.get(weights, WEIGHTS['final']).removesuffix('.pt')}.{fmt}"
+    stem = WEIGHTS.get(weights, WEIGHTS["final"]).removesuffix(".pt")
+    default = Path(run) / output_name(f"{stem}.{fmt}", network)  # model.onnx, best_model.onnx, teacher_model.onnx
     out = Path(out) if out is not None else default
     check_output_file(out, inputs_of_run(Path(run)), [Path(run)])
-    loaded = load_run(run, weights, "cpu")  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
+    loaded = load_run(
+        run, weights, "cpu", network
+    )  # CPU: onnxruntime's check runs there, and the files hold CPU tensors
     check_not_among(out, data_files(loaded.data), "the run's data")
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +87,7 @@ def _export_safetensors(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float
     metadata = mark({"format": "pt", **_description(loaded), "config": json.dumps(loaded.config.to_dict())})
     # save() to bytes rather than save_file(): save_file creates the file with mode 0600, unlike every other output.
     path.write_bytes(safetensors_torch.save(state, metadata=metadata))
-    fresh = build_model(loaded.config, data)
+    fresh = build_model(loaded.config, data, role=loaded.network)
     fresh.load_state_dict(safetensors_torch.load_file(str(path)))
     fresh.eval()
     with torch.no_grad():
@@ -100,9 +107,17 @@ def _description(loaded: LoadedRun) -> dict[str, str]:
         "num_classes": str(data.num_classes),
         "classes": json.dumps(loaded.class_names),
         "input_shape": json.dumps(list(data.input_shape)),
-        "model": loaded.config.model.name,
+        "model": loaded.config.model.of(loaded.network).name,
+        "network": loaded.network,
         "weights": loaded.weights_path.name,
+        # how predict turns an image file into the input, to be repeated outside metapl (docs/cli.md#preprocessing)
+        **{f"preprocessing_{k}": v for k, v in preprocessing(data.input_shape, _pipeline(data), loaded.model).items()},
     }
+
+
+def _pipeline(data):
+    """The evaluation pipeline of a run on image files (predict's crop and resize), None for other runs."""
+    return getattr(data.x_labeled, "pipeline", None)
 
 
 def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from pathlib import Path
@@ -72,22 +73,36 @@ def _image_shape(input_shape: tuple[int, ...]) -> tuple[int, int, int]:
 def load_inputs(
     source: Path, input_shape: tuple[int, ...], invert: bool = False, pipeline=None
 ) -> tuple[list[str], torch.Tensor]:
-    """Names and a batch of inputs from an image file, a folder of images (sorted, not recursive) or a CSV."""
+    """Names and a batch of inputs from an image file, a folder of images (searched recursively: a folder of class
+    folders too; sorted by path) or a CSV. An image's name is its path: the folder as given, then its path in it."""
     source = Path(source)
     if not source.exists():
         raise DataError(f"no input at {source}; pass an image file, a folder of images or a CSV file")
     if source.is_dir():
-        extensions = image_extensions()
-        # Names starting with a dot are editor or macOS metadata files (._scan.png), never the user's images.
-        files = sorted(
-            p for p in source.iterdir() if p.is_file() and p.suffix.lower() in extensions and not p.name.startswith(".")
-        )
+        files = folder_images(source)
         if not files:
-            raise DataError(f"no image files in {source}; put PNG or JPEG files there, or pass a CSV file")
+            raise DataError(
+                f"no image files in {source} or its sub-folders; put PNG or JPEG files there, or pass a CSV file"
+            )
         return [str(p) for p in files], torch.stack([load_image(p, input_shape, invert, pipeline) for p in files])
     if source.suffix.lower() == ".csv":
         return _load_csv(source, input_shape, invert, pipeline)
     return [str(source)], load_image(source, input_shape, invert, pipeline)[None]
+
+
+def folder_images(folder: Path) -> list[Path]:
+    """The image files under `folder`, in its sub-folders too, sorted by their path in it. Names starting with a
+    dot (and everything in such folders) are editor, macOS or notebook metadata (._scan.png,
+    .ipynb_checkpoints), never the user's images."""
+    extensions = image_extensions()
+    found = []
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.suffix.lower() not in extensions:
+            continue
+        if path.is_file():
+            found.append((relative.parts, path))
+    return [path for _, path in sorted(found)]
 
 
 def csv_image_paths(path: Path) -> list[Path]:
@@ -178,3 +193,53 @@ def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> b
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def preprocessing(input_shape: tuple[int, ...], pipeline=None, model=None) -> dict[str, str]:
+    """What metapl does to an image file before the model sees it (load_image), in words a reader can repeat
+    with PIL and NumPy: the metadata of an ONNX export and docs/cli.md#preprocessing. Strings only."""
+    shape = tuple(int(n) for n in input_shape)
+    out = {"input_dtype": "float32"}
+    mean, std = getattr(model, "mean", None), getattr(model, "std", None)  # models.normalize.Standardized
+    if mean is not None and std is not None:
+        out["normalization"] = "inside the model: (x - mean) / std per channel; feed x in [0, 1], not standardised"
+        out["mean"] = json.dumps([round(float(v), 6) for v in mean.flatten()])
+        out["std"] = json.dumps([round(float(v), 6) for v in std.flatten()])
+    else:
+        out["normalization"] = "none: the model takes x as it is"
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        out["input_layout"] = f"(N, {', '.join(map(str, shape))}): the data set's own values, not an image"
+        return out
+    channels, height, width = shape
+    mode = "L" if channels == 1 else "RGB"
+    out.update(
+        input_layout=f"NCHW: (N, {channels}, {height}, {width})",
+        input_range="[0, 1]: 8-bit pixel value / 255",
+        color=f"{'grey' if channels == 1 else 'RGB'}: PIL Image.convert('{mode}')",
+        orientation="PIL ImageOps.exif_transpose (photos taken sideways carry their rotation in EXIF)",
+    )
+    if pipeline is None:
+        out["alpha"] = "images with transparency are composited onto opaque white (PIL alpha_composite) first"
+        out["resize"] = (
+            f"the whole image, no crop, aspect ratio not kept: PIL Image.resize(({width}, {height}), "
+            "Image.Resampling.BILINEAR) of the 8-bit image"
+        )
+    elif pipeline.style == "large":
+        size = pipeline.size
+        out["alpha"] = "dropped: PIL Image.convert"
+        out["resize"] = (
+            f"central square crop of side max(1, int({size} / {size + 32} * min(H, W))) at top (H - side + 1) // 2, "
+            f"left (W - side + 1) // 2, resized to {size}x{size} by antialiased bicubic interpolation "
+            "(torchvision.transforms.functional.resized_crop, BICUBIC, antialias=True) of the 8-bit image, "
+            "rounded back to 8 bits"
+        )
+    else:
+        size = pipeline.size
+        out["alpha"] = "dropped: PIL Image.convert"
+        out["resize"] = (
+            f"the whole image, no crop, aspect ratio not kept, to {size}x{size} by antialiased bilinear "
+            "interpolation of the 8-bit values (torch.nn.functional.interpolate(mode='bilinear', antialias=True, "
+            f"align_corners=False): a triangle filter whose support grows with the shrink factor), rounded to "
+            f"integers in [0, 255]; an image of {size}x{size} is not resized"
+        )
+    return out

@@ -16,11 +16,18 @@ from metapl.build import build_model
 from metapl.config import Config, load_config_file
 from metapl.data import build_data
 from metapl.data.loaders import DataBundle
-from metapl.engine.checkpoint import check_weight_values, load_weights, state_mismatch
-from metapl.engine.run_dir import CHECKPOINT, with_own_split
+from metapl.engine.checkpoint import check_weight_values, load_weights, read_training_state, state_mismatch
+from metapl.engine.run_dir import CHECKPOINT, TEACHER_MODEL, with_own_split
 from metapl.errors import CheckpointError, ConfigError
+from metapl.methods import METHODS, NETWORKS
 
 WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
+
+
+def output_name(name: str, network: str) -> str:
+    """A command's default output name in the run directory for `network`: predictions.csv for the student,
+    teacher_predictions.csv for the teacher (so that neither replaces the other)."""
+    return name if network == "student" else f"{network}_{name}"
 
 
 @dataclass
@@ -33,10 +40,14 @@ class LoadedRun:
     model: nn.Module
     weights_path: Path
     class_names: list[str] = field(default_factory=list)  # in label order (classes.json; "0".."K-1" without)
+    network: str = "student"  # which of the run's networks: the evaluated student, or the teacher (NETWORKS)
 
 
-def load_run(run: Path, weights: str = "final", device: torch.device | str = "cpu") -> LoadedRun:
-    """Rebuild a run's data and model and load its final (model.pt) or best (best_model.pt) weights."""
+def load_run(
+    run: Path, weights: str = "final", device: torch.device | str = "cpu", network: str = "student"
+) -> LoadedRun:
+    """Rebuild a run's data and model and load its final (model.pt) or best (best_model.pt) weights; with
+    network="teacher", the teacher's network and its final weights (teacher_model.pt)."""
     run = Path(run)
     if not run.is_dir():
         raise CheckpointError(f"no run directory at {run}; pass a directory written by metapl train --out")
@@ -46,7 +57,11 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
         )
     if weights not in WEIGHTS:
         raise ConfigError(f"weights={weights!r} is not allowed; use one of: {', '.join(WEIGHTS)}")
+    if network not in NETWORKS:
+        raise ConfigError(f"network={network!r} is not allowed; use one of: {', '.join(NETWORKS)}")
     cfg = load_config_file(run / "config.yaml")
+    if network == "teacher":
+        _check_teacher(cfg, weights)
     # The indices the run saved, not a re-draw: the split stays the run's even if the drawing code changes.
     cfg.data = with_own_split(run, cfg.data)
     data = build_data(model_data(cfg.data), cfg.train.seed)
@@ -62,11 +77,56 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
         )
     if weights == "best" and not path.is_file():
         raise CheckpointError(f"no {path}: the run kept no best-on-validation weights; use --weights final")
-    state = load_weights(path, fix="pass a run whose weights are intact, or train this one again")
-    model = build_model(cfg, data)
+    if network == "teacher":
+        path, state = _teacher_weights(run, cfg)
+    else:
+        state = load_weights(path, fix="pass a run whose weights are intact, or train this one again")
+    model = build_model(cfg, data, role=network)
     load_state(model, state, path, cfg, data)
     model.to(device).eval()
-    return LoadedRun(run, cfg, data, model, path, class_names(run, data))
+    return LoadedRun(run, cfg, data, model, path, class_names(run, data), network)
+
+
+def _check_teacher(cfg: Config, weights: str) -> None:
+    """Refuse --network teacher for a run that has no teacher image network, and --weights best with it."""
+    method = cfg.method.name
+    if method == "reduced_mpl":
+        raise ConfigError(
+            "method reduced_mpl's teacher is the reduced teacher, a small network over the stored class "
+            "distributions of data.label_dir, not an image network: it cannot score, predict or export images; use "
+            "--network student, or the big teacher's own run (the source of metapl label)"
+        )
+    # a method trains a teacher image network when it trains two networks of the run's model
+    with_teacher = [name for name in METHODS.names() if METHODS.get(name).memory.networks > 1]
+    if method not in with_teacher:
+        raise ConfigError(
+            f"method {method} trains no teacher; use --network student (methods with a teacher: "
+            f"{', '.join(with_teacher)})"
+        )
+    if weights != "final":
+        raise ConfigError(
+            f"--weights {weights} --network teacher: a run keeps its teacher's final weights only "
+            f"({TEACHER_MODEL}); use --weights final"
+        )
+
+
+def _teacher_weights(run: Path, cfg: Config) -> tuple[Path, object]:
+    """The teacher's final weights: teacher_model.pt, or for a run of a metapl before that file, the teacher
+    state in checkpoint.pt when the checkpoint is at the end of training (the teacher does not change after)."""
+    path = run / TEACHER_MODEL
+    if path.is_file():
+        return path, load_weights(path, fix="pass a run whose weights are intact, or train this one again")
+    checkpoint = run / CHECKPOINT
+    if checkpoint.is_file():
+        state = read_training_state(checkpoint, fix="train the run again with --restart to get its teacher's weights")
+        finished = state.get("phase") == "finetune" or state.get("step") == cfg.train.steps
+        teacher = state.get("method", {}).get("teacher") if isinstance(state.get("method"), dict) else None
+        if finished and teacher is not None:
+            return checkpoint, teacher
+    raise CheckpointError(
+        f"no {path}: the run predates {TEACHER_MODEL} and keeps no {CHECKPOINT} of the "
+        "end of training to take the teacher from; train the run again (metapl train --restart) to keep its teacher's weights"
+    )
 
 
 def model_data(data_cfg):

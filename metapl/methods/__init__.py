@@ -40,6 +40,10 @@ METHODS: Registry[MethodEntry] = Registry(
     },
 )
 
+# The image networks a finished run keeps: the evaluated model (model.pt, best_model.pt) and, for methods whose
+# teacher is an image network, the teacher's final weights (teacher_model.pt); eval/predict/export --network.
+NETWORKS = ("student", "teacher")
+
 _EXPORTS = {
     "Batch": "metapl.methods.base",
     "Method": "metapl.methods.base",
@@ -64,4 +68,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["METHODS", *_EXPORTS]
+__all__ = ["METHODS", "NETWORKS", *_EXPORTS]

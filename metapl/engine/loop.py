@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from metapl import distributed
 from metapl.engine.logger import RunLogger
+from metapl.engine.progress import Progress
 from metapl.errors import Interrupted, TrainingError
 from metapl.methods.base import Batch, Method
 
@@ -102,10 +102,9 @@ def fit(
     first = result.steps
     start = time.perf_counter() - result.seconds
     last_log_time, last_log_step = time.perf_counter(), first
-    # disable=None turns the bar off when stderr is not a terminal.
-    bar = tqdm(
-        total=steps, initial=first, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
-    )
+    # A bar on a terminal; one line per evaluation when stderr is a file (engine/progress.py).
+    bar = Progress(steps, first, phase, progress)
+    world = distributed.world_size()
     postfix: dict[str, str] = {}
     stop = _StopRequest()  # SIGINT / SIGTERM: finish the step, write a checkpoint, then stop
     try:
@@ -141,6 +140,7 @@ def fit(
                 if not skip:
                     _check_finite(values, step + 1)
                 postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
+            bar.step(_batch_size(batch) * world, postfix)
             if _due(step, eval_every, is_last):
                 scores = evaluate(method)
                 result.final = scores
@@ -154,6 +154,7 @@ def fit(
                         k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()
                     }
                 postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
+                bar.evaluated(step + 1, scores)
             result.steps, result.seconds = step + 1, time.perf_counter() - start
             if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stop.signum is not None):
                 if not skip:  # with skip a bad step was undone: the state is the last good one
@@ -164,8 +165,6 @@ def fit(
                 saved = "a checkpoint was saved: run the same command to resume" if checkpoint else "nothing was saved"
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(f"{name} stopped {phase} after step {step + 1}; {saved}", stop.signum)
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
     finally:
         stop.restore()
     bar.close()

@@ -30,6 +30,7 @@ from metapl.engine.loop import FitResult, fit
 from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.engine.run_dir import CHECKPOINT, RunLock
 from metapl.engine.speed import AUTOCAST_DTYPES, apply_switches, check_switches
+from metapl.engine.threads import apply_threads
 from metapl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from metapl.methods.base import Method
 from metapl.methods.supervised import finetuner
@@ -82,6 +83,7 @@ def run_experiment(
             )
         check_step_memory(cfg, data, device, world)  # sizes that cannot fit, before the networks are allocated
         method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
+        apply_threads(cfg.train.threads, list(method.networks().values()), device)
         check_stream_data(data, labeled_only=not method.uses_unlabeled)
         inputs = {**run_inputs.file_inputs(cfg), **run_inputs.test_set_input(data)} if saved is None and main else {}
         # Only now, with every check passed, is the directory written.

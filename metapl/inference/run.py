@@ -18,6 +18,7 @@ from metapl.data import build_data
 from metapl.data.loaders import DataBundle
 from metapl.engine.checkpoint import load_weights, state_mismatch
 from metapl.engine.run_dir import CHECKPOINT, with_own_split
+from metapl.engine.threads import apply_threads
 from metapl.errors import CheckpointError, ConfigError
 
 WEIGHTS = {"final": "model.pt", "best": "best_model.pt"}
@@ -66,6 +67,7 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     model = build_model(cfg, data)
     load_state(model, state, path, cfg, data)
     model.to(device).eval()
+    apply_threads(cfg.train.threads, [model], torch.device(device))
     return LoadedRun(run, cfg, data, model, path, class_names(run, data))
 
 

@@ -1,0 +1,142 @@
+"""Step time with one intra-op thread against all cores, per preset, on a quiet and on a busy machine.
+
+    python benchmarks/threads.py            # digits, twomoon, fashion_mnist_400, folder_small, cifar10_4k; ~3 min
+    python benchmarks/threads.py --quick    # fewer rounds (about a minute)
+
+Each preset's method (MPL) is built with the preset's model, labeled batch B and μ on synthetic inputs of its data's
+shape (no data files are read; the data path is not timed: every step reuses one batch), on the CPU. cifar10_4k's
+WRN-28-2 runs at B = 16 instead of 128 (its full step takes tens of seconds on a laptop CPU); the others at their
+preset's B. Each round times `--steps` steps at 1 thread and at all cores (os.cpu_count()), alternating, after a
+warm-up step at each; reported: the median seconds per step over the rounds and all-cores / 1-thread (a ratio
+above 1: one thread is faster). "busy": the same while one process burns a core (a Python busy loop), as another
+job or agent would. The "auto" column is what train.threads=0 picks for that model (metapl/engine/threads.py).
+Prints a Markdown table; writes JSON (--out, default benchmarks/results/threads.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from metapl.build import build_method
+from metapl.config import build_config
+from metapl.engine.threads import automatic_threads, parameter_count
+from metapl.methods import Batch
+
+PRESETS = ("twomoon", "digits", "fashion_mnist_400", "folder_small", "cifar10_4k")
+INPUTS = {"twomoon": (2,), "digits": (64,), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+BATCH = {"cifar10_4k": 16}  # B for presets whose full step is too slow for a CPU benchmark
+
+
+def _setup(preset: str):
+    cfg = build_config(preset, [f"data.batch_size={BATCH[preset]}"] if preset in BATCH else [])
+    if cfg.data.name == "folder":
+        shape: tuple[int, ...] = (3, cfg.data.image_size, cfg.data.image_size)
+    else:
+        shape = INPUTS[cfg.data.name]
+    data = SimpleNamespace(num_classes=10, input_shape=shape, normalization=None)
+    torch.manual_seed(0)
+    method = build_method(cfg, data, torch.device("cpu"))  # type: ignore[arg-type]  # only these fields are read
+    b, u = cfg.data.batch_size, cfg.data.batch_size * cfg.data.mu
+    batch = Batch(
+        x_l=torch.rand(b, *shape),
+        y_l=torch.randint(0, 10, (b,)),
+        x_u_weak=torch.rand(u, *shape),
+        x_u_strong=torch.rand(u, *shape),
+    )
+    params = max(parameter_count(n) for n in method.networks().values())
+    return method, batch, params, cfg
+
+
+def _time(method, batch, steps: int, first: int) -> float:
+    start = time.perf_counter()
+    for step in range(first, first + steps):
+        method.step(batch, step)
+    return (time.perf_counter() - start) / steps
+
+
+def measure(preset: str, rounds: int, steps: int, cores: int) -> dict:
+    method, batch, params, cfg = _setup(preset)
+    counts = (1, cores)
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    step = 0
+    for n in counts:  # warm-up: allocator and kernels at each thread count
+        torch.set_num_threads(n)
+        _time(method, batch, 1, step)
+        step += 1
+    for r in range(rounds):
+        for n in counts if r % 2 == 0 else counts[::-1]:
+            torch.set_num_threads(n)
+            times[n].append(_time(method, batch, steps, step))
+            step += steps
+    one, all_ = statistics.median(times[1]), statistics.median(times[cores])
+    return {
+        "preset": preset,
+        "model": cfg.model.name,
+        "parameters": params,
+        "batch": f"{cfg.data.batch_size}+2x{cfg.data.batch_size * cfg.data.mu}",
+        "one_thread_s": one,
+        "all_cores_s": all_,
+        "ratio_all_over_one": all_ / one,
+        "auto_threads": automatic_threads(params, torch.device("cpu"), cores),
+    }
+
+
+def _burner() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and steps")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/threads.json"))
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    rounds = 3 if args.quick else 5
+    rows = []
+    for load in ("quiet", "busy"):
+        burner = _burner() if load == "busy" else None
+        try:
+            for preset in args.presets:
+                slow = preset == "cifar10_4k"  # seconds per step: 1 step per round, fewer rounds
+                steps = 1 if slow else (5 if args.quick else 20)
+                result = measure(preset, min(rounds, 3) if slow else rounds, steps, cores)
+                rows.append({"load": load, **result})
+                print(f"{load} {preset}: {result['one_thread_s']:.4f} s vs {result['all_cores_s']:.4f} s", flush=True)
+        finally:
+            if burner is not None:
+                burner.kill()
+                burner.wait()
+    table = [
+        f"CPU: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}; "
+        f"load average before: {os.getloadavg()[0]:.2f}",
+        "",
+        "| machine | preset | model (parameters) | batch | 1 thread (s/step) | "
+        f"{cores} threads (s/step) | {cores} threads / 1 | auto |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        table.append(
+            f"| {r['load']} | {r['preset']} | {r['model']} ({r['parameters']:,}) | {r['batch']} | "
+            f"{r['one_thread_s']:.4f} | {r['all_cores_s']:.4f} | {r['ratio_all_over_one']:.2f} | {r['auto_threads']} |"
+        )
+    print("\n".join(table))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"cores": cores, "torch": torch.__version__, "rounds": rounds, "rows": rows}
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -127,8 +127,8 @@ class TrainConfig:
     # a step with a NaN/inf loss or gradient: stop the run, or skip (undo and count) it
     nonfinite: str = choice("stop", ("stop", "skip"))
     max_skipped_in_a_row: int = at_least(1, 100)  # nonfinite=skip: stop after more consecutive skipped steps
-    # PyTorch's intra-op CPU threads (train, eval, predict, label): 0 picks by the network's size (one thread for
-    # small networks on the CPU, engine/threads.py; OMP_NUM_THREADS, when set, is kept), N takes N
+    # PyTorch's intra-op CPU threads (train, eval, predict, label): 0 picks (one thread for a network of little work
+    # per example or on a busy machine, else all cores; OMP_NUM_THREADS, when set, is kept: engine/threads.py)
     threads: int = at_least(0, 0, " (0: automatic)")
 
 

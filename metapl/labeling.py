@@ -131,7 +131,7 @@ def label_pool(
                 announce(f"{out_dir} already holds these labels; nothing to do")
             return _read_json(out_dir / MANIFEST)
         model = _build_teacher(teacher, loaded, device)  # before anything is written: weights that do not fit
-        apply_threads(cfg.train.threads, [model], device)
+        apply_threads(cfg.train.threads, [model], device, tuple(dataset.x_train.shape[1:]))
         _start(out_dir, plan)
         x = dataset.x_train
         batch_size = options.batch_size or cfg.train.eval_batch_size

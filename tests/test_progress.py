@@ -68,5 +68,7 @@ def test_cli_output_in_a_log_file_is_flushed_in_order(tmp_path):
         cmd += [str(tmp_path / "run"), "--set", "train.steps=20", "--set", "train.eval_every=10", "--no-tensorboard"]
         subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=True, timeout=300)
     lines = log.read_text().splitlines()
-    assert [bool(_LINE.fullmatch(line)) for line in lines] == [True, True, False, False], lines
-    assert lines[2].startswith("run directory:") and lines[3].startswith("method=uda")
+    # stdout's warning before training, stderr's evaluation lines, stdout's result: in the order written
+    assert [bool(_LINE.fullmatch(line)) for line in lines] == [False, True, True, False, False], lines
+    assert lines[0].startswith("metapl: warning: train.steps=20 is short")
+    assert lines[3].startswith("run directory:") and lines[4].startswith("method=uda")

@@ -67,7 +67,7 @@ def load_run(run: Path, weights: str = "final", device: torch.device | str = "cp
     model = build_model(cfg, data)
     load_state(model, state, path, cfg, data)
     model.to(device).eval()
-    apply_threads(cfg.train.threads, [model], torch.device(device))
+    apply_threads(cfg.train.threads, [model], torch.device(device), data.input_shape)
     return LoadedRun(run, cfg, data, model, path, class_names(run, data))
 
 

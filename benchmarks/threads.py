@@ -9,8 +9,8 @@ WRN-28-2 runs at B = 8 instead of 128 (its full step takes tens of seconds on a 
 preset's B. Each round times about --seconds of steps (at least one) at 1 thread and at all cores (os.cpu_count()),
 alternating, after a warm-up step at each (WRN: 3 rounds); reported: the median seconds per step over the rounds and all-cores / 1-thread (a ratio
 above 1: one thread is faster). "busy": the same while one process burns a core (a Python busy loop), as another
-job or agent would. The "auto" column is what train.threads=0 picks for that model on that machine (metapl/engine/threads.py;
-"busy" counts as busy). "quiet" means no burner of ours: on a shared machine other work may still run, so the
+job or agent would. The "auto" column is what train.threads=0 would have picked for that model at that
+moment (metapl/engine/threads.py: the load average measured after the preset's timings). "quiet" means no burner of ours: on a shared machine other work may still run, so the
 1-minute load average before each part is recorded.
 Prints a Markdown table; writes JSON (--out, default benchmarks/results/threads.json).
 """
@@ -32,7 +32,7 @@ import torch
 
 from metapl.build import build_method
 from metapl.config import build_config
-from metapl.engine.threads import automatic_threads, forward_flops
+from metapl.engine.threads import automatic_threads, forward_flops, machine_busy
 from metapl.methods import Batch
 
 PRESETS = ("twomoon", "digits", "fashion_mnist_400", "folder_small", "cifar10_4k")
@@ -91,7 +91,8 @@ def measure(preset: str, rounds: int, seconds: float, cores: int) -> dict:
         "one_thread_s": one,
         "all_cores_s": all_,
         "ratio_all_over_one": all_ / one,
-        "auto_threads_idle": automatic_threads(flops, torch.device("cpu"), cores, busy=False),
+        "load_average": os.getloadavg()[0],
+        "auto_threads": automatic_threads(flops, torch.device("cpu"), cores, machine_busy(cores)),
     }
 
 
@@ -133,7 +134,7 @@ def main() -> None:
     for r in rows:
         table.append(
             f"| {r['load']} | {r['preset']} | {r['model']} ({r['forward_flops']:,}) | {r['batch']} | "
-            f"{r['one_thread_s']:.4f} | {r['all_cores_s']:.4f} | {r['ratio_all_over_one']:.2f} | {1 if r['load'] == 'busy' else r['auto_threads_idle']} |"
+            f"{r['one_thread_s']:.4f} | {r['all_cores_s']:.4f} | {r['ratio_all_over_one']:.2f} | {r['auto_threads']} |"
         )
     print("\n".join(table))
     args.out.parent.mkdir(parents=True, exist_ok=True)

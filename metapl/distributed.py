@@ -63,6 +63,15 @@ def averaged(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether `flag` is true on any rank (one small all-reduce); `flag` itself in a single process."""
+    if world_size() == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over all ranks."""
     return averaged([value.detach()])[0]

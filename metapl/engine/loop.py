@@ -156,19 +156,50 @@ def fit(
                 postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
                 bar.evaluated(step + 1, scores)
             result.steps, result.seconds = step + 1, time.perf_counter() - start
-            if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stop.signum is not None):
+            # Under torchrun every rank stops after the same step (a signal reaches each at its own moment), or
+            # the others would wait forever in the next step's all-reduce.
+            stopping = distributed.any_rank(stop.signum is not None, device) if world > 1 else stop.signum is not None
+            if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stopping):
                 if not skip:  # with skip a bad step was undone: the state is the last good one
                     _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
-                checkpoint(step + 1, result)
-            if stop.signum is not None:
+                if stopping and world > 1:
+                    saved_ok = _save_for_all(checkpoint, step + 1, result, device)
+                else:
+                    checkpoint(step + 1, result)
+                    saved_ok = True
+            elif stopping and world > 1:
+                saved_ok = distributed.any_rank(False, device)  # rank 0 says whether it saved
+            else:
+                saved_ok = checkpoint is not None
+            if stopping:
                 bar.close()
-                saved = "a checkpoint was saved: run the same command to resume" if checkpoint else "nothing was saved"
-                name = signal.Signals(stop.signum).name
-                raise Interrupted(f"{name} stopped {phase} after step {step + 1}; {saved}", stop.signum)
+                raise _interrupted(stop.signum or signal.SIGINT, phase, step + 1, saved_ok)
     finally:
         stop.restore()
     bar.close()
     return result
+
+
+def _save_for_all(checkpoint: Checkpointer, step: int, result: FitResult, device: torch.device) -> bool:
+    """Rank 0 writes the checkpoint of a stopping run and tells the other ranks whether it could."""
+    try:
+        checkpoint(step, result)
+    except BaseException:
+        distributed.any_rank(False, device)  # the others must not wait for an answer that never comes
+        raise
+    return distributed.any_rank(True, device)
+
+
+def _interrupted(signum: int, phase: str, step: int, saved: bool) -> Interrupted:
+    """The one line each process prints when a signal stops training: rank 0 (or a single process) says whether
+    its checkpoint was saved; under torchrun the other ranks name themselves and what rank 0 did."""
+    name = signal.Signals(signum).name
+    rank = distributed.rank()
+    if rank == 0:
+        saved_text = "a checkpoint was saved: run the same command to resume" if saved else "nothing was saved"
+        return Interrupted(f"{name} stopped {phase} after step {step}; {saved_text}", signum)
+    what = "saved a checkpoint" if saved else "saved nothing"
+    return Interrupted(f"rank {rank}: {name} stopped {phase} after step {step}, with rank 0, which {what}", signum)
 
 
 def _batch_size(batch: Batch) -> int:

@@ -63,13 +63,13 @@ def averaged(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """Whether `flag` is true on any rank (one small all-reduce); `flag` itself in a single process."""
+def rank_max(value: int, device: torch.device) -> int:
+    """The largest of the ranks' `value`s (one 1-element all-reduce and a host sync); `value` in a single process."""
     if world_size() == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def mean(value: torch.Tensor) -> torch.Tensor:

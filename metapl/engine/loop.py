@@ -158,7 +158,8 @@ def fit(
             result.steps, result.seconds = step + 1, time.perf_counter() - start
             # Under torchrun every rank stops after the same step (a signal reaches each at its own moment), or
             # the others would wait forever in the next step's all-reduce.
-            stopping = distributed.any_rank(stop.signum is not None, device) if world > 1 else stop.signum is not None
+            signum = distributed.rank_max(stop.signum or 0, device) if world > 1 else stop.signum or 0
+            stopping = signum > 0
             if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stopping):
                 if not skip:  # with skip a bad step was undone: the state is the last good one
                     _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
@@ -168,12 +169,12 @@ def fit(
                     checkpoint(step + 1, result)
                     saved_ok = True
             elif stopping and world > 1:
-                saved_ok = distributed.any_rank(False, device)  # rank 0 says whether it saved
+                saved_ok = distributed.rank_max(0, device) > 0  # rank 0 says whether it saved
             else:
                 saved_ok = checkpoint is not None
             if stopping:
                 bar.close()
-                raise _interrupted(stop.signum or signal.SIGINT, phase, step + 1, saved_ok)
+                raise _interrupted(signum, phase, step + 1, saved_ok)
     finally:
         stop.restore()
     bar.close()
@@ -185,9 +186,9 @@ def _save_for_all(checkpoint: Checkpointer, step: int, result: FitResult, device
     try:
         checkpoint(step, result)
     except BaseException:
-        distributed.any_rank(False, device)  # the others must not wait for an answer that never comes
+        distributed.rank_max(0, device)  # the others must not wait for an answer that never comes
         raise
-    return distributed.any_rank(True, device)
+    return distributed.rank_max(1, device) > 0
 
 
 def _interrupted(signum: int, phase: str, step: int, saved: bool) -> Interrupted:

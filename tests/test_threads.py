@@ -37,6 +37,7 @@ def test_the_presets_networks_fall_on_the_measured_sides():
     """The MLPs (digits, TwoMoon) below the threshold, the CNNs (small CNN, WRN-28-2) above it."""
     assert forward_flops(create_model("mlp", 10, (64,), hidden=(256, 256)), (64,)) < AUTO_FLOPS
     assert forward_flops(create_model("small_cnn", 10, (1, 28, 28), width=16), (1, 28, 28)) > AUTO_FLOPS
+    assert forward_flops(nn.Linear(10, 10), (1, 28, 28)) == 0  # a network of other inputs (Reduced MPL's teacher)
 
 
 def test_apply_sets_the_count_and_keeps_omp_num_threads(monkeypatch):

@@ -27,7 +27,8 @@ _DEFAULT = torch.get_num_threads()
 
 
 def forward_flops(network: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of one example's forward pass (counted by PyTorch on a zero input, in eval mode, without gradients)."""
+    """FLOPs of one example's forward pass (counted by PyTorch on a zero input, in eval mode, without gradients);
+    0 for a network that takes other inputs (Reduced MPL's teacher reads class distributions, not images)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     parameter = next(network.parameters(), None)
@@ -37,6 +38,8 @@ def forward_flops(network: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             network(torch.zeros(1, *input_shape, device=device))
+    except (RuntimeError, ValueError, TypeError, IndexError):  # shapes that do not fit this network
+        return 0
     finally:
         network.train(was_training)
     return int(counter.get_total_flops())

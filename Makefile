@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed bench-shards
+.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed bench-shards bench-threads
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ bench-speed: install
 # 2 workers), and the main process's memory from 10 to 10,000 shards (docs/scale.md#measured; about 10 minutes).
 bench-shards: install-dev
 	$(BIN)/python benchmarks/shard_speed.py $(BENCH_ARGS)
+
+# make bench-threads: step time at 1 thread against all cores for every CPU preset, on a quiet and on a busy machine
+# (a busy-loop process on one core); a Markdown table and benchmarks/results/threads.json (docs/performance.md#threads;
+# about 4 minutes on 2 cores; BENCH_ARGS=--quick for about 2).
+bench-threads: install
+	$(BIN)/python benchmarks/threads.py $(BENCH_ARGS)
 
 test: install-dev
 	@$(BIN)/python -m pytest; status=$$?; \

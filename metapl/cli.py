@@ -214,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
     # torch.load's remark on a file that is not a checkpoint at all: the error that follows names the file.
     warnings.filterwarnings("ignore", message="Detected pickle protocol")
+    # Redirected to a file (CI, nohup), stdout is block-buffered: its lines would reach the log after stderr's.
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

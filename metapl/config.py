@@ -17,10 +17,9 @@ import yaml
 
 from metapl.data.registry import DATASETS
 from metapl.errors import ConfigError
-from metapl.methods import METHODS
-from metapl.models.mlp import ACTIVATIONS
-from metapl.models.registry import MODELS
-from metapl.optim import OptimConfig
+from metapl.methods import METHODS, settings_class
+from metapl.models.registry import ACTIVATION_NAMES, MODELS
+from metapl.optim_config import OptimConfig
 from metapl.presets import load_preset
 from metapl.settings import above, at_least, check_settings, choice, fraction, path_field, ranged, seed_field, suggest
 
@@ -77,7 +76,7 @@ class ModelConfig:
         allowed="a list of positive sizes",
         default_factory=lambda: [128, 128],
     )  # mlp
-    activation: str = choice("relu", tuple(ACTIVATIONS))  # mlp
+    activation: str = choice("relu", ACTIVATION_NAMES)  # mlp
     batch_norm: bool = False  # mlp
     init_range: float = at_least(0, 0.0, " (0: default init)")  # mlp: > 0 draws every weight and bias from U(−r, r)
     width: int = at_least(1, 32)  # small_cnn
@@ -109,7 +108,7 @@ class MethodSection:
 
     @classmethod
     def of(cls, name: str) -> MethodSection:
-        return cls(name, METHODS.get(name).settings())
+        return cls(name, settings_class(name)())
 
     def to_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self.settings)}
@@ -134,6 +133,9 @@ class TrainConfig:
     # a step with a NaN/inf loss or gradient: stop the run, or skip (undo and count) it
     nonfinite: str = choice("stop", ("stop", "skip"))
     max_skipped_in_a_row: int = at_least(1, 100)  # nonfinite=skip: stop after more consecutive skipped steps
+    # PyTorch's intra-op CPU threads (train, eval, predict, label): 0 picks (one thread for a network of little work
+    # per example or on a busy machine, else all cores; OMP_NUM_THREADS, when set, is kept: engine/threads.py)
+    threads: int = at_least(0, 0, " (0: automatic)")
 
 
 @dataclass
@@ -320,7 +322,7 @@ def _set_method_value(cfg: Config, name: str, value: Any) -> None:
         METHODS.check(new)
         if new != cfg.method.name:  # settings both methods have keep their values (a preset's UDA weight, ...)
             old = dataclasses.asdict(cfg.method.settings)
-            settings = METHODS.get(new).settings()
+            settings = settings_class(new)()
             for f in dataclasses.fields(settings):
                 if f.name in old:
                     setattr(settings, f.name, old[f.name])
@@ -343,10 +345,10 @@ def _set_method_value(cfg: Config, name: str, value: Any) -> None:
 def _method_owning(key: str) -> str:
     """The first registered method whose settings have `key` ('method.x'); a ConfigError when none has."""
     name = key.partition(".")[2]
-    for method, entry in METHODS.entries().items():
-        if name in {f.name for f in dataclasses.fields(entry.settings)}:
+    for method in METHODS.names():
+        if name in {f.name for f in dataclasses.fields(settings_class(method))}:
             return method
-    keys = sorted({f"method.{f.name}" for e in METHODS.entries().values() for f in dataclasses.fields(e.settings)})
+    keys = sorted({f"method.{f.name}" for m in METHODS.names() for f in dataclasses.fields(settings_class(m))})
     raise ConfigError(
         f"unknown config key {key!r}{suggest(key, keys)}; list the keys with: metapl config --preset NAME"
     )

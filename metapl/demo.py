@@ -26,7 +26,7 @@ def run_demo(out: Path, steps: int | None = None, seed: int = 0, progress: bool 
     summaries = {}
     for method, cfg in configs.items():
         print(f"training {method} ({cfg.train.steps} steps) ...", flush=True)
-        summaries[method] = run_experiment(cfg, out / method, progress=progress)
+        summaries[method] = run_experiment(cfg, out / method, progress=progress, announce=print)
     table = format_table(summaries)
     print(table)
     atomic_write_text(out / "table.md", table + "\n")

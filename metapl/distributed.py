@@ -63,6 +63,15 @@ def averaged(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
+def rank_max(value: int, device: torch.device) -> int:
+    """The largest of the ranks' `value`s (one 1-element all-reduce and a host sync); `value` in a single process."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def mean(value: torch.Tensor) -> torch.Tensor:
     """The mean of a tensor over all ranks."""
     return averaged([value.detach()])[0]

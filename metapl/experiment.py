@@ -23,14 +23,16 @@ from metapl.data.loaders import BatchStream, DataBundle, check_stream_data
 from metapl.engine import run_dir, run_inputs
 from metapl.engine.atomic import atomic_write_json
 from metapl.engine.budget import check_data_settings, check_step_memory
-from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, set_rng_state, training_state
+from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, rng_state, set_rng_state, training_state
 from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import RunLogger, read_metrics
 from metapl.engine.loop import FitResult, fit
 from metapl.engine.loop import _better as better_evaluation  # the rule that selects the student's evaluation
 from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.engine.run_dir import CHECKPOINT, TEACHER_MODEL, RunLock
+from metapl.engine.short_runs import short_run_warning
 from metapl.engine.speed import AUTOCAST_DTYPES, apply_switches, check_switches
+from metapl.engine.threads import apply_threads
 from metapl.errors import CheckpointError, ConfigError, DataError, TrainingError
 from metapl.methods.base import Method
 from metapl.methods.supervised import finetuner
@@ -47,9 +49,10 @@ def run_experiment(
 ) -> dict:
     """Train as `cfg` says and write the run directory; returns the summary (also in summary.json).
 
-    When `out_dir` holds a checkpoint of the same config, training resumes from it and ends with the same
-    weights as an uninterrupted run; `restart` discards what the directory holds and starts over. A lock file
-    keeps a second process from training into the same directory. `announce` hears one line when a run resumes.
+        When `out_dir` holds a checkpoint of the same config, training resumes from it and ends with the same
+        weights as an uninterrupted run; `restart` discards what the directory holds and starts over. A lock file
+        keeps a second process from training into the same directory. `announce` hears one line when a run resumes or
+    continues, and a warning when train.steps is short for the schedule's wait and warm-up (engine/short_runs.py).
     """
     out_dir = Path(out_dir)
     rank_device = distributed.setup_from_env()  # under torchrun: join the group, one device per rank
@@ -83,6 +86,7 @@ def run_experiment(
             )
         check_step_memory(cfg, data, device, world)  # sizes that cannot fit, before the networks are allocated
         method = build_method(cfg, data, device)  # the same seed on every rank: the same initial weights
+        apply_threads(cfg.train.threads, list(method.networks().values()), device, data.input_shape)
         check_stream_data(data, labeled_only=not method.uses_unlabeled)
         inputs = {**run_inputs.file_inputs(cfg), **run_inputs.test_set_input(data)} if saved is None and main else {}
         # Only now, with every check passed, is the directory written.
@@ -90,12 +94,23 @@ def run_experiment(
             run_dir.claim(out_dir)
             lock.acquire()
             names = data.class_names or [str(k) for k in range(data.num_classes)]
-            run_dir.start(out_dir, cfg, data.split, fresh=saved is None, class_names=names)
+            continued = saved is not None and "continued_from" in saved
+            run_dir.start(out_dir, cfg, data.split, fresh=saved is None, class_names=names, continued=continued)
             if saved is None:
                 run_inputs.record(out_dir, inputs)
             if saved is not None and announce is not None:
                 phase_step = _run_step(cfg, saved["phase"], saved["step"])
-                announce(f"resuming the run in {out_dir} from its checkpoint at step {phase_step}")
+                if continued:
+                    again = ", then finetuning again" if method.finetunes and cfg.finetune.steps > 0 else ""
+                    announce(
+                        f"continuing the run in {out_dir} (train.steps={saved['continued_from']}) from step "
+                        f"{phase_step} to train.steps={cfg.train.steps}{again}"
+                    )
+                else:
+                    announce(f"resuming the run in {out_dir} from its checkpoint at step {phase_step}")
+            warning = short_run_warning(cfg)
+            if warning is not None and announce is not None:  # every check passed: the run is about to train
+                announce(f"metapl: warning: {warning}")
         return _run_phases(cfg, out_dir, data, method, device, saved, progress, tensorboard)
     except TrainingError as err:
         kept = (out_dir / CHECKPOINT).exists()
@@ -134,6 +149,10 @@ def _run_phases(
         phase = saved["phase"]
     keeper = CheckpointKeeper(out_dir / CHECKPOINT, cfg.train.keep_checkpoints)
 
+    # Where training ended (its stream and RNG): finetuning checkpoints keep it, so that a run trained longer
+    # (a raised train.steps) continues its training phase (run_dir.continued).
+    train_end: dict | None = saved.get("train_end") if saved is not None else None
+
     def checkpointer(phase_name: str, stream: BatchStream, tuner: Method | None = None):
         def save(step: int, result: FitResult) -> None:
             results[phase_name] = result
@@ -145,6 +164,8 @@ def _run_phases(
                 stream.state_dict(),
                 {name: r.state_dict() for name, r in results.items()},
             )
+            if phase_name == "finetune" and train_end is not None:
+                state["train_end"] = train_end
             keeper.save(state, _run_step(cfg, phase_name, step))
 
         return save
@@ -184,6 +205,7 @@ def _run_phases(
             results["train"] = fit(
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
             )
+            train_end = {"stream": stream.state_dict(), "rng": rng_state()}
             stream.close()  # its loader workers (image files) are not needed while finetuning
         final_model = method.eval_model()
         if method.finetunes and cfg.finetune.steps > 0:

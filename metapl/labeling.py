@@ -34,6 +34,7 @@ from metapl.data.splits import Split
 from metapl.engine.atomic import atomic_write_json
 from metapl.engine.checkpoint import load_state_file, load_weights, state_mismatch
 from metapl.engine.outputs import check_output_folder, config_inputs
+from metapl.engine.threads import apply_threads
 from metapl.errors import CheckpointError, ConfigError
 from metapl.models.registry import MODELS
 from metapl.settings import suggest
@@ -130,6 +131,7 @@ def label_pool(
                 announce(f"{out_dir} already holds these labels; nothing to do")
             return _read_json(out_dir / MANIFEST)
         model = _build_teacher(teacher, loaded, device)  # before anything is written: weights that do not fit
+        apply_threads(cfg.train.threads, [model], device, tuple(dataset.x_train.shape[1:]))
         _start(out_dir, plan)
         x = dataset.x_train
         batch_size = options.batch_size or cfg.train.eval_batch_size

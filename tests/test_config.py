@@ -136,3 +136,42 @@ def test_bad_values_name_the_key_and_the_fix(override, fragment):
 def test_unknown_preset_suggests_the_closest():
     with pytest.raises(ConfigError, match="did you mean 'digits'"):
         build_config("digit")
+
+
+_NO_TORCH = """
+import contextlib, io, sys
+from metapl.cli import main
+from metapl.presets import load_preset, preset_names
+for name in preset_names():
+    if "timm/" in str(load_preset(name).get("model")):  # a timm/<architecture> name is checked by timm itself
+        continue
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["config", "--preset", name]) == 0
+    assert "train:" in out.getvalue()
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+def test_config_command_does_not_import_torch():
+    """`metapl config` and `import metapl.config` build every preset's config (timm models aside) without PyTorch,
+    which takes seconds to import on a busy machine."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _NO_TORCH], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_torch_free_settings_are_the_methods_and_models_own():
+    """The torch-free tables the config reads (method settings, activation names) are the ones the methods and
+    networks use."""
+    from metapl.methods import METHOD_SETTINGS, METHODS
+    from metapl.models.mlp import ACTIVATIONS
+    from metapl.models.registry import ACTIVATION_NAMES
+
+    assert METHOD_SETTINGS.names() == METHODS.names()
+    for name in METHODS.names():
+        assert METHOD_SETTINGS.get(name) is METHODS.get(name).settings
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES

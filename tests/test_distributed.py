@@ -119,3 +119,46 @@ def test_two_gloo_ranks_match_one_process(tmp_path, feedback, h):
         for key, value in single[net].items():
             assert torch.equal(ranks[0][net][key], ranks[1][net][key])
             torch.testing.assert_close(ranks[0][net][key], value, rtol=1e-9, atol=1e-12)
+
+
+def test_ctrl_c_under_torchrun_is_one_line_per_rank_and_exit_130(tmp_path):
+    """Ctrl-C sends SIGINT to the launcher and every rank at once: the ranks stop after the same step, rank 0 saves
+    the checkpoint, each rank prints one line, the launcher (metapl.torchrun: torchrun without its traceback) one
+    more, and the exit code is 130."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "metapl.torchrun", "--nproc_per_node", "2", "-m", "metapl", "train"]
+    command += ["--preset", "digits", "--no-progress", "--no-tensorboard", "--out", str(out)]
+    command += ["--set", "train.steps=100000", "--set", "train.checkpoint_every=20", "--set", "model.hidden=[32]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint was written"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("metapl:")]
+    assert len(lines) == 3, stderr
+    rank0 = next(line for line in lines if "after step" in line and "rank 1" not in line)
+    step = int(rank0.split("after step ")[1].split(";")[0])
+    assert (
+        rank0
+        == f"metapl: SIGINT stopped train after step {step}; a checkpoint was saved: run the same command to resume"
+    )
+    assert f"metapl: rank 1: SIGINT stopped train after step {step}, with rank 0, which saved a checkpoint" in lines
+    assert lines[-1] == "metapl: torchrun: SIGINT stopped the workers; their lines above say what was saved"
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step

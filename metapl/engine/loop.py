@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from metapl import distributed
 from metapl.engine.logger import RunLogger
+from metapl.engine.progress import Progress
 from metapl.errors import Interrupted, TrainingError
 from metapl.methods.base import Batch, Method
 
@@ -102,10 +102,9 @@ def fit(
     first = result.steps
     start = time.perf_counter() - result.seconds
     last_log_time, last_log_step = time.perf_counter(), first
-    # disable=None turns the bar off when stderr is not a terminal.
-    bar = tqdm(
-        total=steps, initial=first, desc=phase, disable=None if progress else True, dynamic_ncols=True, leave=False
-    )
+    # A bar on a terminal; one line per evaluation when stderr is a file (engine/progress.py).
+    bar = Progress(steps, first, phase, progress)
+    world = distributed.world_size()
     postfix: dict[str, str] = {}
     stop = _StopRequest()  # SIGINT / SIGTERM: finish the step, write a checkpoint, then stop
     try:
@@ -141,6 +140,7 @@ def fit(
                 if not skip:
                     _check_finite(values, step + 1)
                 postfix.update({k: f"{values[k]:.3g}" for k in _SHOWN if k in values})
+            bar.step(_batch_size(batch) * world, postfix)
             if _due(step, eval_every, is_last):
                 scores = evaluate(method)
                 result.final = scores
@@ -154,22 +154,53 @@ def fit(
                         k: v.detach().cpu().clone() for k, v in method.eval_model().state_dict().items()
                     }
                 postfix.update({k: f"{v:.3f}" for k, v in scores.items() if k in ("val_top1", "test_top1")})
+                bar.evaluated(step + 1, scores)
             result.steps, result.seconds = step + 1, time.perf_counter() - start
-            if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stop.signum is not None):
+            # Under torchrun every rank stops after the same step (a signal reaches each at its own moment), or
+            # the others would wait forever in the next step's all-reduce.
+            signum = distributed.rank_max(stop.signum or 0, device) if world > 1 else stop.signum or 0
+            stopping = signum > 0
+            if checkpoint is not None and (_due(step, checkpoint_every, is_last) or stopping):
                 if not skip:  # with skip a bad step was undone: the state is the last good one
                     _check_finite({k: float(v) for k, v in metrics.items() if "loss" in k}, step + 1)  # keep good ones
-                checkpoint(step + 1, result)
-            if stop.signum is not None:
+                if stopping and world > 1:
+                    saved_ok = _save_for_all(checkpoint, step + 1, result, device)
+                else:
+                    checkpoint(step + 1, result)
+                    saved_ok = True
+            elif stopping and world > 1:
+                saved_ok = distributed.rank_max(0, device) > 0  # rank 0 says whether it saved
+            else:
+                saved_ok = checkpoint is not None
+            if stopping:
                 bar.close()
-                saved = "a checkpoint was saved: run the same command to resume" if checkpoint else "nothing was saved"
-                name = signal.Signals(stop.signum).name
-                raise Interrupted(f"{name} stopped {phase} after step {step + 1}; {saved}", stop.signum)
-            bar.set_postfix(postfix, refresh=False)
-            bar.update(1)
+                raise _interrupted(signum, phase, step + 1, saved_ok)
     finally:
         stop.restore()
     bar.close()
     return result
+
+
+def _save_for_all(checkpoint: Checkpointer, step: int, result: FitResult, device: torch.device) -> bool:
+    """Rank 0 writes the checkpoint of a stopping run and tells the other ranks whether it could."""
+    try:
+        checkpoint(step, result)
+    except BaseException:
+        distributed.rank_max(0, device)  # the others must not wait for an answer that never comes
+        raise
+    return distributed.rank_max(1, device) > 0
+
+
+def _interrupted(signum: int, phase: str, step: int, saved: bool) -> Interrupted:
+    """The one line each process prints when a signal stops training: rank 0 (or a single process) says whether
+    its checkpoint was saved; under torchrun the other ranks name themselves and what rank 0 did."""
+    name = signal.Signals(signum).name
+    rank = distributed.rank()
+    if rank == 0:
+        saved_text = "a checkpoint was saved: run the same command to resume" if saved else "nothing was saved"
+        return Interrupted(f"{name} stopped {phase} after step {step}; {saved_text}", signum)
+    what = "saved a checkpoint" if saved else "saved nothing"
+    return Interrupted(f"rank {rank}: {name} stopped {phase} after step {step}, with rank 0, which {what}", signum)
 
 
 def _batch_size(batch: Batch) -> int:

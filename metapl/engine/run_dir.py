@@ -87,12 +87,49 @@ def resume_state(out_dir: Path, cfg: Config, restart: bool = False) -> dict | No
         return None  # nothing to lose (or --restart): any config starts over here
     saved_cfg = _saved_config(out_dir)
     difference = config_difference(saved_cfg, cfg)
-    if difference is not None:
+    extends = difference is not None and _extends(saved_cfg, cfg)
+    if difference is not None and not extends:
         key, old, new = difference
         raise ConfigError(f"{out_dir} holds a trained run with {key}={old!r}, not {new!r}; {_SAME}{_RESTART}")
     if not checkpoint.exists():
+        if extends:
+            raise ConfigError(
+                f"{out_dir} holds no {CHECKPOINT} to continue from to train.steps={cfg.train.steps}; {_RESTART}"
+            )
         return None  # the same run, finished, its checkpoint moved away: train it again
-    return read_training_state(checkpoint, fix=start_over_hint(checkpoint))
+    saved = read_training_state(checkpoint, fix=start_over_hint(checkpoint))
+    return continued(saved, saved_cfg.train.steps, checkpoint) if extends else saved
+
+
+def _extends(old: Config, new: Config) -> bool:
+    """Whether `new` is `old` with a larger train.steps and nothing else changed: a finished run trained longer."""
+    if new.train.steps <= old.train.steps:
+        return False
+    same = dataclasses.replace(new, train=dataclasses.replace(new.train, steps=old.train.steps))
+    if config_difference(old, same) is not None:
+        return False
+    if new.method.name == "pseudo_label":  # its teacher trains for a share of train.steps, then stops for good
+        raise ConfigError(
+            f"method.name=pseudo_label cannot continue to train.steps={new.train.steps}: its teacher's share "
+            f"(method.teacher_fraction) of the old train.steps={old.train.steps} is over; {_RESTART}"
+        )
+    return True
+
+
+def continued(saved: dict, steps: int, checkpoint: Path) -> dict:
+    """The state of a run of `steps` training steps (finished, or stopped anywhere) as the state to train longer
+    from: the training phase goes on from its last step, and finetuning (for methods that have it) runs again, from
+    scratch, after the longer training (docs/cli.md#training-longer). `continued_from` marks it."""
+    if saved["phase"] == "finetune":
+        end = saved.get("train_end")  # the training stream's position and RNG when training ended
+        if end is None:
+            raise ConfigError(
+                f"{checkpoint} was written by a metapl that did not keep the end of training in it, so the run cannot "
+                f"continue; {_RESTART}"
+            )
+        results = {name: r for name, r in saved["results"].items() if name != "finetune"}
+        saved = {**saved, "phase": "train", "step": steps, "finetune": None, **end, "results": results}
+    return {**saved, "continued_from": steps}
 
 
 def with_own_split(run: Path, data_cfg):
@@ -114,10 +151,15 @@ def claim(out_dir: Path) -> None:
     ownership.claim(out_dir, "run")
 
 
-def start(out_dir: Path, cfg: Config, split, fresh: bool, class_names: list[str] | None = None) -> None:
+def start(
+    out_dir: Path, cfg: Config, split, fresh: bool, class_names: list[str] | None = None, continued: bool = False
+) -> None:
     """On a fresh start remove what an earlier attempt left (only metapl's names, all checked before the first is
     removed) and write config, splits and the class names (classes.json: the data's names in label order, or
-    "0".."K-1" when it has none). The directory was claimed and locked before."""
+    "0".."K-1" when it has none). A `continued` run (trained longer) writes its new config. The directory was
+    claimed and locked before."""
+    if continued:
+        save_config(cfg, out_dir / "config.yaml")
     if fresh:
         ownership.remove(_outputs(out_dir))
         save_config(cfg, out_dir / "config.yaml")

@@ -30,8 +30,7 @@ part of J_T, so no part of that backward can run before c without a second backw
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl import distributed
-from metapl.errors import ConfigError, TrainingError
+from metapl.errors import TrainingError
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods.base import (
     Batch,
@@ -52,53 +51,13 @@ from metapl.methods.base import (
     replayed_randomness,
     rng_state,
 )
+from metapl.methods.settings import MPLSettings
 from metapl.methods.supervised import Supervised, finetuner
-from metapl.methods.uda import UDASettings, auxiliary_losses
+from metapl.methods.uda import auxiliary_losses
 from metapl.optim import OptimSettings, global_norm
-from metapl.settings import check_settings, choice, fraction
-
-if TYPE_CHECKING:
-    from metapl.config import Config
+from metapl.settings import check_settings
 
 MplTerm = Callable[[torch.Tensor], torch.Tensor]  # T(x_u_strong)'s logits, with their graph → the MPL term
-
-
-@dataclass
-class FeedbackSettings:
-    """How the student's step is credited to the teacher (docs/method.md#feedback-modes)."""
-
-    feedback: str = choice("hard", ("hard", "soft", "official"))
-    h: str = choice("dot", ("dot", "cosine", "taylor"))  # hard: the estimate of the student's improvement
-    sampling: str = choice("sample", ("sample", "argmax"))  # hard: ŷ ~ T(x_u_strong), or its argmax
-    h_sign: int = choice(1, (1, -1))  # 1: h > 0 when the student improved (the paper); -1 flips the feedback
-    baseline: bool = True  # subtract b, a moving average of h
-    baseline_decay: float = fraction(0.99)
-    # hard: CE(ŷ, T) averaged over the batch (the code's scale) or summed (the unbiased estimate, docs/method.md#hard-labels)
-    reinforce_reduction: str = choice("mean", ("mean", "sum"))
-    student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
-
-    def check_with(self, cfg: Config) -> None:
-        """Settings that conflict with the run's other sections (config.validate calls it)."""
-        if cfg.train.compile and self.feedback == "soft":
-            raise ConfigError(
-                "train.compile=true does not support method.feedback=soft (its JVP); set train.compile=false"
-            )
-
-    def feedback_label(self) -> str:
-        """'hard/dot', 'soft' or 'official', for plots and tables."""
-        return f"{self.feedback}/{self.h}" if self.feedback == "hard" else self.feedback
-
-
-@dataclass
-class MPLSettings(FeedbackSettings, UDASettings):
-    """The config's `method` section for method.name=mpl: the feedback, and the teacher's auxiliary losses
-    (UDA's settings, each part switchable)."""
-
-    supervised_loss: bool = True  # the teacher's supervised CE on the labeled batch
-    uda: bool = True  # the teacher's UDA consistency loss
-    # keep the teacher's graph while the student steps (fastest), or recompute it afterwards (one more teacher
-    # forward, about a third less peak memory); the same update either way (docs/method.md#teacher-graph)
-    teacher_graph: str = choice("keep", ("keep", "recompute"))
 
 
 class MetaPseudoLabels(TwoModelMethod):

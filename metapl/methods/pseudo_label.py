@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod
+from metapl.methods.settings import PseudoLabelSettings
 from metapl.optim import OptimSettings
-from metapl.settings import check_settings, fraction, ranged
-
-
-@dataclass
-class PseudoLabelSettings:
-    """The config's `method` section for method.name=pseudo_label."""
-
-    teacher_fraction: float = ranged(0.5, lambda v: 0 < v < 1, "in (0, 1)")  # share of the steps training the teacher
-    label_smoothing: float = fraction(0.0)  # ε of the teacher's supervised CE
-    student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
-    soft: bool = False  # the student learns the teacher's distribution instead of its argmax
+from metapl.settings import check_settings
 
 
 class PseudoLabel(TwoModelMethod):

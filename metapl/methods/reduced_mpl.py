@@ -21,56 +21,23 @@ plain Pseudo Labels on the stored distributions; with supervised_weight > 0 it i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, cast
 
 import torch
 from torch import nn
 
-from metapl.errors import ConfigError
 from metapl.losses import smoothed_cross_entropy
 from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, module_device
-from metapl.methods.mpl import FeedbackSettings, MetaPseudoLabels, MplTerm
+from metapl.methods.mpl import MetaPseudoLabels, MplTerm
+from metapl.methods.settings import ReducedMPLSettings, check_teacher_signal
 from metapl.optim import OptimSettings
-from metapl.settings import at_least, check_settings, choice, fraction
+from metapl.settings import check_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from metapl.config import Config
 
 LOG_EPS = 1e-6  # ε of log(p + ε): stored float16 probabilities can be 0
-
-
-@dataclass
-class ReducedMPLSettings(FeedbackSettings):
-    """The config's `method` section for method.name=reduced_mpl: MPL's feedback settings, the reduced teacher's
-    width, its optional supervised loss and the teacher signal of the experiment's controls."""
-
-    hidden: int = at_least(1, 128)  # the reduced teacher's hidden width (one hidden layer)
-    # mpl: MPL's feedback; shuffled: h of a random earlier step (hard/official); none: no feedback term
-    teacher_signal: str = choice("mpl", ("mpl", "shuffled", "none"))
-    supervised_weight: float = at_least(0, 0.0)  # weight of CE(R(p_l), y_l) on the labeled images' distributions
-    label_smoothing: float = fraction(0.0)  # ε of that CE (and, as in MPL, of the student's target in official mode)
-    shuffle_buffer: int = at_least(1, 256)  # shuffled: the earlier steps' h drawn from (the latest this many)
-
-    def check_with(self, cfg: Config) -> None:
-        """Settings that conflict with the run's other sections (config.validate calls it)."""
-        if not cfg.data.label_dir:
-            raise ConfigError(
-                "method.name=reduced_mpl needs data.label_dir, a teacher's stored class distributions; "
-                "run metapl label SOURCE --out DIR first, then --set data.label_dir=DIR"
-            )
-        super().check_with(cfg)
-        _check_signal(self)
-
-
-def _check_signal(settings: ReducedMPLSettings) -> None:
-    if settings.teacher_signal == "shuffled" and settings.feedback == "soft":
-        raise ConfigError(
-            "method.teacher_signal=shuffled needs a scalar h to shuffle, which method.feedback=soft has not; "
-            "set method.feedback=hard"
-        )
 
 
 class ReducedTeacher(nn.Module):
@@ -107,7 +74,7 @@ class ReducedMetaPseudoLabels(MetaPseudoLabels):
     ):
         settings = settings or ReducedMPLSettings()
         check_settings(settings, "method")
-        _check_signal(settings)
+        check_teacher_signal(settings)
         super().__init__(
             teacher,
             student,

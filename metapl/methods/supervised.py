@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
 from metapl.losses import smoothed_cross_entropy
 from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.settings import SupervisedSettings
 from metapl.optim import OptimSettings
-from metapl.settings import check_settings, fraction
-
-
-@dataclass
-class SupervisedSettings:
-    """The config's `method` section for method.name=supervised."""
-
-    label_smoothing: float = fraction(0.0)  # ε of the label-smoothed CE
+from metapl.settings import check_settings
 
 
 class Supervised(SingleModelMethod):

@@ -2,31 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
 from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.settings import UDASettings
 from metapl.optim import OptimSettings
-from metapl.settings import above, at_least, check_settings, choice, fraction
-
-TSA_SCHEDULES = ("none", "linear", "log", "exp")
-
-
-@dataclass
-class UDASettings:
-    """The config's `method` section for method.name=uda; also the teacher's auxiliary losses in MPL."""
-
-    label_smoothing: float = fraction(0.0)  # ε of the supervised CE
-    tsa: str = choice(
-        "none", TSA_SCHEDULES
-    )  # training-signal annealing of the supervised CE (off in the official code)
-    uda_weight: float = at_least(0, 8.0)  # λ, reached after uda_ramp_steps
-    uda_temperature: float = above(0, 0.7)  # the weak view's target is softmax(logits / temperature)
-    uda_threshold: float = fraction(0.6, closed=True)  # unlabeled examples whose target's max is below are masked
-    uda_ramp_steps: int = at_least(0, 5000)  # λ(t) = uda_weight · min(1, t / uda_ramp_steps)
+from metapl.settings import check_settings
 
 
 def auxiliary_losses(

@@ -1,29 +1,35 @@
-"""Networks, by name: create_model(name, num_classes, input_shape) builds any registered one."""
+"""Networks, by name: create_model(name, num_classes, input_shape) builds any registered one.
+
+The names below load on first use, so that the config (which reads models.registry) does not import PyTorch.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from metapl.models.cnn import SmallCNN
-from metapl.models.mlp import MLP
 from metapl.models.registry import MODELS, ModelEntry
-from metapl.models.wrn import WideResNet
+
+if TYPE_CHECKING:
+    from metapl.models.cnn import SmallCNN as SmallCNN
+    from metapl.models.create import compile_network as compile_network
+    from metapl.models.create import create_model as create_model
+    from metapl.models.mlp import MLP as MLP
+    from metapl.models.wrn import WideResNet as WideResNet
+
+_EXPORTS = {
+    "MLP": "metapl.models.mlp",
+    "SmallCNN": "metapl.models.cnn",
+    "WideResNet": "metapl.models.wrn",
+    "compile_network": "metapl.models.create",
+    "create_model": "metapl.models.create",
+}
 
 
-def create_model(
-    name: str, num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0, **options
-) -> nn.Module:
-    """A fresh network `name` for inputs of `input_shape` (without the batch dimension) and `num_classes` outputs."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS.names())}")
-    return MODELS.get(name).create(num_classes, tuple(input_shape), dropout, **options)
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def compile_network(net: nn.Module) -> None:
-    """torch.compile in place, one static graph per input shape. A student sees μB-image and B-image batches
-    every step; by default the second shape would recompile the network into one dynamic-shape graph, whose
-    kernels cannot specialise on the batch size. A run has only a few shapes, so each gets its own graph."""
-    net.compile(dynamic=False)
-
-
-__all__ = ["MLP", "MODELS", "ModelEntry", "SmallCNN", "WideResNet", "compile_network", "create_model"]
+__all__ = ["MODELS", "ModelEntry", *_EXPORTS]

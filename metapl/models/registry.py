@@ -34,6 +34,9 @@ class ModelEntry:
     pretrained: bool = False
 
 
+# model.activation's allowed values (mlp): models/mlp.py maps each to its module.
+ACTIVATION_NAMES = ("relu", "sigmoid", "tanh", "leaky_relu")
+
 MODELS: Registry[ModelEntry] = Registry(
     "model",
     "model.name",

@@ -232,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metapl: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError, OSError) as err:
+        if isinstance(err, BrokenPipeError) and _reader_gone():  # metapl presets | head: nobody left to tell
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet
+            return 0
         message = _allocation_failure(err, args)  # an allocation that failed: one line naming the sizes
         if message is None:  # a path that cannot be written or read: the OS says why
             message = _os_failure(err, args)
@@ -242,6 +245,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metapl: interrupted", file=sys.stderr)
         return 130
+
+
+def _reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (a broken pipe anywhere else is an error to report)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _one_line(text: str) -> str:

@@ -420,15 +420,15 @@ def _coerce(key: str, value: Any, expected: Any) -> Any:
 
 # ---------------------------------------------------------------------------------------------- validation
 def unread_inputs(cfg: Config) -> dict[str, str]:
-    """The data settings naming inputs that the chosen method does not read, each with why: unlabeled images
-    (a method whose step takes none, MethodEntry.memory) and a teacher's stored distributions (a method that does
-    not declare MethodEntry.stored_distributions). Set by a user, such a setting is refused, not ignored: the run
-    would not be the one asked for."""
-    entry = METHODS.get(cfg.method.name)
+    """The data settings naming inputs that the chosen method does not read, each with why: unlabeled images (a
+    method whose settings say READS_UNLABELED=False) and a teacher's stored distributions (READS_STORED=False;
+    methods/settings.py). Set by a user, such a setting is refused, not ignored: the run would not be the one asked
+    for. Read from the settings class, so no method (nor PyTorch) is imported."""
+    settings = settings_class(cfg.method.name)
     unread = {}
-    if entry.memory.unlabeled_views == 0:
+    if not getattr(settings, "READS_UNLABELED", True):
         unread["data.unlabeled_dir"] = unread["data.unlabeled_shards"] = "trains on labeled images only"
-    if not entry.stored_distributions:
+    if not getattr(settings, "READS_STORED", False):
         unread["data.label_dir"] = "reads no stored teacher distributions (method reduced_mpl does)"
     return unread
 

@@ -140,3 +140,18 @@ def test_every_preset_says_what_it_is_and_its_about_line_is_no_config_key():
     for row in preset_table():
         assert row["about"] and row["data"] and row["model"] and row["steps"].isdigit(), row
         assert ABOUT not in load_preset(row["preset"])
+
+
+@pytest.mark.slow
+def test_a_reader_that_closes_the_pipe_early_gets_no_error_line():
+    """metapl presets | head -1: the rest of the table has nobody to go to, which is no error."""
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before metapl writes a line
+    result = subprocess.run(
+        [sys.executable, "-m", "metapl", "presets"], stdout=write, stderr=subprocess.PIPE, text=True
+    )
+    os.close(write)
+    assert result.returncode == 0 and result.stderr == ""

@@ -175,3 +175,13 @@ def test_torch_free_settings_are_the_methods_and_models_own():
     for name in METHODS.names():
         assert METHOD_SETTINGS.get(name) is METHODS.get(name).settings
     assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
+
+
+def test_the_inputs_a_methods_settings_declare_agree_with_its_step():
+    """READS_UNLABELED (what the config checks without importing the method) matches the step's memory shape."""
+    from metapl.methods import METHODS
+
+    for name in METHODS.names():
+        entry = METHODS.get(name)
+        assert entry.settings.READS_UNLABELED == (entry.memory.unlabeled_views > 0), name
+        assert entry.settings.READS_STORED == (name == "reduced_mpl"), name

@@ -175,13 +175,12 @@ class MemoryShape:
 class MethodEntry:
     """A method's registration: its settings dataclass (the config's `method` section and the constructor's
     argument), how to build it for a run, a short label of its settings for plots and tables, the memory
-    shape of its step, and whether it reads a teacher's stored class distributions (data.label_dir)."""
+    shape of its step. Which data inputs it reads is said by its settings class (methods/settings.py: READS_*)."""
 
     settings: type
     build: Callable[[Any, BuildContext], Method]
     label: Callable[[Any], str] = lambda settings: ""
     memory: MemoryShape = MemoryShape()
-    stored_distributions: bool = False
 
 
 class SingleModelMethod:

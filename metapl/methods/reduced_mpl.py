@@ -226,5 +226,4 @@ METHOD = MethodEntry(
     _build,
     _label,
     MemoryShape(networks=1, unlabeled_views=1, own=_own_memory),
-    stored_distributions=True,
 )

@@ -1,11 +1,15 @@
 """The methods' settings: the config's `method` section of each method, as dataclasses that declare their defaults
 and allowed values. Torch-free, so that the config (and `metapl config`) can be built without importing PyTorch;
-each method's module imports its settings from here and registers them in its MethodEntry."""
+each method's module imports its settings from here and registers them in its MethodEntry.
+
+Each class also says which data inputs its method reads, so that the config refuses a setting the method would
+ignore (config.unread_inputs) without importing the method: READS_UNLABELED (unlabeled images: data.unlabeled_dir,
+data.unlabeled_shards) and READS_STORED (a teacher's stored distributions: data.label_dir)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from metapl.errors import ConfigError
 from metapl.settings import above, at_least, choice, fraction, ranged
@@ -18,6 +22,9 @@ if TYPE_CHECKING:
 class SupervisedSettings:
     """The config's `method` section for method.name=supervised."""
 
+    READS_UNLABELED: ClassVar[bool] = False
+    READS_STORED: ClassVar[bool] = False
+
     label_smoothing: float = fraction(0.0)  # ε of the label-smoothed CE
 
 
@@ -27,6 +34,9 @@ TSA_SCHEDULES = ("none", "linear", "log", "exp")
 @dataclass
 class UDASettings:
     """The config's `method` section for method.name=uda; also the teacher's auxiliary losses in MPL."""
+
+    READS_UNLABELED: ClassVar[bool] = True
+    READS_STORED: ClassVar[bool] = False
 
     label_smoothing: float = fraction(0.0)  # ε of the supervised CE
     tsa: str = choice(
@@ -42,6 +52,9 @@ class UDASettings:
 class PseudoLabelSettings:
     """The config's `method` section for method.name=pseudo_label."""
 
+    READS_UNLABELED: ClassVar[bool] = True
+    READS_STORED: ClassVar[bool] = False
+
     teacher_fraction: float = ranged(0.5, lambda v: 0 < v < 1, "in (0, 1)")  # share of the steps training the teacher
     label_smoothing: float = fraction(0.0)  # ε of the teacher's supervised CE
     student_label_smoothing: float = fraction(0.0)  # ε of the student's CE on pseudo labels
@@ -51,6 +64,9 @@ class PseudoLabelSettings:
 @dataclass
 class FeedbackSettings:
     """How the student's step is credited to the teacher (docs/method.md#feedback-modes)."""
+
+    READS_UNLABELED: ClassVar[bool] = True
+    READS_STORED: ClassVar[bool] = False
 
     feedback: str = choice("hard", ("hard", "soft", "official"))
     h: str = choice("dot", ("dot", "cosine", "taylor"))  # hard: the estimate of the student's improvement
@@ -90,6 +106,8 @@ class MPLSettings(FeedbackSettings, UDASettings):
 class ReducedMPLSettings(FeedbackSettings):
     """The config's `method` section for method.name=reduced_mpl: MPL's feedback settings, the reduced teacher's
     width, its optional supervised loss and the teacher signal of the experiment's controls."""
+
+    READS_STORED: ClassVar[bool] = True
 
     hidden: int = at_least(1, 128)  # the reduced teacher's hidden width (one hidden layer)
     # mpl: MPL's feedback; shuffled: h of a random earlier step (hard/official); none: no feedback term

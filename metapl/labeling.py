@@ -259,7 +259,10 @@ def _run_teacher(run: Path, weights: str, preset: str | None, overrides: Sequenc
                 f"--set {key}=...: with a run directory only data.* keys can be set (the model is the run's)"
             )
         set_value(cfg, key, value)
+    # the teacher's method (often supervised) need not read unlabeled shards: `metapl label` does, whatever it is
+    shards, cfg.data.unlabeled_shards = cfg.data.unlabeled_shards, ""
     validate(cfg)
+    cfg.data.unlabeled_shards = shards
     path = run / RUN_WEIGHTS[weights]
     if not (run / RUN_WEIGHTS["final"]).is_file():
         raise CheckpointError(

@@ -163,7 +163,8 @@ def label_pool(
         if inputs_shards is not None:
             shards_done = inputs_shards.done(out_dir, rank, world, num_classes, top_k)
             if shards_done and announce is not None and distributed.is_main():
-                announce(f"resuming: {len(shards_done)} input shards of rank 0 are labeled and kept")
+                whose = " (rank 0's; each rank keeps its own)" if world > 1 else ""
+                announce(f"resuming: {len(shards_done)} input shards are labeled and kept{whose}")
         from tqdm import tqdm
 
         bar = tqdm(

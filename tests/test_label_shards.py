@@ -137,6 +137,48 @@ def test_a_rerun_skips_intact_store_files_relabels_a_damaged_one_and_gives_the_s
     assert (out / keyed_name(0)).stat().st_mtime_ns == kept
 
 
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_the_same_store(files, tmp_path):
+    """`metapl label` over 120 input shards of one image, SIGKILLed once 20 store files exist, then run again:
+    the store files it wrote are kept (untouched), and the store equals an uninterrupted run's byte for byte."""
+    write_unlabeled_folder(tmp_path / "many", 120, side=32)
+    write_shards(tmp_path / "many", tmp_path / "shards", shard_size=1, progress=False)
+    command = [
+        sys.executable,
+        "-m",
+        "metapl",
+        *label_args(files, tmp_path / "x", f"data.unlabeled_shards={tmp_path / 'shards'}"),
+    ]
+    command = command[:-1]  # --out last: each run its own
+    done, killed = tmp_path / "done", tmp_path / "killed"
+    subprocess.run([*command, str(done)], env=ENV, check=True, capture_output=True, timeout=600)
+    process = subprocess.Popen([*command, str(killed)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if killed.is_dir() and len(list(killed.glob("unlabeled-*"))) >= 20:
+                process.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.005)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (killed / MANIFEST).exists()
+    before = {p.name: p.stat().st_mtime_ns for p in killed.glob("unlabeled-*")}
+    assert 20 <= len(before) < 120
+    result = subprocess.run([*command, str(killed)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming: {len(before)} input shards" in result.stdout
+    assert "and 120 of 120 input shards by key" in result.stdout
+    assert all((killed / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
+    assert sorted(p.name for p in done.iterdir()) == sorted(p.name for p in killed.iterdir())
+    for path in done.iterdir():
+        assert path.read_bytes() == (killed / path.name).read_bytes(), path.name
+
+
 def test_a_store_file_holds_the_keys_in_order_and_refuses_damage(tmp_path):
     path = tmp_path / keyed_name(0)
     save_keyed_shard(path, ["a/b", "ünï", "c"], torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.25, 0.75]]), None)

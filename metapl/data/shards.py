@@ -20,6 +20,10 @@ lane's shard and skips that many samples by their tar headers, so it goes on bit
 checkpoints: the positions of other ranks' lanes follow from the samples each lane has consumed and the shards'
 sample counts, which rank 0 learns from the tar headers when it saves (each shard counted once per run).
 
+With data.label_dir (Reduced MPL) the ShardSet carries a label_store.KeyStore, and the workers join every image with
+its stored distribution by (shard file, key) as they read it; the chunks carry it as p_u. A lookup loads the store
+file of the shard being read (a few kept), never the whole store.
+
 Reading uses the standard library's tarfile rather than the webdataset package: webdataset streams a tar once
 from its first byte and offers no position to save or restore, while an exact resume needs "shard k, sample o",
 found here by seeking over tar headers. Shards written by webdataset's ShardWriter or `metapl shard` read alike.

@@ -7,8 +7,9 @@ so that a resumed run never goes on with a shard rewritten under the same name, 
 data.label_dir or other weights at the same path. A run without inputs.json (written by an older metapl) is
 taken as it is.
 
-A file's fingerprint is its size and the SHA-256 of its content. Weights files and a label store's files are
-hashed whole: the run reads them whole at every start anyway. Shards are sampled, since a run streams them lazily
+A file's fingerprint is its size and the SHA-256 of its content. Weights files and a label store's manifest and pool
+part are hashed whole: the run reads them whole at every start anyway; a store's shard part (one file per input
+shard, read lazily) is sampled as shards are. Shards are sampled, since a run streams them lazily
 and hashing ImageNet's 140 GB at every start would cost more than the check is worth: a shard of at most
 WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one through SAMPLED_BLOCKS (16) blocks of BLOCK bytes (16 KiB)
 each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets between, 256 KiB read per

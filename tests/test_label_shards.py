@@ -179,6 +179,15 @@ def test_sigkill_then_rerun_gives_the_same_store(files, tmp_path):
         assert path.read_bytes() == (killed / path.name).read_bytes(), path.name
 
 
+def test_the_progress_bar_counts_pool_and_shard_images_per_second(files, tmp_path, capsys, monkeypatch):
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm shows its bar on a terminal
+    args = [a for a in label_args(files, tmp_path / "labels") if a != "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "label: " in err and "42img" in err and "img/s" in err  # 12 pool images + 30 shard samples
+
+
 def test_a_store_file_holds_the_keys_in_order_and_refuses_damage(tmp_path):
     path = tmp_path / keyed_name(0)
     save_keyed_shard(path, ["a/b", "ünï", "c"], torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.25, 0.75]]), None)

@@ -48,7 +48,7 @@ from metapl.data.label_store import (
 from metapl.data.label_store import fingerprint as pool_fingerprint
 from metapl.data.registry import DATASETS
 from metapl.data.splits import Split
-from metapl.engine.atomic import atomic_write_json
+from metapl.engine.atomic import atomic_write_json, remove_leftovers
 from metapl.engine.checkpoint import load_state_file, load_weights, state_mismatch
 from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError
@@ -454,7 +454,10 @@ def _label_shards(
     if not todo:
         return
     top_k, num_classes = widths
-    dataset = _ShardEvalViews([(i, inputs.paths[i]) for i in todo], images.channels, images.pipeline, batch_size)
+    from metapl.data.streaming import CHUNK
+
+    step = max(1, min(batch_size, CHUNK))  # as eval_batches cuts a folder: small pieces keep the workers streaming
+    dataset = _ShardEvalViews([(i, inputs.paths[i]) for i in todo], images.channels, images.pipeline, step)
     workers = min(images.workers, len(todo))
     outputs: Iterator[dict]
     if workers == 0:
@@ -579,6 +582,8 @@ def _check_or_write_plan(out_dir: Path, plan: dict) -> None:
                 f"{out_dir} holds labels made with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                 f"pass a new --out, or delete {out_dir} to label again"
             )
+        # a killed run may have left the temporary file of a store file it was writing (engine/atomic.py)
+        remove_leftovers(out_dir, lambda name: name == MANIFEST or name.endswith(".safetensors"))
         return
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"{out_dir} exists and is not a label directory (no {PLAN}); pass a new or empty --out")

@@ -129,6 +129,7 @@ def test_a_rerun_skips_intact_store_files_relabels_a_damaged_one_and_gives_the_s
     (out / MANIFEST).unlink()  # as if killed before the end
     (out / keyed_name(3)).unlink()
     (out / keyed_name(1)).write_bytes(b"damaged")
+    (out / f".{keyed_name(3)}.a1b2c3d4.tmp").write_bytes(b"half")  # what a kill inside atomic_write leaves
     kept = (out / keyed_name(0)).stat().st_mtime_ns
     capsys.readouterr()
     assert main(label_args(files, out)) == 0

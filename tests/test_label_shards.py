@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -287,6 +288,24 @@ def test_training_refuses_a_store_without_the_shards_or_a_shard_changed_since(fi
     error = one_line_error(capsys, *_train_args(files, run, f"data.unlabeled_shards={copy}/shard-{{000005..000005}}.tar"))  # fmt: skip
     assert "holds no distributions of the shard" in error
     assert not run.exists()
+
+
+def test_a_streamed_sample_missing_from_the_store_is_one_line_naming_shard_and_key(files, tmp_path, capsys):
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    for path in (files / "labels").iterdir():
+        (labels / path.name).write_bytes(path.read_bytes())
+    for number in range(5):  # every store file without its first key, the manifest's counts to match
+        stored = load_keyed_shard(labels, labels / keyed_name(number), 3, 0)
+        keys = sorted(stored.keys, key=stored.keys.get)
+        save_keyed_shard(labels / keyed_name(number), keys[1:], stored.rows.values[1:], None)
+    manifest = json.loads((labels / MANIFEST).read_text())
+    for entry in manifest["unlabeled_shards"]["files"]:
+        entry["count"] -= 1
+    (labels / MANIFEST).write_text(json.dumps(manifest))
+    args = _train_args(files, tmp_path / "run", f"data.label_dir={labels}", "train.steps=4", "train.eval_every=0")
+    error = one_line_error(capsys, *args, "--set", "finetune.steps=0")
+    assert re.search(r"shard .*shard-00000\d\.tar: sample '\d+' has no stored distribution in data.label_dir=", error)
 
 
 @pytest.mark.slow

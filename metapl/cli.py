@@ -429,9 +429,11 @@ def _label(args: argparse.Namespace) -> int:
     )
     if os.environ.get("RANK", "0") == "0":
         stored = f"top {manifest['top_k']}" if manifest["top_k"] else "all"
+        keyed = (manifest.get("unlabeled_shards") or {}).get("files", [])
+        sharded = f", and {sum(e['count'] for e in keyed)} of {len(keyed)} input shards by key" if keyed else ""
         print(
             f"{args.out} holds {manifest['pool_size']} distributions ({stored} of {manifest['num_classes']} classes, "
-            f"{manifest['precision']}) in {len(manifest['shards'])} shards"
+            f"{manifest['precision']}) in {len(manifest['shards'])} shards{sharded}"
         )
     return 0
 

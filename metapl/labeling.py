@@ -8,7 +8,14 @@ the teacher's logits on its evaluation view, in eval mode.
 
 Work is cut into shards of consecutive pool indices, each written atomically: a killed run, started again with the
 same command, skips the shards it finished. Under torchrun rank r labels the shards i with i % world == r; rank 0
-writes the manifest after all ranks are done. `bias` moves, on every image whose argmax is class a, half of a's
+writes the manifest after all ranks are done.
+
+With data.unlabeled_shards (WebDataset tars, data/shards.py) the shards' samples are labeled too, into the store's
+shard part (label_store.py): one store file per input shard, keyed by each sample's key, written atomically when
+the input shard is done and skipped by a rerun when present and intact. Rank r labels input shards i % world == r,
+read and decoded by its loader workers (data.workers), each worker a whole input shard at a time, so no process
+holds more than the shards in flight. A source the store cannot cover (shards with data that are not image files)
+is refused before anything is written. `bias` moves, on every image whose argmax is class a, half of a's
 probability to class b: a known systematic error for experiments (docs/reduced-mpl.md#bias).
 """
 
@@ -27,15 +34,25 @@ from metapl import __version__, distributed
 from metapl.config import Config, build_config, load_config_file, parse_override, set_value, validate
 from metapl.data import bundle_from_split
 from metapl.data.folders import ImageFiles
-from metapl.data.label_store import FORMAT, MANIFEST, PLAN, PRECISIONS, save_shard, shard_name
+from metapl.data.label_store import (
+    FORMAT,
+    MANIFEST,
+    PLAN,
+    PRECISIONS,
+    keyed_name,
+    load_keyed_shard,
+    save_keyed_shard,
+    save_shard,
+    shard_name,
+)
 from metapl.data.label_store import fingerprint as pool_fingerprint
 from metapl.data.registry import DATASETS
 from metapl.data.splits import Split
-from metapl.engine.atomic import atomic_write_json
+from metapl.engine.atomic import atomic_write_json, remove_leftovers
 from metapl.engine.checkpoint import load_state_file, load_weights, state_mismatch
 from metapl.engine.outputs import check_output_folder, config_inputs
 from metapl.engine.threads import apply_threads
-from metapl.errors import CheckpointError, ConfigError
+from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError
 from metapl.models.registry import MODELS
 from metapl.settings import suggest
 
@@ -114,6 +131,7 @@ def label_pool(
         num_classes, pool_size = dataset.num_classes, len(dataset.y_train)
         _check_bias(options.bias, num_classes)
         top_k = _top_k(options.top_k, num_classes)
+        inputs_shards = _shard_inputs(cfg, dataset.x_train)  # before anything is written: one line if impossible
         plan = {
             "format": FORMAT,
             "source": teacher.source,
@@ -126,6 +144,8 @@ def label_pool(
             "shard_size": options.shard_size,
             "bias": [list(pair) for pair in options.bias],
         }
+        if inputs_shards is not None:
+            plan["unlabeled_shards"] = inputs_shards.plan()
         if (out_dir / MANIFEST).is_file() and _same_plan(out_dir, plan):
             if announce is not None and distributed.is_main():
                 announce(f"{out_dir} already holds these labels; nothing to do")
@@ -141,11 +161,17 @@ def label_pool(
         done = [n for n in mine if (out_dir / shard_name(n)).is_file()]
         if done and announce is not None and distributed.is_main():
             announce(f"resuming: {len(done)} of {len(mine)} shards of {out_dir} are done and kept")
+        shards_done: dict[int, int] = {}
+        if inputs_shards is not None:
+            shards_done = inputs_shards.done(out_dir, rank, world, num_classes, top_k)
+            if shards_done and announce is not None and distributed.is_main():
+                whose = " (rank 0's; each rank keeps its own)" if world > 1 else ""
+                announce(f"resuming: {len(shards_done)} input shards are labeled and kept{whose}")
         from tqdm import tqdm
 
         bar = tqdm(
-            total=sum(sizes.values()),
-            initial=sum(sizes[n] for n in done),
+            total=None if inputs_shards is not None else sum(sizes.values()),  # the shards' samples are not counted
+            initial=sum(sizes[n] for n in done) + sum(shards_done.values()),
             desc="label",
             unit="img",
             disable=None if progress and distributed.is_main() else True,
@@ -159,6 +185,20 @@ def label_pool(
                 probs = torch.cat(list(_predict(model, x[start : start + sizes[number]], batch_size, device, bar)))
                 values, classes = compress(inject_bias(probs, options.bias), top_k, options.precision)
                 save_shard(out_dir / shard_name(number), torch.arange(start, start + len(probs)), values, classes)
+            if inputs_shards is not None:
+                todo = [i for i in range(len(inputs_shards.paths)) if i % world == rank and i not in shards_done]
+                _label_shards(
+                    model,
+                    dataset.x_train,
+                    inputs_shards,
+                    todo,
+                    out_dir,
+                    options,
+                    (top_k, num_classes),
+                    batch_size,
+                    device,
+                    bar,
+                )
         if world > 1:
             torch.distributed.barrier()
         shards: list[dict[str, Any]] = [
@@ -171,11 +211,16 @@ def label_pool(
         ]
         manifest = {**plan, "metapl_version": __version__, "shards": shards}
         if distributed.is_main():
-            missing = [s["file"] for s in shards if not (out_dir / s["file"]).is_file()]
+            written = [s["file"] for s in shards]
+            if inputs_shards is not None:
+                written += [keyed_name(i) for i in range(len(inputs_shards.paths))]
+            missing = [name for name in written if not (out_dir / name).is_file()]
             if missing:
                 raise CheckpointError(
                     f"{out_dir / missing[0]} was not written (a rank failed?); run the same metapl label command again"
                 )
+            if inputs_shards is not None:
+                manifest["unlabeled_shards"] = inputs_shards.manifest(out_dir)
             atomic_write_json(manifest, out_dir / MANIFEST)
         return manifest
     finally:
@@ -217,7 +262,10 @@ def _run_teacher(run: Path, weights: str, preset: str | None, overrides: Sequenc
                 f"--set {key}=...: with a run directory only data.* keys can be set (the model is the run's)"
             )
         set_value(cfg, key, value)
+    # the teacher's method (often supervised) need not read unlabeled shards: `metapl label` does, whatever it is
+    shards, cfg.data.unlabeled_shards = cfg.data.unlabeled_shards, ""
     validate(cfg)
+    cfg.data.unlabeled_shards = shards
     path = run / RUN_WEIGHTS[weights]
     if not (run / RUN_WEIGHTS["final"]).is_file():
         raise CheckpointError(
@@ -287,6 +335,165 @@ def _predict(model: nn.Module, x, batch_size: int, device: torch.device, bar) ->
         probs = torch.softmax(model(xb.to(device, non_blocking=True)).float(), dim=-1).cpu()
         bar.update(len(probs))
         yield probs
+
+
+# ---------------------------------------------------------------------------------------------- input shards
+@dataclass
+class _InputShards:
+    """data.unlabeled_shards as `metapl label` reads it: the files, their names in the store and fingerprints."""
+
+    spec: str
+    paths: list[str]
+    names: list[str]
+    fingerprints: list[dict | None]
+
+    def plan(self) -> dict:
+        """What the plan records: a rerun resumes only over the same shards, unchanged (a short digest of them)."""
+        import hashlib
+        import json
+
+        digest = hashlib.sha256(json.dumps([self.names, self.fingerprints]).encode()).hexdigest()[:32]
+        return {"count": len(self.paths), "digest": digest}
+
+    def done(self, out_dir: Path, rank: int, world: int, num_classes: int, top_k: int) -> dict[int, int]:
+        """This rank's input shards whose store file is present and intact → their sample counts. A damaged one
+        (which only a hand or a failing disk makes: files are written atomically) is labeled again."""
+        found = {}
+        for i in range(rank, len(self.paths), world):
+            path = out_dir / keyed_name(i)
+            if path.is_file():
+                try:
+                    found[i] = len(load_keyed_shard(out_dir, path, num_classes, top_k).keys)
+                except DataError:
+                    continue
+        return found
+
+    def manifest(self, out_dir: Path) -> dict:
+        """The shard part of the manifest: every input shard's name, store file, sample count and fingerprint."""
+        from safetensors import safe_open
+
+        files = []
+        for i, (name, fingerprint) in enumerate(zip(self.names, self.fingerprints)):
+            with safe_open(str(out_dir / keyed_name(i)), framework="pt") as stored:
+                count = stored.get_slice("key_ends").get_shape()[0]
+            files.append({"input": name, "file": keyed_name(i), "count": count, "fingerprint": fingerprint})
+        return {"spec": self.spec, "files": files}
+
+
+def _shard_inputs(cfg: Config, images) -> _InputShards | None:
+    """data.unlabeled_shards' files (None when unset), after checking that they can be labeled: every unlabeled
+    source is labeled or refused, never skipped."""
+    spec = cfg.data.unlabeled_shards
+    if not spec:
+        return None
+    from metapl.data.shards import check_shard_data, input_names, shard_files
+    from metapl.engine.run_inputs import file_fingerprint
+
+    check_shard_data(images, cfg.data)
+    paths = shard_files(spec)
+    return _InputShards(spec, paths, input_names(paths), [file_fingerprint(p) for p in paths])
+
+
+class _ShardEvalViews(torch.utils.data.IterableDataset):
+    """What the loader workers run: each takes every W-th of the rank's input shards and yields, shard after shard,
+    the evaluation views of its samples in batches, with their keys; the last item of a shard says so."""
+
+    def __init__(self, shards: list[tuple[int, str]], channels: int, pipeline, batch_size: int):
+        self.shards, self.channels, self.pipeline, self.batch_size = shards, channels, pipeline, batch_size
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        try:
+            for number, path in mine:
+                yield from self._shard(number, path)
+        except MetaplError as err:
+            yield {"error": f"{type(err).__name__}:{err}"}
+
+    def _shard(self, number: int, path: str) -> Iterator[dict]:
+        from metapl.data.shards import ShardReader, decode_bytes
+
+        reader = ShardReader(path, 0)
+        keys: list[str] = []
+        images: list[torch.Tensor] = []
+        seen: set[str] = set()
+        try:
+            while (sample := reader.next()) is not None:
+                name, data, _ = sample
+                key = name.rsplit(".", 1)[0]
+                if key in seen:  # the store finds a sample by (shard, key)
+                    raise DataError(
+                        f"shard {path}: the key {key!r} names two samples; give every sample of a shard its own key "
+                        "(metapl shard does)"
+                    )
+                seen.add(key)
+                keys.append(key)
+                images.append(self.pipeline.evaluate(decode_bytes(data, self.channels, f"{name} in shard {path}")))
+                if len(keys) == self.batch_size:
+                    yield {"shard": number, "keys": keys, "x": torch.stack(images), "last": False}
+                    keys, images = [], []
+        finally:
+            reader.close()
+        yield {"shard": number, "keys": keys, "x": torch.stack(images) if images else None, "last": True}
+
+
+@torch.no_grad()
+def _label_shards(
+    model: nn.Module,
+    images: ImageFiles,
+    inputs: _InputShards,
+    todo: list[int],
+    out_dir: Path,
+    options: LabelOptions,
+    widths: tuple[int, int],
+    batch_size: int,
+    device: torch.device,
+    bar,
+) -> None:
+    """Label the input shards `todo`, writing each one's store file when its last sample is labeled."""
+    from metapl.data.streaming import _own_process_group, _raise
+
+    if not todo:
+        return
+    top_k, num_classes = widths
+    from metapl.data.streaming import CHUNK
+
+    step = max(1, min(batch_size, CHUNK))  # as eval_batches cuts a folder: small pieces keep the workers streaming
+    dataset = _ShardEvalViews([(i, inputs.paths[i]) for i in todo], images.channels, images.pipeline, step)
+    workers = min(images.workers, len(todo))
+    outputs: Iterator[dict]
+    if workers == 0:
+        outputs = iter(dataset)
+    else:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=2,
+            worker_init_fn=_own_process_group,
+            generator=torch.Generator(),
+        )
+        outputs = iter(loader)
+    pending: dict[int, list[tuple[list[str], torch.Tensor, torch.Tensor | None]]] = {}
+    for out in outputs:
+        if "error" in out:
+            _raise(out["error"])
+        parts = pending.setdefault(out["shard"], [])
+        if out["x"] is not None:
+            probs = torch.softmax(model(out["x"].to(device, non_blocking=True)).float(), dim=-1).cpu()
+            bar.update(len(probs))
+            parts.append((out["keys"], *compress(inject_bias(probs, options.bias), top_k, options.precision)))
+        if out["last"]:
+            del pending[out["shard"]]
+            keys = [key for part_keys, _, _ in parts for key in part_keys]
+            if parts:
+                values = torch.cat([v for _, v, _ in parts])
+                classes = None if parts[0][2] is None else torch.cat([c for _, _, c in parts if c is not None])
+            else:  # a shard without samples: an empty store file says it was read
+                width = top_k or num_classes
+                values = torch.empty(0, width, dtype=PRECISIONS[options.precision])
+                classes = None if top_k == 0 else torch.empty(0, top_k, dtype=torch.int16)
+            save_keyed_shard(out_dir / keyed_name(out["shard"]), keys, values, classes)
 
 
 def inject_bias(probs: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
@@ -377,6 +584,8 @@ def _check_or_write_plan(out_dir: Path, plan: dict) -> None:
                 f"{out_dir} holds labels made with {key}={old.get(key)!r}, not {new.get(key)!r}; "
                 f"pass a new --out, or delete {out_dir} to label again"
             )
+        # a killed run may have left the temporary file of a store file it was writing (engine/atomic.py)
+        remove_leftovers(out_dir, lambda name: name == MANIFEST or name.endswith(".safetensors"))
         return
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"{out_dir} exists and is not a label directory (no {PLAN}); pass a new or empty --out")

@@ -125,5 +125,7 @@ def _check_split(split: Split, pool_size: int, path: str, labelable: int | None 
             raise DataError(
                 f"split file {path}: {name} index {bad[0]} is outside the pool of {limit}; use a split of this dataset"
             )
-    if not split.labeled or not split.unlabeled:
-        raise DataError(f"split file {path} has an empty labeled or unlabeled set; use a split written by metapl train")
+    # an empty unlabeled set is a split of its own: data.unlabeled_shards (not in the pool) gives the unlabeled images
+    # of such a run, and eval rebuilds it without them; a training stream that needs the pool's refuses it itself
+    if not split.labeled:
+        raise DataError(f"split file {path} has an empty labeled set; use a split written by metapl train")

@@ -1,12 +1,28 @@
 """Stored class distributions of a teacher: what `metapl label` writes and `data.label_dir` reads (Reduced MPL).
 
-A label directory holds `manifest.json` and shards (safetensors files, no pickle). Each shard covers a contiguous
-range of the data set's training pool, the `dataset.x_train` indices that split indices refer to, so one store
-serves every split of that pool:
+A label directory holds `manifest.json` and shards (safetensors files, no pickle), in two parts.
+
+The *pool part* (`shard-NNNNN.safetensors`, manifest key `shards`): each shard covers a contiguous range of the data
+set's training pool, the `dataset.x_train` indices that split indices refer to, so one store serves every split of
+that pool (the labeled images' p_l always comes from here):
 
     index    int64 [n]      the pool indices of the shard's images
     values   [n, K] or [n, k]  the class probabilities: all K of them, or the k largest (float16 or float32)
     classes  int16/int32 [n, k]  the classes of the k largest (top-k stores only)
+
+The *shard part* (format 2; `unlabeled-NNNNNN.safetensors`, manifest key `unlabeled_shards`), present when the
+images of data.unlabeled_shards were labeled: one store file per input tar shard, holding that shard's samples
+keyed by their WebDataset key (`__key__`, the member name up to the first dot of its file name):
+
+    keys      uint8 [bytes]  the samples' keys, UTF-8, one after the other
+    key_ends  int64 [n]      where each key ends in `keys`
+    values, classes          as above, row i for key i
+
+A sample is found by (input shard, key): keys need to be unique within a shard only (webdataset's writer and
+`metapl shard` make them unique across shards too, but shards from elsewhere need not). The manifest names every
+input shard relative to the folder they share, with its fingerprint (engine/run_inputs.py), so a training run
+refuses shards that changed since they were labeled. Reading one input shard loads its store file alone
+(KeyStore, a few cached): no process holds the whole store. Format 1 stores (pool part only) are still read.
 
 The manifest names the source model, the data fingerprint (a hash of the pool's size, labels and files or a sample
 of its images), the class count, the precision, top-k, the injected bias if any, and the shards. It is written
@@ -33,7 +49,8 @@ import torch
 from metapl.data.folders import ImageFiles
 from metapl.errors import DataError
 
-FORMAT = 1
+FORMAT = 2  # 2: a shard part (data.unlabeled_shards keyed by shard and key) beside the pool part
+READABLE = (1, 2)  # format 1: the pool part only
 MANIFEST = "manifest.json"
 PLAN = "labeling.json"  # the labeling run's settings, written first; a rerun with the same plan resumes
 PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
@@ -133,7 +150,7 @@ def read_manifest(label_dir: Path) -> dict:
         )
     try:
         manifest = json.loads(path.read_text())
-        if manifest.get("format") != FORMAT:
+        if manifest.get("format") not in READABLE:
             raise DataError(
                 f"{path} has format {manifest.get('format')!r}, which this metapl ({FORMAT}) cannot read; "
                 "label the data again with this metapl"
@@ -182,8 +199,9 @@ def store_files(label_dir: Path) -> list[Path]:
     label_dir = Path(label_dir)
     manifest = read_manifest(label_dir)
     try:
-        return [label_dir / MANIFEST] + [_shard_path(label_dir, entry) for entry in manifest["shards"]]
-    except (KeyError, TypeError) as err:
+        keyed = (manifest.get("unlabeled_shards") or {}).get("files", [])
+        return [label_dir / MANIFEST] + [_shard_path(label_dir, entry) for entry in [*manifest["shards"], *keyed]]
+    except (KeyError, TypeError, AttributeError) as err:
         raise DataError(
             f"the store at {label_dir} is damaged ({type(err).__name__}: {err}); delete it and run metapl label again"
         ) from None
@@ -208,7 +226,6 @@ def _shard_path(label_dir: Path, entry: dict) -> Path:
 
 def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
     num_classes, top_k = int(manifest["num_classes"]), int(manifest.get("top_k", 0))
-    width = top_k or num_classes
     values, classes, indices = [], [], []
     for entry in manifest["shards"]:
         shard_path = _shard_path(label_dir, entry)
@@ -216,16 +233,7 @@ def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
             raise DataError(f"{shard_path} is missing; run metapl label --out {label_dir} again to write it")
         shard = load_shard(shard_path)
         index, value, shard_classes = shard["index"], shard["values"], shard.get("classes")
-        fits = value.dim() == 2 and value.shape == (len(index), width) and value.is_floating_point()
-        fits = fits and (shard_classes is None) == (top_k == 0)
-        if fits and shard_classes is not None and shard_classes.numel():
-            low, high = int(shard_classes.min()), int(shard_classes.max())
-            fits = shard_classes.shape == value.shape and 0 <= low and high < num_classes
-        if not fits:
-            raise DataError(
-                f"{shard_path} does not hold {width} probabilities per image as {label_dir / MANIFEST} says; "
-                "delete the directory and run metapl label again"
-            )
+        _check_rows(label_dir, shard_path, value, shard_classes, len(index), num_classes, top_k)
         problem = row_problem(value, shard_classes, num_classes)
         if problem is not None:
             row, what = problem
@@ -244,6 +252,29 @@ def _read_shards(label_dir: Path, manifest: dict) -> Distributions:
             "delete the directory and run metapl label again"
         )
     return Distributions(torch.cat(values), torch.cat(classes) if classes else None, num_classes)
+
+
+def _check_rows(
+    label_dir: Path,
+    path: Path,
+    value: torch.Tensor,
+    classes: torch.Tensor | None,
+    rows: int,
+    num_classes: int,
+    top_k: int,
+) -> None:
+    """One line unless a shard holds `rows` rows of (top_k or num_classes) probabilities as its manifest says."""
+    width = top_k or num_classes
+    fits = value.dim() == 2 and value.shape == (rows, width) and value.is_floating_point()
+    fits = fits and (classes is None) == (top_k == 0)
+    if fits and classes is not None and classes.numel():
+        low, high = int(classes.min()), int(classes.max())
+        fits = classes.shape == value.shape and 0 <= low and high < num_classes
+    if not fits:
+        raise DataError(
+            f"{path} does not hold {width} probabilities per image as {label_dir / MANIFEST} says; "
+            "delete the directory and run metapl label again"
+        )
 
 
 def row_problem(values: torch.Tensor, classes: torch.Tensor | None, num_classes: int) -> tuple[int, str] | None:
@@ -282,9 +313,170 @@ def row_problem(values: torch.Tensor, classes: torch.Tensor | None, num_classes:
 
 def attach(bundle, dataset, label_dir: str) -> None:
     """Give a DataBundle the stored distributions of its labeled, unlabeled and validation images (data.label_dir),
-    aligned with x_labeled, x_unlabeled and x_val."""
+    aligned with x_labeled, x_unlabeled and x_val. With data.unlabeled_shards the unlabeled images are the shards'
+    samples: the ShardSet gets a KeyStore, and the shard stream joins every sample with its row by key."""
+    from metapl.data.shards import ShardSet
+
     store = read_store(Path(label_dir), dataset)
     split = bundle.split
     bundle.p_labeled = store.subset(split.labeled)
-    bundle.p_unlabeled = store.subset(split.unlabeled)
     bundle.p_val = store.subset(split.validation)
+    if isinstance(bundle.x_unlabeled, ShardSet):
+        bundle.x_unlabeled.store = key_store(Path(label_dir), bundle.x_unlabeled.files)
+        bundle.p_unlabeled = None
+    else:
+        bundle.p_unlabeled = store.subset(split.unlabeled)
+
+
+# ---------------------------------------------------------------------------------------------- the shard part
+KEYED_PREFIX = "unlabeled-"
+STORE_CACHE = 4  # store files a reader keeps loaded: lanes read one input shard at a time
+_LABEL_FIX = "label them: metapl label SOURCE --out DIR --set data.unlabeled_shards=... (the same shards)"
+
+
+def keyed_name(number: int) -> str:
+    """The store file of the `number`-th input shard (in data.unlabeled_shards' order when labeled)."""
+    return f"{KEYED_PREFIX}{number:06d}.safetensors"
+
+
+def save_keyed_shard(path: Path, keys: list[str], values: torch.Tensor, classes: torch.Tensor | None) -> None:
+    """Write one input shard's distributions, keyed, atomically (engine/atomic.py)."""
+    import numpy as np
+    from safetensors.torch import save
+
+    from metapl.engine.atomic import atomic_write_bytes
+
+    encoded = [key.encode("utf-8") for key in keys]
+    ends = torch.tensor([len(k) for k in encoded], dtype=torch.int64).cumsum(0)
+    tensors = {
+        "keys": torch.from_numpy(np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()),
+        "key_ends": ends.contiguous(),
+        "values": values.contiguous(),
+    }
+    if classes is not None:
+        tensors["classes"] = classes.contiguous()
+    atomic_write_bytes(Path(path), save(tensors))
+
+
+@dataclass
+class KeyedShard:
+    """One input shard's stored distributions: key → row of `rows`."""
+
+    rows: Distributions
+    keys: dict[str, int]
+
+
+def load_keyed_shard(label_dir: Path, path: Path, num_classes: int, top_k: int, count: int | None = None) -> KeyedShard:
+    """A store file of the shard part, checked as the pool part is (shape, classes, every row a distribution, and
+    each key once); one line naming the store, the file and the row or key otherwise."""
+    tensors = load_shard(path)
+    try:
+        data, ends = tensors["keys"], tensors["key_ends"].tolist()
+        starts = [0, *ends[:-1]]
+        raw = data.numpy().tobytes()
+        keys = [raw[a:b].decode("utf-8") for a, b in zip(starts, ends)]
+        values, classes = tensors["values"], tensors.get("classes")
+    except (KeyError, UnicodeDecodeError, RuntimeError, ValueError) as err:
+        raise DataError(
+            f"the store at {label_dir} is damaged: {path.name} has no readable keys ({type(err).__name__}); "
+            "delete the store and run metapl label again"
+        ) from None
+    _check_rows(label_dir, path, values, classes, len(keys), num_classes, top_k)
+    if count is not None and len(keys) != count:
+        raise DataError(
+            f"the store at {label_dir} is damaged: {path.name} holds {len(keys)} samples, its manifest says {count}; "
+            "delete the store and run metapl label again"
+        )
+    problem = row_problem(values, classes, num_classes)
+    if problem is not None:
+        row, what = problem
+        raise DataError(
+            f"the store at {label_dir} is damaged: {path.name} row {row} (key {keys[row]!r}) {what}; delete the "
+            "store and run metapl label again"
+        )
+    index = {key: row for row, key in enumerate(keys)}
+    if len(index) != len(keys):
+        twice = next(key for row, key in enumerate(keys) if index[key] != row)
+        raise DataError(
+            f"the store at {label_dir} is damaged: {path.name} holds key {twice!r} twice; delete the store and run "
+            "metapl label again"
+        )
+    return KeyedShard(Distributions(values, classes, num_classes), index)
+
+
+@dataclass
+class KeyStore:
+    """The shard part of a store, opened for reading: which store file holds each input shard's samples. Lookups
+    load that one file (STORE_CACHE of them kept), so a reader never holds the whole store. Picklable: the
+    shard lanes' loader workers each get a copy and load what their lanes read."""
+
+    root: Path
+    files: dict[str, tuple[str, int]]  # input shard path as read → (store file, samples)
+    num_classes: int
+    top_k: int
+
+    def __post_init__(self) -> None:
+        self._cache: dict[str, KeyedShard] = {}
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._cache = {}
+
+    def lookup(self, shard: str, keys: list[str]) -> torch.Tensor:
+        """The dense distributions [len(keys), K] of the samples `keys` of the input shard `shard`."""
+        loaded = self._cache.pop(shard, None)
+        if loaded is None:
+            name, count = self.files[shard]
+            loaded = load_keyed_shard(self.root, self.root / name, self.num_classes, self.top_k, count)
+            while len(self._cache) >= STORE_CACHE:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[shard] = loaded  # the most recently used last
+        rows = []
+        for key in keys:
+            row = loaded.keys.get(key)
+            if row is None:
+                raise DataError(
+                    f"shard {shard}: sample {key!r} has no stored distribution in data.label_dir={str(self.root)!r} "
+                    f"({self.files[shard][0]}); the shard changed since it was labeled: {_LABEL_FIX}"
+                )
+            rows.append(row)
+        return loaded.rows.take(torch.tensor(rows, dtype=torch.long))
+
+
+def key_store(label_dir: Path, shards: list[str]) -> KeyStore:
+    """The KeyStore for training on `shards` (data.unlabeled_shards): every one of them must have been labeled into
+    the store, unchanged since (size and sampled SHA-256, as engine/run_inputs.py fingerprints a shard)."""
+    from metapl.data.shards import input_names
+    from metapl.engine.run_inputs import file_fingerprint
+
+    manifest = read_manifest(label_dir)
+    part = manifest.get("unlabeled_shards")
+    if not part:
+        raise DataError(
+            f"data.label_dir={str(label_dir)!r} holds distributions of the pool's images only, not of "
+            f"data.unlabeled_shards' samples; {_LABEL_FIX}"
+        )
+    try:
+        entries = {entry["input"]: entry for entry in part["files"]}
+        files = {}
+        for path, name in zip(shards, input_names(shards)):
+            entry = entries.get(name)
+            if entry is None:
+                raise DataError(
+                    f"data.label_dir={str(label_dir)!r} holds no distributions of the shard {path} (its store names "
+                    f"{len(entries)} shards, e.g. {next(iter(entries), 'none')}); {_LABEL_FIX}"
+                )
+            if entry["fingerprint"] != file_fingerprint(path):
+                raise DataError(
+                    f"shard {path} changed since data.label_dir={str(label_dir)!r} labeled it (its size or content "
+                    f"differs); restore it, or {_LABEL_FIX}"
+                )
+            files[path] = (_shard_path(label_dir, entry).name, int(entry["count"]))
+        return KeyStore(label_dir, files, int(manifest["num_classes"]), int(manifest.get("top_k", 0)))
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise DataError(
+            f"the store at {label_dir} is damaged ({type(err).__name__}: {err}); delete it and run metapl label again"
+        ) from None

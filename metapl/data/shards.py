@@ -20,6 +20,10 @@ lane's shard and skips that many samples by their tar headers, so it goes on bit
 checkpoints: the positions of other ranks' lanes follow from the samples each lane has consumed and the shards'
 sample counts, which rank 0 learns from the tar headers when it saves (each shard counted once per run).
 
+With data.label_dir (Reduced MPL) the ShardSet carries a label_store.KeyStore, and the workers join every image with
+its stored distribution by (shard file, key) as they read it; the chunks carry it as p_u. A lookup loads the store
+file of the shard being read (a few kept), never the whole store.
+
 Reading uses the standard library's tarfile rather than the webdataset package: webdataset streams a tar once
 from its first byte and offers no position to save or restore, while an exact resume needs "shard k, sample o",
 found here by seeking over tar headers. Shards written by webdataset's ShardWriter or `metapl shard` read alike.
@@ -143,6 +147,13 @@ def shard_files(spec: str) -> list[str]:
     return files
 
 
+def input_names(paths: list[str]) -> list[str]:
+    """Each shard path relative to the folder the paths share (a brace pattern may name files of the same name in
+    several folders), so that the folder itself may move: how inputs.json and a label store name shards."""
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
+    return [os.path.relpath(os.path.abspath(p), common) for p in paths]
+
+
 @dataclass
 class ShardSet:
     """What DataBundle.x_unlabeled holds with data.unlabeled_shards: the shard files, and how every image becomes
@@ -155,6 +166,7 @@ class ShardSet:
     workers: int = 0
     pipeline: Any = field(default=None, repr=False)  # an ImagePipeline (streaming.py)
     lanes: int = 0  # data.shard_lanes (0: processes × workers)
+    store: Any = field(default=None, repr=False)  # a label_store.KeyStore (data.label_dir): p_u joined by key
 
     def __len__(self) -> int:
         return len(self.files)
@@ -172,12 +184,11 @@ class ShardSet:
         return f"{len(self.files)}:{digest.hexdigest()[:16]}"
 
 
-def attach_shards(bundle: Any, cfg: Any) -> None:
-    """Put the shards in place of a DataBundle's unlabeled pool (data.name=imagenet or folder)."""
+def check_shard_data(images: Any, cfg: Any) -> None:
+    """One line unless data.unlabeled_shards can go with the data set (image files, no data.unlabeled_dir)."""
     from metapl.data.folders import ImageFiles
 
-    labeled = bundle.x_labeled
-    if not isinstance(labeled, ImageFiles):
+    if not isinstance(images, ImageFiles):
         raise ConfigError(
             f"data.unlabeled_shards is for image files (data.name=imagenet or folder), not data.name={cfg.name}; "
             "clear it"
@@ -187,11 +198,12 @@ def attach_shards(bundle: Any, cfg: Any) -> None:
             "data.unlabeled_dir and data.unlabeled_shards both name unlabeled images; keep one (metapl shard "
             f"{cfg.unlabeled_dir} --out DIR turns the folder into shards)"
         )
-    if getattr(cfg, "label_dir", ""):
-        raise ConfigError(
-            "data.label_dir holds a teacher's distributions of the pool's images, and data.unlabeled_shards "
-            "streams images outside the pool; they cannot go together yet: clear one (docs/scale.md#not-yet)"
-        )
+
+
+def attach_shards(bundle: Any, cfg: Any) -> None:
+    """Put the shards in place of a DataBundle's unlabeled pool (data.name=imagenet or folder)."""
+    labeled = bundle.x_labeled
+    check_shard_data(labeled, cfg)
     shards = ShardSet(
         cfg.unlabeled_shards, shard_files(cfg.unlabeled_shards), labeled.size, labeled.channels, labeled.workers
     )
@@ -392,8 +404,8 @@ class _Lane:
     def _shard(self) -> int:
         return self._order[self.position.index]
 
-    def take(self) -> tuple[torch.Tensor, int]:
-        """The next image (decoded) and its augmentation seed."""
+    def take(self) -> tuple[torch.Tensor, int, str, str]:
+        """The next image (decoded), its augmentation seed, its shard file and its key in the shard."""
         empty_run = 0
         while True:
             if self._reader is None:
@@ -405,7 +417,8 @@ class _Lane:
                 shard = self._shard()
                 where = f"{name} in shard {self.shards.files[shard]}"
                 image = decode_bytes(data, self.shards.channels, where)
-                return image, _mix(self.seed, self.position.pass_, shard, offset)
+                key = name.rsplit(".", 1)[0]  # ShardReader names the image KEY.EXT, the extension without dots
+                return image, _mix(self.seed, self.position.pass_, shard, offset), self.shards.files[shard], key
             empty_run = 0 if self.position.offset else empty_run + 1
             if empty_run > len(self._order):
                 raise DataError(
@@ -485,9 +498,9 @@ class _LaneImages(torch.utils.data.IterableDataset):
                 for reader in readers:
                     for part, first in enumerate(range(0, self.per_lane, CHUNK)):
                         taken = [reader.take() for _ in range(min(CHUNK, self.per_lane - first))]
-                        views = [pipeline.views(image, _generator(seed)) for image, seed in taken]
+                        views = [pipeline.views(image, _generator(seed)) for image, seed, _, _ in taken]
                         weak, strong = [w for w, _ in views], [s for _, s in views]
-                        yield {
+                        out = {
                             "lane": reader.lane,
                             "step": step,
                             "part": part,
@@ -495,12 +508,25 @@ class _LaneImages(torch.utils.data.IterableDataset):
                             "strong": torch.stack(strong),
                             "position": reader.position.as_list(),
                         }
+                        if self.shards.store is not None:  # the stored distributions, joined by (shard, key)
+                            out["p"] = _joined(self.shards.store, [(shard, key) for _, _, shard, key in taken])
+                        yield out
                 step += 1
         except MetaplError as err:
             yield {"error": f"{type(err).__name__}:{err}"}
         finally:
             for reader in readers:
                 reader.close()
+
+
+def _joined(store: Any, samples: list[tuple[str, str]]) -> torch.Tensor:
+    """The stored distributions of (shard, key) samples, in order: one store lookup per run of one shard."""
+    parts, start = [], 0
+    for end in range(1, len(samples) + 1):
+        if end == len(samples) or samples[end][0] != samples[start][0]:
+            parts.append(store.lookup(samples[start][0], [key for _, key in samples[start:end]]))
+            start = end
+    return torch.cat(parts)
 
 
 class ShardStream:
@@ -560,7 +586,7 @@ class ShardStream:
         assert self._outputs is not None
         local_step = self.step - self._started_at
         parts = -(-self.per_lane // CHUNK)
-        weak, strong = [], []
+        weak, strong, stored = [], [], []
         for lane in self.own_lanes():
             for part in range(parts):
                 wanted = (lane, local_step, part)
@@ -572,9 +598,12 @@ class ShardStream:
                 out = self._buffer.pop(wanted)
                 weak.append(out["weak"])
                 strong.append(out["strong"])
+                if "p" in out:
+                    stored.append(out["p"])
                 self.positions[lane] = Position(*out["position"])
         self.step += 1
-        return replace(batch, x_u_weak=torch.cat(weak), x_u_strong=torch.cat(strong), y_u=None)
+        p_u = torch.cat(stored) if stored else None
+        return replace(batch, x_u_weak=torch.cat(weak), x_u_strong=torch.cat(strong), y_u=None, p_u=p_u)
 
     def _position(self, lane: int) -> Position:
         """Lane `lane`'s position after `self.step` steps: read by this rank, or tracked through the headers."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,18 @@ def _umask() -> int:
     return mask
 
 
-_FILE_MODE = 0o666 & ~_umask()  # what open() would have given the file; mkstemp makes it 0600
+_FILE_MODE = 0o666 & ~_umask()
+# What atomic_write leaves when killed between creating and renaming its temporary file: `.NAME.XXXXXXXX.tmp`.
+TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def remove_leftovers(folder: Path, ours: Callable[[str], bool]) -> None:
+    """Remove the temporary files that killed atomic writes of the files `ours(NAME)` accepts left in `folder`
+    (plain files only: nothing else is metapl's)."""
+    for path in Path(folder).iterdir():
+        match = TEMPORARY.fullmatch(path.name)
+        if match and ours(match.group(1)) and path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)  # what open() would have given the file; mkstemp makes it 0600
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from metapl.config import Config, flatten, load_config_file, save_config
 from metapl.engine import ownership
-from metapl.engine.atomic import atomic_write_json
+from metapl.engine.atomic import TEMPORARY, atomic_write_json
 from metapl.engine.checkpoint import read_training_state
 from metapl.errors import CheckpointError, ConfigError, MetaplError
 
@@ -56,8 +56,7 @@ COMMAND_OUTPUTS = (
 )
 TREES = {"tensorboard": "events.out.tfevents."}  # run outputs that are folders: the files metapl writes in them
 _NUMBERED = re.compile(r"checkpoint-\d{8}\.pt")  # CheckpointKeeper's copies
-# What atomic writes leave when killed between creating and renaming their temporary file (engine/atomic.py).
-_TEMPORARY = re.compile(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp")
+_TEMPORARY = TEMPORARY  # what atomic writes leave when killed (engine/atomic.py)
 _RESTART = "add --restart to discard it and start over, or pass another --out"
 _SAME = "resume with the same settings, "
 

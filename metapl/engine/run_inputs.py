@@ -7,8 +7,9 @@ so that a resumed run never goes on with a shard rewritten under the same name, 
 data.label_dir or other weights at the same path. A run without inputs.json (written by an older metapl) is
 taken as it is.
 
-A file's fingerprint is its size and the SHA-256 of its content. Weights files and a label store's files are
-hashed whole: the run reads them whole at every start anyway. Shards are sampled, since a run streams them lazily
+A file's fingerprint is its size and the SHA-256 of its content. Weights files and a label store's manifest and pool
+part are hashed whole: the run reads them whole at every start anyway; a store's shard part (one file per input
+shard, read lazily) is sampled as shards are. Shards are sampled, since a run streams them lazily
 and hashing ImageNet's 140 GB at every start would cost more than the check is worth: a shard of at most
 WHOLE_LIMIT bytes (1 MiB) is hashed whole; a larger one through SAMPLED_BLOCKS (16) blocks of BLOCK bytes (16 KiB)
 each: the first, the last (ending at the file's end) and 14 at evenly spaced offsets between, 256 KiB read per
@@ -75,10 +76,15 @@ def file_inputs(cfg: Any) -> dict[str, dict]:
         files = _by_name(shard_files(cfg.data.unlabeled_shards))
         inputs["data.unlabeled_shards"] = {"path": cfg.data.unlabeled_shards, "files": files}
     if cfg.data.label_dir:
-        from metapl.data.label_store import store_files
+        from metapl.data.label_store import KEYED_PREFIX, store_files
 
         root = Path(cfg.data.label_dir)
-        files = {str(f.relative_to(root)): file_fingerprint(f, sampled=False) for f in store_files(root)}
+        # the pool part and the manifest whole (a run reads them whole); the shard part's files sampled, as shards
+        # are: a run reads them lazily, and hashing a store of 100M images at every start would cost minutes
+        files = {
+            str(f.relative_to(root)): file_fingerprint(f, sampled=f.name.startswith(KEYED_PREFIX))
+            for f in store_files(root)
+        }
         inputs["data.label_dir"] = {"path": cfg.data.label_dir, "files": files}
     for key in ("pretrained", "teacher_pretrained"):
         value = getattr(cfg.model, key)
@@ -91,8 +97,9 @@ def file_inputs(cfg: Any) -> dict[str, dict]:
 def _by_name(paths: list[str]) -> dict[str, dict | None]:
     """Fingerprints keyed by each path relative to the folder the paths share (a brace pattern may name files of
     the same name in several folders), so that the folder itself may move."""
-    common = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]) if paths else ""
-    return {os.path.relpath(os.path.abspath(p), common): file_fingerprint(p) for p in paths}
+    from metapl.data.shards import input_names
+
+    return {name: file_fingerprint(p) for p, name in zip(paths, input_names(paths))}
 
 
 def test_set_input(data: Any) -> dict[str, dict]:

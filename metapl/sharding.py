@@ -30,7 +30,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
+import sys
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -50,6 +52,7 @@ PARTIAL = ".partial"  # a shard being written: `.shard-000042.tar.partial`
 MANIFEST_FORMAT = 1
 DEFAULT_SHARD_SIZE = 5000
 DEFAULT_BUFFER = 100_000  # images shuffled together: about 10 MB of names in the main process
+MAX_WORKERS = 256  # past the cores, more processes only wait on the disk
 SETTINGS = ("shard_size", "shuffle", "seed", "buffer")  # what a later run must repeat; the option of each below
 _OPTION = {"shard_size": "--shard-size", "shuffle": "--no-shuffle", "seed": "--seed", "buffer": "--shuffle-buffer"}
 
@@ -135,6 +138,7 @@ def check_image(data: bytes, path: str) -> None:
             image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", first)  # an address: not the same twice
         raise DataError(f"cannot read image {path} ({first})") from None
 
 
@@ -156,8 +160,10 @@ def write_shards(
         raise ConfigError(f"--shard-size {shard_size} is impossible; give the images per shard, e.g. 5000")
     if not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"--seed {seed} is impossible; it must be {SEEDS}")
-    if workers < 1:
-        raise ConfigError(f"--workers {workers} is impossible; give the processes that write shards, e.g. 4")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(
+            f"--workers {workers} is impossible; give the processes that write shards, 1 to {MAX_WORKERS}, e.g. 4"
+        )
     if buffer < 1:
         raise ConfigError(f"--shuffle-buffer {buffer} is impossible; give the images shuffled together, e.g. 100000")
     settings = Settings(shard_size, shuffle, seed, buffer)
@@ -200,10 +206,11 @@ def plan_blocks(
     them cut into new blocks. Lazy: one block's entries at a time."""
     entries = iter(entries)
     start = shard = 0
+    sharded = recorded[-1].start + recorded[-1].count if recorded else 0
     for block in recorded:
         taken = _take(entries, block.count)
         if len(taken) < block.count or entries_hash([name for name, _ in taken]) != block.sha256:
-            raise DataError(_changed_source(source, block, taken))
+            raise DataError(_changed_source(source, block, taken, sharded))
         yield block, taken, False
         start, shard = block.start + block.count, block.first_shard + block.shards(settings.shard_size)
     number = len(recorded)
@@ -302,11 +309,18 @@ def _start_pool(workers: int):
     import multiprocessing
 
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method).Pool(workers, initializer=_ignore_interrupts)
+    return multiprocessing.get_context(method).Pool(workers, initializer=_start_worker)
 
 
-def _ignore_interrupts() -> None:
+def _start_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process answers it
+    if sys.platform.startswith("linux"):  # a main process killed outright takes its workers with it
+        import ctypes
+
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _finished(out, record: dict | None) -> bool:
@@ -414,8 +428,8 @@ class _locked:
         import fcntl
 
         self.handle = open(self.path, "ab")
-        try:
-            fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # a POSIX lock: the process's own, not inherited by its forked workers, gone when it dies
+            fcntl.lockf(self.handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.handle.close()
             raise ConfigError(
@@ -482,11 +496,11 @@ def _other_settings(out: Path, recorded: Settings, given: Settings) -> str:
     )
 
 
-def _changed_source(source: Path, block: Block, taken: list[tuple[str, str]]) -> str:
-    end = block.start + block.count
+def _changed_source(source: Path, block: Block, taken: list[tuple[str, str]], sharded: int) -> str:
     if len(taken) < block.count:
-        change = f"it now has {block.start + len(taken)} images, fewer than the {end} already sharded"
+        change = f"it now has {block.start + len(taken)} images, fewer than the {sharded} already sharded"
     else:
+        end = block.start + block.count
         change = f"its images {block.start + 1} to {end} (from {taken[0][0]!r}) are not the ones sharded"
     return (
         f"{source} changed since its shards were written: {change}; metapl shard extends a source only by images "

@@ -142,8 +142,8 @@ def _csv_rows(path: Path, need_label: bool) -> Iterator[tuple[int, dict[str, str
                     if need_label
                     else f"{path} has no column 'path' (its header is {columns}); write a header line 'path'"
                 )
-            for line, row in enumerate(reader, start=2):
-                yield line, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            for row in reader:  # line_num: the file's line, blank lines (which DictReader skips) counted
+                yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 text file with a header line") from None
 

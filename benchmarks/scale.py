@@ -155,9 +155,9 @@ def decode_floor(pool: Path, count: int, rounds: int) -> dict:
 FORWARD = r"""
 import json, sys, time, torch
 from metapl.inference import load_run
-run, batch, images, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+run, batch, images, rounds, side = sys.argv[1], *map(int, sys.argv[2:6])
 model = load_run(run).model.eval()
-x = torch.randint(0, 256, (batch, 3, %d, %d), dtype=torch.uint8)
+x = torch.randint(0, 256, (batch, 3, side, side), dtype=torch.uint8)
 rates = []
 with torch.no_grad():
     torch.softmax(model(x).float(), -1)  # warm-up
@@ -168,13 +168,13 @@ with torch.no_grad():
             done += batch
         rates.append(done / (time.perf_counter() - started))
 print(json.dumps(rates))
-""" % (SIDE, SIDE)
+"""
 
 
 def forward_floor(run: Path, batch: int, images: int, rounds: int) -> dict:
     """The teacher's forward pass (and softmax) alone on in-memory uint8 batches, in a fresh process as label is."""
     result = subprocess.run(
-        [sys.executable, "-c", FORWARD, str(run), str(batch), str(images), str(rounds)],
+        [sys.executable, "-c", FORWARD, str(run), str(batch), str(images), str(rounds), str(SIDE)],
         capture_output=True,
         text=True,
         check=True,

@@ -193,6 +193,19 @@ def store_rate(store: Path) -> dict:
     return {"images_per_s": round(images / (times[-1][0] - times[0][0]), 1), "shards": len(times)}
 
 
+def shards_rate(folder: Path) -> float | None:
+    """Images/s of metapl shard from its shards' modification times, first to last (start-up excluded)."""
+    from metapl.sharding import MANIFEST, SHARD_NAME
+
+    records = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()[1:]]
+    times = sorted(
+        ((folder / SHARD_NAME.format(r["shard"])).stat().st_mtime, r["count"]) for r in records if "shard" in r
+    )
+    if len(times) < 2 or times[-1][0] <= times[0][0]:
+        return None
+    return round(sum(count for _, count in times[1:]) / (times[-1][0] - times[0][0]), 1)
+
+
 def store_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
 
@@ -225,6 +238,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     for name, pool in pools.items():
         row = metapl(["shard", pool, "--out", work / f"shards-{name}", "--no-progress"], work)
         row["images_per_s"] = round(sizes[name] / row["seconds"], 1) if row["code"] == 0 else None
+        row["images_per_s_steady"] = shards_rate(work / f"shards-{name}") if row["code"] == 0 else None
         results["shard"][name] = row
         say(f"shard {name}: {row}")
     from metapl.sharding import default_workers
@@ -267,7 +281,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     from metapl.config import load_config_file
 
     batch = load_config_file(teacher / "config.yaml").train.eval_batch_size
-    results["forward_floor"] = forward_floor(teacher, batch, args.floor_images, args.rounds) | {"load": load()}
+    results["forward_floor"] = forward_floor(teacher, batch, args.forward_images, args.rounds) | {"load": load()}
     say(f"forward floor: {results['forward_floor']}")
     big = results["label"]["label"]
     results["store_bytes_per_image"] = round(big["store_bytes"] / big["store_images"], 1)
@@ -304,7 +318,8 @@ def table(r: dict) -> str:
         return f"{a:,.0f} → {b:,.0f} MB ({(b - a) / a:+.1%})"
 
     rows = [
-        ("`metapl shard`, images/s", f"{shard['images_per_s']:,.0f} ({workers} workers, {big} images)",
+        ("`metapl shard`, images/s", f"{shard['images_per_s']:,.0f} ({workers} workers, {big} images; first to "
+         f"last shard: {shard['images_per_s_steady'] or float('nan'):,.0f})",
          f"decode floor {floor['median']:,.0f}/s per process × {workers} = {floor['median'] * workers:,.0f}; "
          f"ratio {shard['images_per_s'] / (floor['median'] * workers):.2f} (1 process: "
          f"{shard['images_per_s'] / floor['median']:.2f})"),
@@ -341,10 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
         help="the pool labeled and trained on beside --small (default 50,000: label runs at the teacher's pace)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="--images 20000 --small 2000 --label-images 5000 --floor-images 5000"
+        "--quick",
+        action="store_true",
+        help="--images 20000 --small 2000 --label-images 5000 --floor-images 5000 --forward-images 4096",
     )
     parser.add_argument("--distinct", type=int, default=256, help="distinct encoded images in the pools")
     parser.add_argument("--floor-images", type=int, default=50_000, help="images per floor round")
+    parser.add_argument("--forward-images", type=int, default=10_240, help="images per forward-floor round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each floor (median)")
     parser.add_argument("--steps", type=int, default=20, help="Reduced MPL steps per training run")
     parser.add_argument("--work", type=Path, help="a folder for the pools, shards and runs (default: a temporary one)")
@@ -352,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.small, args.label_images, args.floor_images = 20_000, 2_000, 5_000, 5_000
+        args.forward_images = 4096
     work = args.work or Path(tempfile.mkdtemp(prefix="scale_"))
     work.mkdir(parents=True, exist_ok=True)
     try:

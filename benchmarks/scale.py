@@ -209,6 +209,16 @@ def shards_rate(folder: Path) -> float | None:
     return round(sum(count for _, count in times[1:]) / (times[-1][0] - times[0][0]), 1)
 
 
+def covers(store: Path, stored: int, pool: int) -> bool:
+    """Whether a label store holds a distribution for every image of the pool and the labeled set: by its manifest's
+    pool size where it has one, else by its bytes (top-16 fp16: at least 32 bytes of values and 32 of classes)."""
+    images = pool + CLASSES * 6
+    try:
+        return int(json.loads((store / "manifest.json").read_text())["pool_size"]) >= images
+    except (OSError, ValueError, KeyError, TypeError):
+        return stored >= images * 4 * TOP_K
+
+
 def store_bytes(store: Path) -> int:
     return sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
 
@@ -270,7 +280,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         shards = ["--set", "data.unlabeled_dir=", "--set", f"data.unlabeled_shards={work / f'shards-{name}'}"]
         row = metapl([*label, *shards], work)
         stored = store_bytes(store) if store.exists() else 0
-        labeled = row["code"] == 0 and stored >= sizes[name] * TOP_K * 2
+        labeled = row["code"] == 0 and covers(store, stored, sizes[name])
         why = row.get("error") or f"exit 0, but {stored:,} bytes stored: the sharded images were not labeled"
         results["label_input"][name] = "shards" if labeled else f"folder (label over shards: {why})"
         if not labeled:

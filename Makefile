@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed bench-shards bench-threads
+.PHONY: demo test test-fast install install-dev lint clean bench-accuracy bench-speed bench-shards bench-threads bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ bench-shards: install-dev
 # about 4 minutes on 2 cores; BENCH_ARGS=--quick for about 2).
 bench-threads: install
 	$(BIN)/python benchmarks/threads.py $(BENCH_ARGS)
+
+# make bench-scale: metapl shard and metapl label against their floors, the main process's memory of label and of
+# Reduced MPL training from 10,000 to 1,000,000 images, and the label store's bytes per image (docs/scale.md#measured-scale;
+# about 20 minutes and 5 GB of temporary files on 2 cores; BENCH_ARGS=--quick: 20,000 images, a few minutes).
+bench-scale: install-dev
+	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 
 test: install-dev
 	@$(BIN)/python -m pytest; status=$$?; \

@@ -18,6 +18,7 @@ from metapl import __version__
 from metapl.errors import Interrupted, MetaplError
 from metapl.methods import METHODS, NETWORKS
 from metapl.presets import preset_names
+from metapl.sharding import DEFAULT_BUFFER, DEFAULT_SHARD_SIZE
 
 # This module imports neither PyTorch nor the config (which imports it): `--help`, `--version` and `presets`
 # answer at once; each command imports what it needs.
@@ -181,10 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     shard.add_argument(
         "source", type=Path, help="a folder of images (searched recursively) or a CSV with a 'path' column"
     )
-    shard.add_argument("--out", type=Path, required=True, help="a new or empty folder for shard-000000.tar, ...")
-    shard.add_argument("--shard-size", type=int, default=5000, help="images per shard (default 5000)")
+    shard.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="a new or empty folder for shard-000000.tar, ..., or one metapl shard wrote: continued and extended",
+    )
+    shard.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help=f"images per shard (default {DEFAULT_SHARD_SIZE})"
+    )
     shard.add_argument("--no-shuffle", action="store_true", help="keep the source's order (default: seeded shuffle)")
     shard.add_argument("--seed", type=int, default=0, help="the shuffle's seed (default 0)")
+    shard.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=DEFAULT_BUFFER,
+        metavar="N",
+        help=f"images shuffled together, in consecutive blocks of the source (default {DEFAULT_BUFFER})",
+    )
+    shard.add_argument(
+        "--workers", type=int, default=None, help="processes writing shards (default: the cores, at most 8)"
+    )
+    shard.add_argument("--skip-bad", action="store_true", help="leave out unreadable images, listed in DIR/skipped.txt")
     shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(commands=commands.choices)
     return parser
@@ -439,7 +458,7 @@ def _label(args: argparse.Namespace) -> int:
 
 
 def _shard(args: argparse.Namespace) -> int:
-    from metapl.sharding import write_shards
+    from metapl.sharding import default_workers, write_shards
 
     write_shards(
         args.source,
@@ -449,6 +468,9 @@ def _shard(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
         announce=lambda line: print(line, flush=True),
+        workers=default_workers() if args.workers is None else args.workers,
+        buffer=args.shuffle_buffer,
+        skip_bad=args.skip_bad,
     )
     return 0
 

@@ -72,6 +72,7 @@ def _argv(command: str, option: str, value: int, files: Path, out: Path) -> list
 VALID = {("demo", "--seed", 0), ("label", "--top-k", 0), ("shard", "--seed", 0)}
 VALID |= {(c, o, 10**30) for c, o in [("eval", "--batch-size"), ("label", "--top-k")]}
 VALID |= {(c, o, 10**30) for c, o in [("label", "--shard-size"), ("label", "--batch-size"), ("shard", "--shard-size")]}
+VALID |= {("shard", "--shuffle-buffer", 10**30)}  # a buffer beyond the source's size: one block, shuffled whole
 COVERED = {
     ("demo", "--steps"),
     ("demo", "--seed"),
@@ -81,6 +82,8 @@ COVERED = {
     ("label", "--batch-size"),
     ("shard", "--shard-size"),
     ("shard", "--seed"),
+    ("shard", "--workers"),
+    ("shard", "--shuffle-buffer"),
 }
 
 

@@ -7,7 +7,9 @@ one image at a time (see streaming.py), so a pool of a million images costs only
 from __future__ import annotations
 
 import csv
+import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +126,9 @@ def scan_class_folders(root: Path, classes: list[str] | None = None) -> tuple[li
     return paths, labels, found
 
 
-def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
-    """(paths, label texts) from a CSV with a header naming the columns `path` and, when needed, `label`.
-
-    Relative paths are relative to the CSV's folder; every path must exist.
-    """
+def _csv_rows(path: Path, need_label: bool) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row with stripped cells) of a CSV with a header naming `path` and, when needed, `label`,
+    read one row at a time."""
     try:
         # utf-8-sig: a spreadsheet program's byte-order mark is dropped, not read into the first column's name
         with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -142,19 +142,34 @@ def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
                     if need_label
                     else f"{path} has no column 'path' (its header is {columns}); write a header line 'path'"
                 )
-            rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+            for row in reader:  # line_num: the file's line, blank lines (which DictReader skips) counted
+                yield reader.line_num, {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"cannot read CSV {path}: {err}; pass a UTF-8 text file with a header line") from None
+
+
+def _csv_image(path: Path, line: int, row: dict[str, str], exists: bool = True) -> str:
+    """The image file a CSV row names (relative paths are relative to the CSV's folder); with `exists`, it must be
+    a file."""
+    file = Path(row["path"])
+    file = file if file.is_absolute() else path.parent / file
+    check_path(file, f"{path} line {line}: image")
+    if not row["path"] or (exists and not file.is_file()):
+        raise DataError(f"{path} line {line}: image {row['path']!r} does not exist; fix the path or remove the row")
+    return str(file)
+
+
+def read_csv(path: Path, need_label: bool) -> tuple[list[str], list[str]]:
+    """(paths, label texts) from a CSV with a header naming the columns `path` and, when needed, `label`.
+
+    Relative paths are relative to the CSV's folder; every path must exist.
+    """
     paths, labels = [], []
-    for line, row in enumerate(rows, start=2):
-        file = Path(row["path"])
-        file = file if file.is_absolute() else path.parent / file
-        check_path(file, f"{path} line {line}: image")
-        if not row["path"] or not file.is_file():
-            raise DataError(f"{path} line {line}: image {row['path']!r} does not exist; fix the path or remove the row")
+    for line, row in _csv_rows(path, need_label):
+        file = _csv_image(path, line, row)
         if need_label and not row["label"]:
             raise DataError(f"{path} line {line}: the label is empty; give a class name or number")
-        paths.append(str(file))
+        paths.append(file)
         labels.append(row.get("label", ""))
     if not paths:
         raise DataError(f"{path} lists no images; add rows below the header")
@@ -186,17 +201,59 @@ def _class_order(name: str) -> tuple:
 
 
 def unlabeled_source(source: Path) -> list[str]:
-    """Image paths from a folder (searched recursively) or a CSV with a `path` column."""
+    """Image paths from a folder (searched recursively) or a CSV with a `path` column, in iter_unlabeled_source's
+    order."""
+    return [path for _, path in iter_unlabeled_source(source)]
+
+
+def iter_unlabeled_source(source: Path, check_files: bool = True) -> Iterator[tuple[str, str]]:
+    """(entry, path) of every image of a folder (searched recursively) or a CSV with a `path` column, one at a time:
+    the source is checked here, then read lazily, so that no caller needs the whole list (metapl shard streams a
+    source of any size). The entry names the image within the source: its path relative to the folder ('a/b.jpg',
+    '/' between parts), or the CSV row's path as written. A folder's order is sorted(Path.rglob)'s: depth first,
+    each folder's names sorted, links to folders not followed; only the folders on the way down are listed at a
+    time. Without `check_files`, a CSV row's file is not checked to exist (the reader of its bytes says so)."""
+    source = Path(source)
     if source.suffix.lower() == ".csv":
         if not source.is_file():
             raise DataError(f"no CSV file {source}; pass a CSV with a 'path' column or a folder of images")
-        return read_csv(source, need_label=False)[0]
+        return _csv_entries(source, check_files)
     if not source.is_dir():
         # one message for both callers (data.unlabeled_dir and metapl shard SOURCE): name the path and what it must be
         raise DataError(
             f"no folder {source} of unlabeled images; pass a folder of images or a CSV with a 'path' column"
         )
-    images = [str(p) for p in _images_in(source)]
-    if not images:
+    return _folder_entries(source)
+
+
+def _csv_entries(source: Path, check_files: bool) -> Iterator[tuple[str, str]]:
+    count = 0
+    for line, row in _csv_rows(source, need_label=False):
+        yield row["path"], _csv_image(source, line, row, exists=check_files)
+        count += 1
+    if not count:
+        raise DataError(f"{source} lists no images; add rows below the header")
+
+
+def _folder_entries(source: Path) -> Iterator[tuple[str, str]]:
+    count = 0
+    for relative in _walk(source, ""):
+        yield relative, str(source / relative)
+        count += 1
+    if not count:
         raise DataError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); add some or fix the path")
-    return images
+
+
+def _walk(folder: Path, prefix: str) -> Iterator[str]:
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError as err:
+        raise DataError(
+            f"cannot list folder {folder} ({err.strerror or err}); check its permissions or move it out of the source"
+        ) from None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), f"{prefix}{entry.name}/")
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES and entry.is_file():
+            yield f"{prefix}{entry.name}"

@@ -1,10 +1,10 @@
 """What metapl wrote, and so may replace or remove: nothing else is ever overwritten or deleted.
 
 Folders. A folder is metapl's when it holds `metapl.json`, the marker metapl writes first into every folder it
-makes for a run or a demo: {"writer": "metapl", "kind": "run" | "demo", "format": 1, ...}. A familiar file name
+makes for a run or a demo: {"writer": "metapl", "kind": "run" | "demo" | "shards", "format": 1, ...}. A familiar file name
 (config.yaml, metrics.jsonl, .lock) proves nothing, and dot-files are content like any other file. A folder that
 is neither metapl's nor empty is refused whole. Inside a folder of metapl's, the names in its kind's list (for a run,
-engine/run_dir.py's RUN_OUTPUTS, COMMAND_OUTPUTS and checkpoints) are metapl's; any other name is the user's and is
+engine/run_dir.py's RUN_OUTPUTS, COMMAND_OUTPUTS and checkpoints; for shards, metapl/sharding.py's) are metapl's; any other name is the user's and is
 never touched.
 
 Files. A command's output file that exists already is replaced only when it carries metapl's mark, read from the
@@ -26,7 +26,7 @@ from metapl.errors import ConfigError
 MARKER = "metapl.json"
 MARKER_FORMAT = 1
 WRITER = "metapl"
-KINDS = ("run", "demo")
+KINDS = ("run", "demo", "shards")
 PREDICTIONS_HEADER = "input,class"  # how every CSV that predict writes begins
 _MARK_BYTES = 1 << 20  # how far into a PDF or SVG the creator entry is looked for
 

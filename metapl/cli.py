@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         _check_paths(args)
         return _COMMANDS[args.command](args)
     except Interrupted as stop:
-        print(f"metapl: {_one_line(str(stop))}", file=sys.stderr)
+        _say(f"metapl: {_one_line(str(stop))}")
         return stop.exit_code
     except MetaplError as err:
-        print(f"metapl: error: {_one_line(str(err))}", file=sys.stderr)
+        _say(f"metapl: error: {_one_line(str(err))}")
         return 2
     except (MemoryError, RuntimeError, OSError) as err:
         if isinstance(err, BrokenPipeError) and _reader_gone():  # metapl presets | head: nobody left to tell
@@ -259,11 +259,21 @@ def main(argv: list[str] | None = None) -> int:
             message = _os_failure(err, args)
         if message is None:
             raise
-        print(f"metapl: error: {_one_line(message)}", file=sys.stderr)
+        _say(f"metapl: error: {_one_line(message)}")
         return 2
     except KeyboardInterrupt:
         print("metapl: interrupted", file=sys.stderr)
         return 130
+
+
+def _say(line: str) -> None:
+    """One line on stderr in one write: under torchrun the ranks share stderr, and print's separate writes of the
+    text and its newline let two ranks' lines run into each other."""
+    sys.stderr.flush()
+    try:
+        os.write(sys.stderr.fileno(), (line + "\n").encode("utf-8", "replace"))
+    except (OSError, ValueError, AttributeError):  # no real file behind stderr (a test's capture): print it
+        print(line, file=sys.stderr)
 
 
 def _reader_gone() -> bool:

@@ -270,7 +270,7 @@ def test_sigkill_then_a_shard_changed_under_its_name_is_refused_and_the_run_unto
             process.wait()
     assert killed_at is not None, "the run ended before it could be killed"
     assert (out / INPUTS).is_file()
-    first = sorted(shards.iterdir())[0]
+    first = sorted(shards.glob("*.tar"))[0]
     original = first.read_bytes()
     _drop_last_sample(first)  # 7 samples become 6, under the same name
     before = _snapshot(out)
@@ -290,7 +290,7 @@ def test_a_finished_run_needs_neither_its_shards_nor_its_label_store(files, tmp_
     shards = Path(shutil.copytree(files / "shards", tmp_path / "shards"))
     run = tmp_path / "run"
     assert main(_train(files, shards, run, steps=3)) == 0
-    first = sorted(shards.iterdir())[0]
+    first = sorted(shards.glob("*.tar"))[0]
     original = first.read_bytes()
     assert main(["predict", str(run), str(files / "test" / "a"), "--out", str(first)]) == 2  # never read, still spared
     assert first.read_bytes() == original and "the run's data.unlabeled_shards=" in capsys.readouterr().err

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from metapl.cli import main
 
@@ -48,3 +53,31 @@ def snapshot(directory: Path) -> dict[str, object]:
             else:
                 found[key] = path.read_bytes()
     return found
+
+
+def kill_when(command: list[str], ready: Callable[[], Any], env=None, timeout: float = 300, poll: float = 0.02) -> Any:
+    """Start `command` (its output discarded), call `ready()` every `poll` seconds and SIGKILL the process as soon as
+    it returns anything but None or False; returns that value, or None when the process ended by itself (or
+    `timeout` passed) before it could be killed."""
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            found = ready()
+            if found is not None and found is not False:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                return found if process.returncode == -signal.SIGKILL else None
+            time.sleep(poll)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return None
+
+
+def mid_train(state: dict | None, first: int, before: int | None = None) -> dict | None:
+    """A checkpoint's state when it holds the training phase at a step in [first, before), else None."""
+    if state is None or state["phase"] != "train" or state["step"] < first:
+        return None
+    return state if before is None or state["step"] < before else None

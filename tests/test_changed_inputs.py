@@ -10,16 +10,15 @@ import hashlib
 import io
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_helpers import kill_when
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -253,21 +252,7 @@ def test_sigkill_then_a_shard_changed_under_its_name_is_refused_and_the_run_unto
     shards = Path(shutil.copytree(files / "shards", tmp_path / "shards"))
     out = tmp_path / "run"
     command = [sys.executable, "-m", "metapl", *_train(files, shards, out, steps=2000)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, killed_at = time.monotonic() + 300, None
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            step = _checkpoint_step(out)
-            if step is not None and step >= 5:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                killed_at = step
-                break
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    killed_at = kill_when(command, lambda: (step := _checkpoint_step(out)) is not None and step >= 5 and step, ENV)
     assert killed_at is not None, "the run ended before it could be killed"
     assert (out / INPUTS).is_file()
     first = sorted(shards.glob("*.tar"))[0]

@@ -9,16 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import one_line_error, snapshot
+from cli_helpers import kill_when, mid_train, one_line_error, snapshot
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -154,20 +152,13 @@ def test_sigkill_then_rerun_gives_the_same_store(files, tmp_path):
     command = command[:-1]  # --out last: each run its own
     done, killed = tmp_path / "done", tmp_path / "killed"
     subprocess.run([*command, str(done)], env=ENV, check=True, capture_output=True, timeout=600)
-    process = subprocess.Popen([*command, str(killed)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if killed.is_dir() and len(list(killed.glob("unlabeled-*"))) >= 20:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped = kill_when(
+        [*command, str(killed)],
+        lambda: killed.is_dir() and len(list(killed.glob("unlabeled-*"))) >= 20,
+        ENV,
+        poll=0.005,
+    )
+    assert stopped, "the run ended before it could be killed"
     assert not (killed / MANIFEST).exists()
     before = {p.name: p.stat().st_mtime_ns for p in killed.glob("unlabeled-*")}
     assert 20 <= len(before) < 120
@@ -355,21 +346,7 @@ def test_sigkill_while_workers_prefetch_then_resume_is_bit_identical(files, tmp_
     uninterrupted = subprocess.run(whole, env=ENV, capture_output=True, text=True, timeout=600)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     killed = [sys.executable, "-m", "metapl", *_train_args(files, tmp_path / "killed", *RESUME_RUN)]
-    process = subprocess.Popen(killed, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, saved = time.monotonic() + 300, None
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            state = _checkpoint(tmp_path / "killed")
-            if state is not None and state["phase"] == "train" and 15 <= state["step"] < 40:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                saved = state
-                break
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    saved = kill_when(killed, lambda: mid_train(_checkpoint(tmp_path / "killed"), 15, 40), ENV)
     assert saved is not None, "the run ended before it could be killed"
     assert saved["stream"]["shards"]["positions"].shape == (2, 3)  # two lanes, one per loader worker
     resumed = subprocess.run(killed, env=ENV, capture_output=True, text=True, timeout=600)

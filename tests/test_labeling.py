@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import kill_when
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -169,20 +169,10 @@ def test_sigkill_then_rerun_gives_the_same_shards(teacher, tmp_path):
     command = [sys.executable, "-m", "metapl", "label", str(teacher), "--shard-size", "1", "--no-progress", "--out"]
     done, killed = tmp_path / "done", tmp_path / "killed"
     subprocess.run([*command, str(done)], env=ENV, check=True, capture_output=True, timeout=300)
-    process = subprocess.Popen([*command, str(killed)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if killed.is_dir() and len(list(killed.glob("shard-*"))) >= 200:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.01)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    stopped = kill_when(
+        [*command, str(killed)], lambda: killed.is_dir() and len(list(killed.glob("shard-*"))) >= 200, ENV, 120, 0.01
+    )
+    assert stopped, "the run ended before it could be killed"
     assert not (killed / MANIFEST).exists()
     before = {p.name: p.stat().st_mtime_ns for p in killed.glob("shard-*")}
     assert 200 <= len(before) < 1297

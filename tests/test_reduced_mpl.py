@@ -11,15 +11,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_helpers import kill_when, mid_train
 from test_mpl_math import BU, B, K, flat, fwd, grad, hand_h, make_batch, mlp, params, plain, rel_err, unflatten
 from torch import nn
 
@@ -328,21 +327,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert result.returncode == 0, result.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_command(labels, killed), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, saved = time.monotonic() + 300, None
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            state = _checkpoint(killed)
-            if state is not None and state["phase"] == "train" and state["step"] >= 40:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                saved = state["step"]
-                break
-            time.sleep(0.01)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    state = kill_when(_command(labels, killed), lambda: mid_train(_checkpoint(killed), 40, None), ENV, poll=0.01)
+    saved = state["step"] if state else None
     assert saved is not None and saved < STEPS, "the run ended before it could be killed mid-run"
     result = subprocess.run(_command(labels, killed), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

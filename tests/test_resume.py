@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import kill_when
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -56,21 +55,12 @@ def _checkpoint(out: Path) -> dict | None:
 
 def _kill_when(out: Path, reached) -> int:
     """Start a run and SIGKILL it as soon as its checkpoint satisfies `reached`; returns the step it had saved."""
-    process = subprocess.Popen(_command(out), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            state = _checkpoint(out)
-            if state is not None and reached(state):
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                return state["step"] if state["phase"] == "train" else 240 + state["step"]
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    pytest.fail(f"the run ended (code {process.returncode}) before it could be killed mid-run")
+    state = kill_when(
+        _command(out), lambda: (found := _checkpoint(out)) is not None and reached(found) and found, ENV, 240
+    )
+    if state is None:
+        pytest.fail("the run ended before it could be killed mid-run")
+    return state["step"] if state["phase"] == "train" else 240 + state["step"]
 
 
 def _finish(out: Path) -> subprocess.CompletedProcess:

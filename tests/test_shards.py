@@ -8,15 +8,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import kill_when, mid_train
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -294,21 +293,7 @@ def test_sigkill_while_workers_prefetch_then_resume_is_bit_identical(files, tmp_
     uninterrupted = subprocess.run(whole, env=ENV, capture_output=True, text=True, timeout=600)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     killed = [sys.executable, "-m", "metapl", *_train_args(files, tmp_path / "killed", *run)]
-    process = subprocess.Popen(killed, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, saved = time.monotonic() + 300, None
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            state = _checkpoint(tmp_path / "killed")
-            if state is not None and state["phase"] == "train" and 15 <= state["step"] < 40:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                saved = state
-                break
-            time.sleep(0.02)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    saved = kill_when(killed, lambda: mid_train(_checkpoint(tmp_path / "killed"), 15, 40), ENV)
     assert saved is not None, "the run ended before it could be killed"
     if source == "shards":
         assert saved["stream"]["shards"]["positions"].shape == (2, 3)  # two lanes: one per loader worker

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -126,15 +127,11 @@ def _refuse_removal(path: Path, why: str) -> None:
 
 
 def remove(paths: list[Path]) -> None:
-    """Remove what check_removable returned: files, and folders of files (never following a link)."""
+    """Remove what check_removable returned: files, and folders it checked hold plain files only (rmtree never
+    follows a link)."""
     for path in paths:
         if path.is_dir() and not path.is_symlink():
-            for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-                if sub.is_dir() and not sub.is_symlink():
-                    sub.rmdir()
-                else:
-                    sub.unlink()
-            path.rmdir()
+            shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
 

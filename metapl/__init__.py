@@ -6,10 +6,10 @@ PyTorch until something needs it.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from metapl.errors import MetaplError
+from metapl.registry import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -51,10 +51,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["MetaplError", "__version__", *_EXPORTS]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from metapl.errors import ConfigError
 from metapl.settings import suggest
@@ -91,3 +91,15 @@ class Registry(Generic[T]):
         if name in self._table:
             raise ValueError(f"a {self.kind} named {name!r} is registered already")
         self._table[name] = location
+
+
+def lazy_exports(module: str, exports: dict[str, str]) -> Callable[[str], Any]:
+    """A package's `__getattr__` that imports each exported name from its module on first use (`exports`: name →
+    module), so that importing the package (the config, `metapl config`) does not import PyTorch."""
+
+    def attribute(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return attribute

@@ -6,10 +6,10 @@ import PyTorch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from metapl.data.registry import DATASETS, DatasetEntry, LoadedDataset
+from metapl.registry import lazy_exports
 
 if TYPE_CHECKING:
     from metapl.data.bundle import build_data as build_data
@@ -37,10 +37,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["DATASETS", "DatasetEntry", "LoadedDataset", *_EXPORTS]

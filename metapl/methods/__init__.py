@@ -8,10 +8,9 @@ and build a config (`metapl config`) without PyTorch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from metapl.registry import Registry
+from metapl.registry import Registry, lazy_exports
 
 if TYPE_CHECKING:
     from metapl.methods.base import Batch as Batch
@@ -84,10 +83,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["METHODS", "METHOD_SETTINGS", "NETWORKS", "settings_class", *_EXPORTS]

@@ -5,10 +5,10 @@ The names below load on first use, so that the config (which reads models.regist
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from metapl.models.registry import MODELS, ModelEntry
+from metapl.registry import lazy_exports
 
 if TYPE_CHECKING:
     from metapl.models.cnn import SmallCNN as SmallCNN
@@ -26,10 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = ["MODELS", "ModelEntry", *_EXPORTS]

@@ -1,4 +1,5 @@
-"""The command line run in this process, as the tests of bad inputs need it: exit code, stderr lines, stdout."""
+"""The command line as the tests run it: in this process (exit code, stderr lines, stdout), the argument lists of
+the shared runs (conftest.py trains them once per session), and a process killed at a chosen moment."""
 
 from __future__ import annotations
 
@@ -11,6 +12,37 @@ from pathlib import Path
 from typing import Any
 
 from metapl.cli import main
+
+# The run of conftest.py's `digits_run`: MPL on digits, 4 steps, evaluated and checkpointed every 2, so that it holds
+# checkpoint.pt, model.pt and best_model.pt. Its command line resumes (or, when finished, re-opens) that run.
+DIGITS_TRAIN = [
+    "train",
+    "--preset",
+    "digits",
+    "--no-progress",
+    "--no-tensorboard",
+    *("--set", "train.steps=4", "--set", "train.eval_every=2"),
+    *("--set", "train.log_every=2", "--set", "train.checkpoint_every=2"),
+]
+# A run as small as a command's checks need: a 16-unit MLP, never evaluated; QUICK_DIGITS trains it 2 steps on digits.
+TINY = ["--no-progress", "--no-tensorboard", "--set", "model.hidden=[16]", "--set", "train.eval_every=0"]
+QUICK_DIGITS = ["train", "--preset", "digits", *TINY, "--set", "train.steps=2"]
+# A 2-step run on an image folder (data.root added by folder_train): a 4-channel small CNN on 8×8 inputs.
+FOLDER = [
+    "--preset",
+    "cifar10_4k",
+    "--no-progress",
+    "--no-tensorboard",
+    *("--set", "data.name=folder", "--set", "data.labeled_selection=all", "--set", "data.val_per_class=1"),
+    *("--set", "data.batch_size=4", "--set", "data.mu=1", "--set", "data.image_size=8", "--set", "data.workers=0"),
+    *("--set", "model.name=small_cnn", "--set", "model.width=4"),
+    *("--set", "train.steps=2", "--set", "train.eval_every=0", "--set", "finetune.steps=0"),
+]
+
+
+def folder_train(root: Path, out: Path, *extra: str) -> list[str]:
+    """`metapl train` arguments of the FOLDER run on the images (or labels CSV) at `root`, into `out`."""
+    return ["train", *FOLDER, "--set", f"data.root={root}", *extra, "--out", str(out)]
 
 
 def cli(capsys, *args: object) -> tuple[int, list[str], str]:

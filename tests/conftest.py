@@ -1,9 +1,17 @@
-"""Shared fixtures: one CPU thread (tiny models run faster without OpenMP hand-offs), quiet runs."""
+"""Shared fixtures: one CPU thread (tiny models run faster without OpenMP hand-offs), float64 on demand, and the
+runs several test files read, trained once per session (copy one before changing it: `digits_run_copy`)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from cli_helpers import DIGITS_TRAIN, folder_train
+from fake_datasets import write_class_folders
+
+from metapl.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -21,3 +29,33 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A finished 4-step MPL run on digits (cli_helpers.DIGITS_TRAIN) with checkpoint.pt, model.pt, best_model.pt.
+    Shared by every test of the session: read it, never change it."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("digits") / "run"
+    assert main([*DIGITS_TRAIN, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def digits_run_copy(digits_run, tmp_path) -> Path:
+    """A copy of `digits_run` that a test may damage."""
+    return Path(shutil.copytree(digits_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def folder_run(tmp_path_factory) -> tuple[Path, Path]:
+    """(folder, run): a finished run on an image folder with the classes 'cat' and 'dog', 4 images each, labelled by
+    a CSV with a byte-order mark (folder/labels.csv, paths relative to it); shared, never change it."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("folder")
+    write_class_folders(tmp / "images", ["cat", "dog"], per_class=4, side=12)
+    rows = [f"images/{name}/{i}.png,{name}" for name in ("cat", "dog") for i in range(4)]
+    (tmp / "labels.csv").write_text("\ufeffpath,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    run = tmp / "run"
+    assert main(folder_train(tmp / "labels.csv", run)) == 0
+    return tmp, run

@@ -4,8 +4,10 @@ both ranks, equal to one process on the whole batch."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -162,3 +164,38 @@ def test_ctrl_c_under_torchrun_is_one_line_per_rank_and_exit_130(tmp_path):
     assert f"metapl: rank 1: SIGINT stopped train after step {step}, with rank 0, which saved a checkpoint" in lines
     assert lines[-1] == "metapl: torchrun: SIGINT stopped the workers; their lines above say what was saved"
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step
+
+
+# -------------------------------------------------------------------------------------- torchrun
+@pytest.mark.slow
+def test_torchrun_two_processes_only_rank0_writes(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "metapl",
+            "train",
+            "--preset",
+            "twomoon",
+            "--set",
+            "train.steps=12",
+            "--set",
+            "train.eval_every=6",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("run directory:") == 1
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["phase"] == "train_eval"] == [6, 12]  # one writer, no duplicates
+    assert json.loads((out / "summary.json").read_text())["train_steps"] == 12

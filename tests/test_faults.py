@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import DIGITS_TRAIN, one_line_error
 
 from metapl.config import build_config
+from metapl.engine import atomic as atomic_module
 from metapl.engine import checkpoint as checkpoint_module
 from metapl.engine.checkpoint import atomic_save
 from metapl.engine.run_dir import RunLock
@@ -153,3 +156,40 @@ def test_diverging_run_stops_with_step_and_keeps_its_last_finite_checkpoint(tmp_
     tensors = [t for net in ("teacher", "student") for t in saved["method"][net].values() if t.is_floating_point()]
     assert all(torch.isfinite(t).all() for t in tensors)
     assert not (tmp_path / ".lock").exists()
+
+
+# ------------------------------------------------------------- writes refused by the file system
+def test_permission_denied_on_a_checkpoint_write_keeps_the_previous_one(capsys, monkeypatch, tmp_path):
+    out = tmp_path / "run"
+    real_mkstemp = atomic_module.tempfile.mkstemp
+    writes = []
+
+    def mkstemp_denied_after_one(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(".checkpoint.pt."):
+            writes.append(kwargs["prefix"])
+            if len(writes) > 1:
+                raise PermissionError(errno.EACCES, "Permission denied", str(out))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(atomic_module.tempfile, "mkstemp", mkstemp_denied_after_one)
+    line = one_line_error(capsys, *DIGITS_TRAIN, "--out", out)
+    assert f"could not write {out / 'checkpoint.pt'}: Permission denied; the previous file is intact" in line
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert not list(out.glob(".checkpoint.pt*")) and not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "onnx"])
+def test_an_export_refused_for_permissions_says_so_and_suggests_no_other_format(capsys, monkeypatch, digits_run, fmt,
+                                                                                 tmp_path):  # fmt: skip
+    pytest.importorskip("safetensors" if fmt == "safetensors" else "onnxruntime")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked" / f".m.{fmt}.tmp"))
+
+    if fmt == "onnx":
+        monkeypatch.setattr(torch.onnx, "export", denied)
+    else:
+        monkeypatch.setattr(Path, "write_bytes", denied)
+    line = one_line_error(capsys, "export", digits_run, "--format", fmt, "--out", tmp_path / "locked" / f"m.{fmt}")
+    assert "Permission denied" in line and "check the path and its permissions" in line
+    assert "--format" not in line

@@ -15,26 +15,22 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
+from cli_helpers import QUICK_DIGITS, one_line_error
 from fake_datasets import write_class_folders
+from PIL import Image
 
 from metapl.cli import main
-from metapl.data import folders
+from metapl.config import build_config
+from metapl.data import build_data, folders
 from metapl.data.folders import decode
 from metapl.data.shards import MAX_SHARDS, count_braces, decode_bytes, expand_braces
+from metapl.data.splits import Split
 from metapl.engine import budget
 from metapl.engine.budget import allocation_failure
 from metapl.errors import ConfigError, DataError
 from metapl.inference.inputs import load_image
 from metapl.sharding import check_image
-
-
-def refused(argv: list[str], capsys) -> str:
-    """The one line `metapl ARGV` ends with: exit 2, one line on stderr, no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("metapl: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -48,13 +44,11 @@ def png_header(width: int, height: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def digits_run(tmp_path_factory) -> Path:
-    """A finished 2-step digits run and its label store (for reduced_mpl)."""
-    root = tmp_path_factory.mktemp("bounds")
-    base = ["--no-progress", "--no-tensorboard", "--set", "train.steps=2", "--set", "finetune.steps=1"]
-    assert main(["train", "--preset", "digits", "--out", str(root / "run"), *base]) == 0
-    assert main(["label", str(root / "run"), "--out", str(root / "labels"), "--no-progress"]) == 0
-    return root
+def digits_store(digits_run, tmp_path_factory) -> Path:
+    """The label store of the shared digits run (for reduced_mpl)."""
+    labels = tmp_path_factory.mktemp("bounds") / "labels"
+    assert main(["label", str(digits_run), "--out", str(labels), "--no-progress"]) == 0
+    return labels
 
 
 # ------------------------------------------------------------------------------------------------ shard patterns
@@ -71,7 +65,7 @@ def test_huge_brace_pattern_is_refused_in_one_line_at_once(tmp_path, capsys, pat
     sets = ["data.name=folder", f"data.root={tmp_path / 'labeled'}", f"data.unlabeled_shards={shards}"]
     sets += ["data.labeled_selection=all", "data.val_per_class=1", "data.batch_size=2", "data.workers=0"]
     started = time.monotonic()
-    line = refused(["train", "--preset", "cifar10_4k", "--out", str(tmp_path / "out")] + _sets(sets), capsys)
+    line = one_line_error(capsys, *(["train", "--preset", "cifar10_4k", "--out", str(tmp_path / "out")] + _sets(sets)))
     assert time.monotonic() - started < 30  # counted, not listed: a listing would take hours and all memory
     assert f"data.unlabeled_shards={shards!r} names {count_braces(pattern):,} shards" in line
     assert f"({MAX_SHARDS:,})" in line and not (tmp_path / "out").exists()
@@ -101,7 +95,6 @@ def test_image_declaring_too_many_pixels_is_refused_before_decoding(tmp_path, si
 
 
 def test_image_size_is_bounded_even_when_pil_limit_is_off(tmp_path, monkeypatch):
-    from PIL import Image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # another library turned PIL's check off
     path = tmp_path / "bomb.png"
@@ -115,7 +108,7 @@ def test_shard_command_refuses_a_bomb_naming_the_file(tmp_path, capsys):
     source = tmp_path / "images"
     write_class_folders(source, ["a"], per_class=2, side=8)
     (source / "a" / "bomb.png").write_bytes(png_header(50_000, 50_000))
-    line = refused(["shard", str(source), "--out", str(tmp_path / "shards"), "--no-progress"], capsys)
+    line = one_line_error(capsys, *["shard", str(source), "--out", str(tmp_path / "shards"), "--no-progress"])
     assert f"{source / 'a' / 'bomb.png'}" in line and "exceeds limit" in line
     assert not list((tmp_path / "shards").glob("*.tar*")) and not list((tmp_path / "shards").glob(".*.partial"))
 
@@ -123,7 +116,7 @@ def test_shard_command_refuses_a_bomb_naming_the_file(tmp_path, capsys):
 def test_predict_refuses_a_bomb_naming_the_file(digits_run, tmp_path, capsys):
     path = tmp_path / "bomb.png"
     path.write_bytes(png_header(20_000, 20_000))
-    line = refused(["predict", str(digits_run / "run"), str(path), "--out", str(tmp_path / "p.csv")], capsys)
+    line = one_line_error(capsys, *["predict", str(digits_run), str(path), "--out", str(tmp_path / "p.csv")])
     assert f"cannot read image {path}" in line and "exceeds limit" in line
 
 
@@ -145,10 +138,10 @@ def test_bomb_in_a_shard_names_the_member(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ settings
 @pytest.mark.parametrize("setting", ["method.hidden", "method.shuffle_buffer"])
-def test_reduced_teacher_sizes_are_checked_before_allocation(digits_run, tmp_path, capsys, setting):
+def test_reduced_teacher_sizes_are_checked_before_allocation(digits_store, tmp_path, capsys, setting):
     argv = ["train", "--preset", "digits", "--method", "reduced_mpl", "--out", str(tmp_path / "out")]
-    argv += _sets([f"data.label_dir={digits_run / 'labels'}", f"{setting}=1000000000000", "train.steps=2"])
-    line = refused(argv + ["--no-progress"], capsys)
+    argv += _sets([f"data.label_dir={digits_store}", f"{setting}=1000000000000", "train.steps=2"])
+    line = one_line_error(capsys, *(argv + ["--no-progress"]))
     assert line.startswith(f"metapl: error: {setting}=1000000000000 needs at least ")
     assert f"lower {setting} (more than " in line and "data.mu" not in line
     assert not (tmp_path / "out").exists()
@@ -158,7 +151,7 @@ def test_big_teacher_name_is_checked_before_allocation(tmp_path, capsys, monkeyp
     # 16 MiB: the mlp student (26k parameters) fits, a wrn28_2 teacher (1.5M parameters, 3 copies) does not
     monkeypatch.setattr(budget, "host_available", lambda: 16 * 1024**2)
     argv = ["train", "--preset", "digits", "--out", str(tmp_path / "out"), "--set", "model.teacher_name=wrn28_2"]
-    line = refused(argv + ["--no-progress"], capsys)
+    line = one_line_error(capsys, *(argv + ["--no-progress"]))
     assert "with model.teacher_name='wrn28_2' makes a student of" in line
     assert "or choose a smaller model.teacher_name" in line and not (tmp_path / "out").exists()
 
@@ -166,7 +159,7 @@ def test_big_teacher_name_is_checked_before_allocation(tmp_path, capsys, monkeyp
 def test_teacher_that_cannot_take_the_inputs_is_one_line(tmp_path, capsys):
     pytest.importorskip("timm")
     argv = ["train", "--preset", "digits", "--out", str(tmp_path / "out"), "--no-progress"]
-    line = refused(argv + ["--set", "model.teacher_name=timm/vit_tiny_patch16_224"], capsys)
+    line = one_line_error(capsys, *(argv + ["--set", "model.teacher_name=timm/vit_tiny_patch16_224"]))
     assert "model.teacher_name='timm/vit_tiny_patch16_224' does not fit data.name='digits'" in line
     assert not (tmp_path / "out").exists()
 
@@ -190,3 +183,125 @@ def test_allocation_failure_names_the_setting_that_was_set(overrides, named):
 def test_refusals_are_config_errors():
     with pytest.raises(ConfigError, match="names 10,000,000 shards"):
         expand_braces("x-{0..9999999}.tar")
+
+
+# ----------------------------------------------------------------------------------- step memory
+@pytest.mark.parametrize(
+    "preset, settings, named",
+    [
+        ("digits", ["data.mu=10000000"], "data.mu=10000000"),
+        ("digits", ["data.mu=1000000000000"], "data.mu=1000000000000"),
+        ("digits", ["model.hidden=[1000000000]"], "model.hidden=[1000000000]"),
+        ("digits", ["model.hidden=[4611686018427387904]"], "model.hidden=[4611686018427387904]"),
+        ("digits", ["model.name=small_cnn", "model.width=1000000"], "model.width=1000000"),
+        ("twomoon", ["data.num_points=100000000000"], "data.num_points=100000000000"),
+        ("digits", ["data.workers=100000000"], "data.workers=100000000"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(capsys, tmp_path, preset, settings, named):
+    out = tmp_path / "run"
+    sets = [item for setting in settings for item in ("--set", setting)]
+    line = one_line_error(capsys, "train", "--preset", preset, "--no-progress", *sets, "--out", out)
+    assert named in line and ("lower" in line or "use at most" in line)
+    assert not out.exists()
+
+
+def test_the_step_estimate_names_the_largest_mu_that_fits(monkeypatch):
+
+    cfg = build_config("digits", ["data.mu=100000"])
+    data = build_data(cfg.data, 0)
+    monkeypatch.setattr(budget, "host_available", lambda: 2 * 1024**3)
+    with pytest.raises(
+        ConfigError, match=r"data.mu=100000, data.batch_size=50 and model.hidden=\[256, 256\] need at least"
+    ) as refused:
+        budget.check_step_memory(cfg, data, torch.device("cpu"))
+    most = int(str(refused.value).split("data.mu above ")[1].split(" ")[0].replace(",", ""))
+    cfg.data.mu = most
+    budget.check_step_memory(cfg, data, torch.device("cpu"))  # the value it names fits
+    cfg.data.mu = most + 1
+    with pytest.raises(ConfigError):
+        budget.check_step_memory(cfg, data, torch.device("cpu"))
+
+
+def test_an_evaluation_batch_that_cannot_fit_names_train_eval_batch_size(monkeypatch):
+
+    cfg = build_config("digits", ["model.hidden=[100000]", "data.mu=1", "train.eval_batch_size=5000"])
+    data = build_data(cfg.data, 0)
+    profile = budget.profile_network(cfg, data)
+    weights = profile.parameters * 4 * (3 * 2 + 1)
+    evaluation = weights + 500 * (64 * 4 + profile.widest_per_example * 4)  # 500: the test set, the larger
+    monkeypatch.setattr(budget, "host_available", lambda: evaluation - 1)
+    with pytest.raises(ConfigError, match=r"train.eval_batch_size=5000 needs at least .* lower train.eval_batch_size"):
+        budget.check_step_memory(cfg, data, torch.device("cpu"))
+    cfg.train.eval_batch_size = 100
+    budget.check_step_memory(cfg, data, torch.device("cpu"))
+
+
+def _fake_bundle(shape, dtype, classes=10, examples=1000, normalization=None):
+    from metapl.data.loaders import DataBundle
+
+    x = torch.zeros((4, *shape), dtype=dtype)
+    y = torch.zeros(examples, dtype=torch.long)
+    return DataBundle(x, y[:4], x, None, x, y, x, y, classes, Split([0], [0], []), normalization=normalization)
+
+
+@pytest.mark.parametrize(
+    "preset, shape, dtype, world, memory_gib",
+    [
+        ("twomoon", (2,), torch.float32, 1, 4),
+        ("digits", (1, 8, 8), torch.float32, 1, 4),
+        ("fashion_mnist_400", (1, 28, 28), torch.float32, 1, 4),
+        ("cifar10_4k", (3, 32, 32), torch.uint8, 1, 16),
+        ("cifar100_10k", (3, 32, 32), torch.uint8, 1, 16),
+        ("svhn_1k", (3, 32, 32), torch.uint8, 1, 16),
+        ("imagenet_10pct", (3, 224, 224), torch.uint8, 64, 80),  # the GPUs it is meant for (bf16, torchrun)
+        ("resnet50_imagenet_unlabeled", (3, 224, 224), torch.uint8, 256, 80),
+    ],
+)
+def test_no_preset_is_refused_on_the_machine_it_is_meant_for(monkeypatch, preset, shape, dtype, world, memory_gib):
+    cfg = build_config(preset, ["train.precision=bf16"] if world > 1 else [])
+    normalization = ((0.5,) * shape[0], (0.25,) * shape[0]) if dtype == torch.uint8 else None
+    classes = 1000 if "imagenet" in preset else 100 if "100" in preset else 10
+    data = _fake_bundle(shape, dtype, classes, normalization=normalization)
+    monkeypatch.setattr(budget, "host_available", lambda: memory_gib * 1024**3)
+    monkeypatch.setattr(budget, "device_available", lambda device: memory_gib * 1024**3)
+    budget.check_step_memory(cfg, data, torch.device("cpu"), world_size=world)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: 9 GB"),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+        OSError(12, "Cannot allocate memory"),
+    ],
+)
+def test_an_allocation_failure_anywhere_is_one_line_naming_the_setting(capsys, monkeypatch, tmp_path, error):
+    from metapl.engine import loop
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loop, "fit", fails)
+    monkeypatch.setattr("metapl.experiment.fit", fails)
+    line = one_line_error(capsys, *QUICK_DIGITS, "--set", "data.mu=9", "--out", tmp_path / "run")
+    assert line.startswith("metapl: error: out of memory") and "lower data.mu=9" in line
+
+
+def test_an_allocation_failure_in_eval_names_the_batch_size(capsys, monkeypatch, digits_run):
+    def fails(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000000 bytes")
+
+    monkeypatch.setattr("metapl.inference.evaluation.evaluate", fails)
+    line = one_line_error(capsys, "eval", digits_run, "--batch-size", "100000")
+    assert "out of memory" in line and "--batch-size" in line
+
+
+def test_other_runtime_errors_are_not_hidden(monkeypatch, tmp_path):
+    def fails(*args, **kwargs):
+        raise RuntimeError("a bug, not a memory problem")
+
+    monkeypatch.setattr("metapl.experiment.fit", fails)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main([*QUICK_DIGITS, "--out", str(tmp_path / "run")])

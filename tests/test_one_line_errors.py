@@ -8,30 +8,26 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from cli_helpers import QUICK_DIGITS, TINY, one_line_error, snapshot, succeeds
 from fake_datasets import write_class_folders
 
 from metapl import network
 from metapl.cli import build_parser, main
+from metapl.config import build_config
+from metapl.data import build_data
 from metapl.data.shards import decode_bytes
-from metapl.errors import DataError, disk_full, shorten
+from metapl.errors import ConfigError, DataError, disk_full, shorten
+from metapl.experiment import run_experiment
 from metapl.settings import NAME_MAX, PATH_MAX
 
 EXTREMES = (-1, 0, 10**30)
-
-
-def refused(argv: list[str], capsys) -> str:
-    """The one line `metapl ARGV` ends with: exit 2, one line on stderr, no traceback."""
-    code = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("metapl: error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -105,12 +101,12 @@ def test_integer_options_at_their_extremes(files, tmp_path, capsys, command, opt
         assert main([str(a) for a in argv]) == 0
         assert "Traceback" not in capsys.readouterr().err
         return
-    line = refused(argv, capsys)
+    line = one_line_error(capsys, *argv)
     assert str(value) in line and (option in line or "train." in line)
 
 
 def test_shard_seed_minus_one_is_one_line(files, tmp_path, capsys):
-    line = refused(["shard", files / "images", "--out", tmp_path / "out", "--seed", "-1"], capsys)
+    line = one_line_error(capsys, *["shard", files / "images", "--out", tmp_path / "out", "--seed", "-1"])
     assert line == "metapl: error: --seed -1 is impossible; it must be in [0, 2**32)"
     assert not (tmp_path / "out").exists()
 
@@ -133,7 +129,7 @@ def test_probe_says_why_a_server_cannot_be_reached(offline):
 def test_dataset_download_offline_is_one_line_at_once(offline, tmp_path, capsys):
     started = time.monotonic()
     argv = ["train", "--preset", "svhn_1k", "--download", "--set", f"data.root={tmp_path / 'svhn'}"]
-    line = refused([*argv, "--out", tmp_path / "run", "--no-progress"], capsys)
+    line = one_line_error(capsys, *[*argv, "--out", tmp_path / "run", "--no-progress"])
     assert time.monotonic() - started < 60
     assert line.startswith("metapl: error: no network: --download cannot reach the server of svhn (")
     assert f"data.root={tmp_path / 'svhn'}" in line and not (tmp_path / "run").exists()
@@ -185,7 +181,7 @@ def test_full_disk_is_one_line_naming_the_path(files, tiny_disk, capsys, command
     }[command]
     if command != "train":  # the run's own small files fit; its first checkpoint does not
         _fill(tiny_disk)
-    line = refused(argv, capsys)
+    line = one_line_error(capsys, *argv)
     assert "no space left on device" in line and str(tiny_disk) in line
 
 
@@ -199,12 +195,12 @@ def test_short_write_on_a_full_disk_counts_as_disk_full(tiny_disk):
 
 # ------------------------------------------------------------------------------------------------ images
 def test_undecodable_image_names_its_file(files, tmp_path, capsys):
-    line = refused(["predict", files / "run", files / "broken.png", "--out", tmp_path / "p.csv"], capsys)
+    line = one_line_error(capsys, *["predict", files / "run", files / "broken.png", "--out", tmp_path / "p.csv"])
     assert f"cannot read image {files / 'broken.png'}" in line
     source = tmp_path / "source"
     shutil.copytree(files / "images", source)
     shutil.copy(files / "broken.png", source / "a" / "broken.png")
-    line = refused(["shard", source, "--out", tmp_path / "shards", "--no-progress"], capsys)
+    line = one_line_error(capsys, *["shard", source, "--out", tmp_path / "shards", "--no-progress"])
     assert f"cannot read image {source / 'a' / 'broken.png'}" in line
 
 
@@ -231,20 +227,20 @@ def test_too_long_out_names_the_option_shortened(files, capsys, command, path):
         "plot": ["plot", run],
         "demo": ["demo"],
     }[command]
-    line = refused([*argv, "--out", path], capsys)
+    line = one_line_error(capsys, *[*argv, "--out", path])
     assert line.startswith(f"metapl: error: --out={shorten(path)!r} is too long for the file system")
     assert len(line) < 400 and not os.path.exists(path)
 
 
 @pytest.mark.parametrize("key", ["data.root", "data.split_file", "data.test_dir", "data.label_dir"])
 def test_too_long_path_setting_names_its_key(tmp_path, capsys, key):
-    line = refused(["train", "--preset", "digits", "--out", tmp_path / "run", "--set", f"{key}={LONG}"], capsys)
+    line = one_line_error(capsys, *["train", "--preset", "digits", "--out", tmp_path / "run", "--set", f"{key}={LONG}"])
     assert line.startswith(f"metapl: error: {key}={shorten(LONG)!r} is too long") and len(line) < 400
     assert f"at most {PATH_MAX - 1:,}" in line
 
 
 def test_too_long_positional_path_names_it(capsys):
-    line = refused(["eval", LONG], capsys)
+    line = one_line_error(capsys, *["eval", LONG])
     assert line.startswith("metapl: error: RUN=") and "too long" in line
 
 
@@ -263,7 +259,7 @@ def test_nonfinite_weights_are_blamed_on_the_file(files, tmp_path, capsys, bad):
     weight[3, 5] = bad
     path = _poisoned(files, tmp_path, "net.1.weight", weight)
     argv = ["label", "mlp", "--preset", "digits", "--weights", path, "--out", tmp_path / "labels", "--no-progress"]
-    line = refused(argv, capsys)
+    line = one_line_error(capsys, *argv)
     assert f"{path}: net.1.weight holds 1 NaN or infinite value" in line
     assert "teacher.lr" not in line and "student.lr" not in line and not (tmp_path / "labels").exists()
 
@@ -273,14 +269,14 @@ def test_nonfinite_weights_of_a_run_are_blamed_on_its_file(files, tmp_path, caps
     shutil.copytree(files / "run", run)
     weight = torch.full((10,), float("nan"))
     torch.save({**torch.load(run / "model.pt", weights_only=True), "net.6.bias": weight}, run / "model.pt")
-    line = refused(["eval", run], capsys)
+    line = one_line_error(capsys, *["eval", run])
     assert f"{run / 'model.pt'}: net.6.bias holds 10 NaN or infinite values" in line
 
 
 def test_integer_weights_are_refused_naming_file_and_key(files, tmp_path, capsys):
     path = _poisoned(files, tmp_path, "net.3.weight", torch.ones(256, 256, dtype=torch.int64))
     argv = ["label", "mlp", "--preset", "digits", "--weights", path, "--out", tmp_path / "labels", "--no-progress"]
-    line = refused(argv, capsys)
+    line = one_line_error(capsys, *argv)
     assert f"{path}: net.3.weight is stored as int64" in line
 
 
@@ -299,7 +295,7 @@ def test_integer_weights_are_refused_by_the_model_check():
 )
 def test_setting_the_method_does_not_read_is_refused(tmp_path, capsys, method, key):
     argv = ["train", "--preset", "digits", "--method", method, "--out", tmp_path / "run"]
-    line = refused([*argv, "--set", f"{key}={tmp_path}"], capsys)
+    line = one_line_error(capsys, *[*argv, "--set", f"{key}={tmp_path}"])
     assert line.startswith(f"metapl: error: {key}={str(tmp_path)!r} is not read by method.name={method}, which ")
     assert not (tmp_path / "run").exists()
 
@@ -319,6 +315,175 @@ def test_too_long_path_in_a_csv_names_its_row(files, tmp_path, capsys, command):
         "predict": ["predict", files / "run", rows, "--out", tmp_path / "p.csv"],
         "shard": ["shard", rows, "--out", tmp_path / "shards", "--no-progress"],
     }[command]
-    line = refused(argv, capsys)
+    line = one_line_error(capsys, *argv)
     assert str(rows) in line and ("line 2" in line or "row 2" in line)
     assert f"{shorten(LONG + '.png')!r} is too long for the file system" in line and len(line) < 400
+
+
+# ----------------------------------------------------------------------- config and command line
+@pytest.mark.parametrize(
+    "setting, fragment",
+    [
+        ("train.stepz=3", "did you mean 'train.steps'"),
+        ("trian.steps=3", "did you mean 'train.steps'"),
+        ("train.steps=ten", "train.steps='ten' must be an integer"),
+        ("method.baseline=maybe", "method.baseline='maybe' must be true or false"),
+        ("teacher.lr=0", "teacher.lr=0.0 is impossible; it must be above 0"),
+        ("teacher.lr=-0.1", "teacher.lr=-0.1 is impossible"),
+        ("student.lr=0", "student.lr=0.0 is impossible; it must be above 0"),
+        ("student.lr=-1", "student.lr=-1.0 is impossible"),
+        ("data.mu=0", "data.mu=0 is impossible; it must be at least 1"),
+        ("data.batch_size=0", "data.batch_size=0 is impossible; it must be at least 1"),
+        ("method.uda_threshold=1.5", "method.uda_threshold=1.5 is impossible; it must be in [0, 1]"),
+        ("method.uda_threshold=-0.1", "method.uda_threshold=-0.1 is impossible"),
+        ("method.label_smoothing=1", "method.label_smoothing=1.0 is impossible; it must be in [0, 1)"),
+        ("method.label_smoothing=-0.1", "method.label_smoothing=-0.1 is impossible"),
+        ("method.student_label_smoothing=1.5", "method.student_label_smoothing=1.5 is impossible"),
+        ("finetune.label_smoothing=1", "finetune.label_smoothing=1.0 is impossible"),
+        ("train.ema_decay=1", "train.ema_decay=1.0 is impossible; it must be in [0, 1)"),
+        ("train.ema_decay=-0.5", "train.ema_decay=-0.5 is impossible"),
+        ("train.steps=0", "train.steps=0 is impossible; it must be at least 1"),
+        ("train.steps=-5", "train.steps=-5 is impossible"),
+        ("model.num_classes=-1", "model.num_classes=-1 is impossible"),
+        ("model.num_classes=3", "model.num_classes=3 but data.name='digits' has 10 classes"),
+        ("data.labeled_per_class=500", "fewer than the 500 requested"),
+        ("train.nonfinite=skp", "train.nonfinite='skp' is not allowed (did you mean 'skip'?)"),
+        ("train.max_skipped_in_a_row=0", "train.max_skipped_in_a_row=0 is impossible"),
+    ],
+)
+def test_bad_config_is_one_line_and_writes_nothing(capsys, tmp_path, setting, fragment):
+    out = tmp_path / "run"
+    line = one_line_error(capsys, "train", "--preset", "digits", "--set", setting, "--out", out)
+    assert fragment in line
+    assert not out.exists()
+
+
+def test_unknown_preset_suggests_one(capsys, tmp_path):
+    line = one_line_error(capsys, "train", "--preset", "digit", "--out", tmp_path / "run")
+    assert "unknown preset 'digit' (did you mean 'digits'?)" in line
+
+
+def test_model_num_classes_equal_to_the_datas_is_accepted():
+    cfg = build_config("twomoon", ["model.num_classes=2", "train.steps=1"], "supervised")
+    from metapl.build import build_model
+
+    assert build_model(cfg, build_data(cfg.data, 0))(torch.zeros(1, 2)).shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "the following arguments are required: COMMAND"),
+        (["trian", "--preset", "digits"], "invalid choice: 'trian' (did you mean 'train'?)"),
+        (["train"], "the following arguments are required: --preset"),
+        (["train", "--preset", "digits", "--steps", "5"], "--steps 5 (a config value: use --set train.steps=...)"),
+        (["train", "--preset", "digits", "--bogus"], "unrecognized arguments: --bogus; see 'metapl train --help'"),
+        (["eval", "RUN", "--weigths", "best"], "--weigths best (did you mean --weights?)"),
+        (["export", "RUN", "--format", "pt"], "argument --format: invalid choice: 'pt'"),
+        (["export", "RUN"], "the following arguments are required: --format"),
+        (["eval", "RUN", "--batch-size", "0"], "--batch-size 0 is impossible"),
+        (["train", "--preset", "digits", "--method", "uda", "--set", "method.name=mpl"], "disagree"),
+        (["config", "--preset", "digits", "--method", "uda", "--set", "method.name=mpl"], "disagree"),
+    ],
+)
+def test_bad_command_lines_are_one_line_exit_2(capsys, tmp_path, digits_run, args, fragment):
+    args = [str(digits_run) if a == "RUN" else a for a in args]
+    before = snapshot(digits_run)
+    line = one_line_error(capsys, *args)
+    assert fragment in line
+    assert snapshot(digits_run) == before
+
+
+def test_bad_command_line_exits_2_from_a_process():
+    result = subprocess.run(
+        [sys.executable, "-m", "metapl", "trian"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "metapl: error: argument COMMAND: invalid choice: 'trian' (did you mean 'train'?); see 'metapl --help'"
+    ]
+
+
+def test_a_switch_this_machine_cannot_run_is_refused_before_writing_and_the_fix_is_taken(capsys, tmp_path):
+    out = tmp_path / "run"
+    line = one_line_error(capsys, *QUICK_DIGITS, "--set", "train.precision=fp16", "--out", out)
+    assert "train.precision=fp16 needs a CUDA GPU" in line
+    assert not out.exists()
+    succeeds(capsys, *QUICK_DIGITS, "--set", "train.precision=bf16", "--out", out)
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", "1e39", "1" + "0" * 400])
+@pytest.mark.parametrize("command", ["config", "train"])
+def test_numeric_extremes_are_refused_in_one_line(capsys, tmp_path, value, command):
+    out = tmp_path / "run"
+    extra = [*TINY, "--out", out] if command == "train" else []
+    line = one_line_error(capsys, command, "--preset", "twomoon", "--set", f"data.noise={value}", *extra)
+    assert "data.noise=" in line and "finite number" in line
+    assert not out.exists()
+
+
+def test_infinite_learning_rates_are_refused(capsys):
+    for setting in ("teacher.lr=inf", "student.lr=.inf", "finetune.lr=nan", "teacher.weight_decay=1e308"):
+        assert "finite number" in one_line_error(capsys, "config", "--preset", "digits", "--set", setting)
+
+
+def test_negative_zero_is_zero(capsys, tmp_path):
+    succeeds(capsys, "train", "--preset", "twomoon", *TINY, "--set", "train.steps=1", "--set", "data.noise=-0.0",
+             "--out", tmp_path / "run")  # fmt: skip
+
+
+def test_config_shows_no_derived_step_counts(capsys):
+    shown = yaml.safe_load(succeeds(capsys, "config", "--preset", "digits"))
+    assert "total_steps" not in shown["teacher"] and "total_steps" not in shown["student"]
+
+
+def test_a_validation_split_that_takes_every_example_is_one_line(capsys, tmp_path):
+    line = one_line_error(
+        capsys, "train", "--preset", "twomoon", *TINY, "--set", "data.val_per_class=1000", "--out", tmp_path / "r"
+    )
+    assert "data.val_per_class=1000 takes every labelable example" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_semi_supervised_run_without_unlabeled_examples_is_refused_before_writing(capsys, tmp_path):
+    line = one_line_error(
+        capsys, "train", "--preset", "twomoon", *TINY, "--set", "data.labeled_per_class=1000", "--out", tmp_path / "r"
+    )
+    assert "0 unlabeled examples" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_message_holding_a_line_break_stays_one_line(capsys, digits_run, tmp_path):
+    listing = tmp_path / "list.csv"
+    listing.write_text('path\n"two\nlines.png"\n"next\x85line.png"\n')
+    line = one_line_error(capsys, "predict", digits_run, listing, "--out", tmp_path / "p.csv")
+    assert "two\\nlines.png" in line
+
+
+def test_an_image_that_cannot_be_decoded_names_both_ways_on(tmp_path):
+    from metapl.data.folders import decode
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError) as refused:
+        decode(str(tmp_path / "broken.png"))
+    message = str(refused.value)
+    assert "replace it with an intact copy and run the same command" in message
+    assert "remove it and start the run over (metapl train --restart)" in message
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.precision=fp16", "needs a CUDA GPU"),
+        ("train.sync_bn=true", "needs torchrun with several CUDA processes"),
+    ],
+)
+def test_switches_that_need_a_gpu_are_refused_on_cpu(tmp_path, override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        run_experiment(
+            build_config("twomoon", ["train.steps=2", override]), tmp_path, progress=False, tensorboard=False
+        )

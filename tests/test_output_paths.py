@@ -12,6 +12,7 @@ import torch
 from cli_helpers import one_line_error, snapshot, succeeds
 from PIL import Image
 
+from metapl.cli import main
 from metapl.config import build_config
 from metapl.engine.outputs import check_output_file, check_output_folder, config_inputs
 from metapl.engine.ownership import written_by_metapl
@@ -24,7 +25,6 @@ TRAIN = ["train", "--preset", "twomoon", "--no-progress", "--set", "train.steps=
 def finished(tmp_path_factory) -> Path:
     """A finished twomoon run whose split came from a split file outside it (so that file is one of its inputs)."""
     torch.set_num_threads(1)
-    from metapl.cli import main
 
     root = tmp_path_factory.mktemp("outputs")
     assert main([*TRAIN, "--no-tensorboard", "--out", str(root / "first")]) == 0
@@ -196,3 +196,103 @@ def test_an_output_through_a_symbolic_link_is_refused(capsys, tmp_path, finished
     line = one_line_error(capsys, "predict", finished, rows, "--out", tmp_path / "link.csv")
     assert "is a symbolic link" in line
     assert target.read_text() == "mine"
+
+
+# --------------------------------------------------------- options that would overwrite an input
+@pytest.mark.parametrize(
+    "command, fragment",
+    [
+        (["predict", "RUN", "INPUT", "--out", "INPUT"], "is the input file"),
+        (["predict", "RUN", "INPUT", "--out", "RUN/model.pt"], "would overwrite the run's own model.pt"),
+        (["predict", "RUN", "INPUT", "--out", "RUN"], "is a directory"),
+        (["predict", "RUN", "INPUT", "--invert"], "--invert maps image pixels"),
+        (
+            ["export", "RUN", "--format", "safetensors", "--out", "RUN/model.pt"],
+            "would overwrite the run's own model.pt",
+        ),
+        (["export", "RUN", "--format", "onnx", "--out", "RUN/checkpoint.pt"], "own checkpoint.pt"),
+        (["plot", "RUN", "--out", "RUN/config.yaml"], "would overwrite the run's own config.yaml"),
+        (["eval", "RUN", "--weights", "best"], "the run kept no best-on-validation weights; use --weights final"),
+    ],
+)
+def test_conflicting_options_are_refused_and_destroy_nothing(capsys, digits_run_copy, tmp_path, command, fragment):
+    rows = tmp_path / "rows.csv"
+    rows.write_text(",".join(["0.5"] * 64) + "\n")
+    (digits_run_copy / "best_model.pt").unlink()  # a run without best weights (interrupted before its first evaluation)
+    args = [a.replace("RUN", str(digits_run_copy)).replace("INPUT", str(rows)) for a in command]
+    before, rows_before = snapshot(digits_run_copy), rows.read_bytes()
+    line = one_line_error(capsys, *args)
+    assert fragment in line
+    assert snapshot(digits_run_copy) == before and rows.read_bytes() == rows_before
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"00{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "target, fragment",
+    [
+        ("photos/000.png", "is inside the input folder"),
+        ("photos/new.csv", "is inside the input folder"),
+        ("photos/sub/new.csv", "is inside the input folder"),
+        ("link-to-input", "is inside the input folder"),
+        ("list.csv", "is the input file"),
+        ("photos", "is a directory"),
+        ("list.csv/p.csv", "lies under"),
+    ],
+)
+def test_predict_never_writes_over_what_it_reads(capsys, digits_run, photos, target, fragment):
+    tmp = photos.parent
+    (tmp / "link-to-input").symlink_to(photos / "001.png")
+    (tmp / "list.csv").write_text("path\nphotos/000.png\n")
+    source = tmp / "list.csv" if target == "list.csv" else photos
+    before = snapshot(tmp)
+    line = one_line_error(capsys, "predict", digits_run, source, "--out", tmp / target)
+    assert fragment in line
+    assert snapshot(tmp) == before
+
+
+def test_predict_never_writes_over_an_image_its_csv_names(capsys, digits_run, photos):
+    listing = photos.parent / "list.csv"
+    listing.write_text(f"path\n{photos / '000.png'}\nphotos/001.png\n")
+    before = snapshot(photos)
+    elsewhere = photos.parent / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "alias.png").symlink_to(photos / "001.png")
+    for target in (photos / "000.png", elsewhere / "alias.png"):
+        line = one_line_error(capsys, "predict", digits_run, listing, "--out", target)
+        assert f"an image of the input CSV {listing}, which would be overwritten" in line
+    assert snapshot(photos) == before
+
+
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_outputs_never_go_over_the_runs_data(capsys, folder_run, command):
+    tmp, digits_run_copy = folder_run
+    before = snapshot(tmp / "images") | {"labels.csv": (tmp / "labels.csv").read_bytes()}
+    for target, fragment in (
+        (tmp / "labels.csv", "is the run's data (data.root="),
+        (tmp / "images" / "cat" / "0.png", "an image of the run's data"),
+    ):
+        args = (
+            ["predict", digits_run_copy, tmp / "images" / "dog" / "1.png"]
+            if command == "predict"
+            else ["export", digits_run_copy]
+        )
+        if command == "export":
+            args += ["--format", "safetensors"]
+        line = one_line_error(capsys, *args, "--out", target)
+        assert fragment in line
+    assert snapshot(tmp / "images") | {"labels.csv": (tmp / "labels.csv").read_bytes()} == before
+
+
+def test_plot_never_writes_over_another_runs_files(capsys, digits_run, digits_run_copy):
+    before = snapshot(digits_run_copy)
+    line = one_line_error(capsys, "plot", digits_run, digits_run_copy, "--out", digits_run_copy / "classes.json")
+    assert "would overwrite the run's own classes.json" in line
+    assert snapshot(digits_run_copy) == before

@@ -6,10 +6,13 @@ starts."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
+from cli_helpers import TINY, one_line_error, succeeds
 from PIL import Image
 
 from metapl.config import build_config
@@ -168,3 +171,58 @@ def test_an_accuracy_panel_without_data_says_so():
         assert not panel.lines and [t.get_text() for t in panel.texts] == ["no validation accuracy in these runs"]
     finally:
         plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+def _metrics(digits_run_copy: Path, content: bytes) -> None:
+    (digits_run_copy / "metrics.jsonl").write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        ("out=x.unknownformat", "names no image format"),
+        ("out=noext", "has no suffix"),
+        ("metrics=binary", "cannot read"),
+        ("metrics=odd records", None),
+        ("metrics=directory", "metrics.jsonl"),
+        ("config=garbage", "config.yaml"),
+        ("model=architecture", "does not fit the model of"),
+        ("model=missing", "model.pt"),
+        ("run=file", "is not a run directory"),
+    ],
+)
+def test_bad_plot_inputs_are_one_line(capsys, tmp_path, damage, fragment):
+    digits_run_copy = tmp_path / "moon"
+    succeeds(capsys, "train", "--preset", "twomoon", *TINY, "--set", "train.steps=2", "--out", digits_run_copy)
+    args: list[object] = ["plot", digits_run_copy]
+    what, _, how = damage.partition("=")
+    if what == "out":
+        args += ["--out", tmp_path / how]
+    elif how == "binary":
+        _metrics(digits_run_copy, b"\xff\xfe\x00garbage\n")
+        args += ["--kind", "curves"]
+    elif how == "odd records":
+        _metrics(
+            digits_run_copy,
+            b'[1, 2]\n{"phase": "train"}\n{"step": "x", "loss": 1}\n{"phase": "train", "step": 1, "a": "b"}\n',
+        )
+        args += ["--kind", "curves", "--out", tmp_path / "c.png"]
+    elif how == "directory":
+        (digits_run_copy / "metrics.jsonl").unlink()
+        (digits_run_copy / "metrics.jsonl").mkdir()
+        args += ["--kind", "curves"]
+    elif what == "config":
+        (digits_run_copy / "config.yaml").write_bytes(b"\x00\x01: [")
+    elif how == "architecture":
+        from metapl.models import create_model
+
+        torch.save(create_model("mlp", 3, (2,), hidden=(7,)).state_dict(), digits_run_copy / "model.pt")
+    elif how == "missing":
+        (digits_run_copy / "model.pt").unlink()
+    elif how == "file":
+        args[1] = digits_run_copy / "config.yaml"
+    if fragment is None:
+        succeeds(capsys, *args)
+        return
+    assert fragment in one_line_error(capsys, *args)

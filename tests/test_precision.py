@@ -5,10 +5,13 @@ tests/test_mpl_math.py; this bounds what bf16 changes."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 
+from metapl.config import build_config
+from metapl.experiment import run_experiment
 from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
 from metapl.models import create_model
 from metapl.optim import OptimSettings
@@ -60,3 +63,45 @@ def test_bf16_step_is_within_tolerance_of_fp32(h):
     assert float(m32["h"]) != 0.0
     assert float(m16["h"]) == pytest.approx(float(m32["h"]), rel=BF16_H_TOLERANCE)
     assert float(m16["teacher_loss"]) == pytest.approx(float(m32["teacher_loss"]), rel=2e-2)
+
+
+# ---------------------------------------------------- whole runs in other layouts and precisions
+def _losses(tmp_path, name, *overrides):
+    cfg = build_config(
+        "digits",
+        [
+            "train.steps=6",
+            "train.log_every=1",
+            "train.eval_every=0",
+            "model.name=small_cnn",
+            "model.width=8",
+            *overrides,
+        ],
+        "uda",
+    )
+    run_experiment(cfg, tmp_path / name, progress=False, tensorboard=False)
+    records = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in records if r["phase"] == "train"]
+
+
+def test_channels_last_and_bf16_train_like_fp32(tmp_path):
+    reference = _losses(tmp_path, "fp32")
+    assert _losses(tmp_path, "nhwc", "train.channels_last=true") == pytest.approx(reference, rel=1e-4)
+    bf16 = _losses(tmp_path, "bf16", "train.precision=bf16")
+    assert bf16 != reference and bf16 == pytest.approx(reference, rel=0.1)
+
+
+@pytest.mark.slow
+def test_compile_trains_like_eager(tmp_path):
+    cfg = ["train.steps=4", "train.log_every=1", "train.eval_every=0"]
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["train.compile=true"])):
+        run_experiment(
+            build_config("twomoon", cfg + extra, "supervised"), tmp_path / name, progress=False, tensorboard=False
+        )
+        runs[name] = [
+            json.loads(x)["loss"]
+            for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x)["phase"] == "train"
+        ]
+    assert runs["compiled"] == pytest.approx(runs["eager"], rel=1e-5)

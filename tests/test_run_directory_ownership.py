@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import cli, one_line_error, snapshot, succeeds
+import yaml
+from cli_helpers import DIGITS_TRAIN, QUICK_DIGITS, TINY, cli, one_line_error, snapshot, succeeds
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from metapl.cli import main
 from metapl.config import build_config, save_config
 from metapl.engine import ownership
 from metapl.engine.run_dir import COMMAND_OUTPUTS, RUN_OUTPUTS, is_run_file
@@ -28,7 +30,6 @@ def finished(tmp_path_factory) -> Path:
     """A finished 2-step twomoon run, with TensorBoard events; copy it before changing it."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("ownership") / "run"
-    from metapl.cli import main
 
     assert main([*TRAIN, "--out", str(out)]) == 0
     return out
@@ -254,3 +255,62 @@ def test_keeping_k_checkpoints_removes_only_metapls_numbered_copies(tmp_path):
         "checkpoint-mine.pt",
         "checkpoint.pt",
     ]
+
+
+# ---------------------------------------------------------- which settings a run directory takes
+def test_a_run_without_checkpoint_is_not_overwritten_by_another_config(capsys, digits_run_copy):
+    (digits_run_copy / "checkpoint.pt").unlink()  # e.g. deleted to save disk once the run had finished
+    before = snapshot(digits_run_copy)
+    line = one_line_error(capsys, "train", "--preset", "twomoon", "--set", "train.steps=2", "--out", digits_run_copy)
+    assert "holds a trained run with" in line and "add --restart to discard it" in line
+    assert snapshot(digits_run_copy) == before
+
+
+@pytest.mark.parametrize("content", [{"notes.txt": "mine"}, {"config.yaml": "project: mine\n", "src": None}])
+def test_train_into_a_directory_of_other_files_is_refused(capsys, tmp_path, content):
+    out = tmp_path / "project"
+    out.mkdir()
+    for name, text in content.items():
+        if text is None:
+            (out / name).mkdir()
+        else:
+            (out / name).write_text(text)
+    before = snapshot(out)
+    line = one_line_error(capsys, *DIGITS_TRAIN, "--out", out)
+    assert "is not a metapl run directory" in line and "pass a new or empty directory" in line
+    assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == sorted(content)
+
+
+def test_a_directory_with_nothing_trained_takes_a_new_config(capsys, tmp_path):
+    out = tmp_path / "run"
+    succeeds(capsys, *QUICK_DIGITS, "--out", out)
+    for name in ("checkpoint.pt", "model.pt", "best_model.pt"):
+        (out / name).unlink(missing_ok=True)  # what a run that stopped before its first checkpoint leaves
+    succeeds(capsys, *QUICK_DIGITS, "--set", "teacher.lr=0.01", "--out", out)
+    assert yaml.safe_load((out / "config.yaml").read_text())["teacher"]["lr"] == 0.01
+
+
+def test_a_trained_run_of_another_config_is_refused_with_both_ways_out(capsys, digits_run_copy):
+    before = snapshot(digits_run_copy)
+    line = one_line_error(capsys, *DIGITS_TRAIN, "--set", "teacher.lr=0.01", "--out", digits_run_copy)
+    assert "holds a trained run with teacher.lr=0.05, not 0.01" in line
+    assert "add --restart to discard it and start over, or pass another --out" in line
+    assert snapshot(digits_run_copy) == before
+    succeeds(capsys, *DIGITS_TRAIN, "--set", "teacher.lr=0.01", "--restart", "--out", digits_run_copy)
+    assert yaml.safe_load((digits_run_copy / "config.yaml").read_text())["teacher"]["lr"] == 0.01
+
+
+def test_after_a_divergence_the_lower_learning_rate_is_taken(capsys, tmp_path):
+    out = tmp_path / "run"
+    diverging = ["--set", "teacher.lr=1e4", "--set", "student.lr=1e4", "--set", "train.checkpoint_every=1"]
+    args = ["train", "--preset", "digits", *TINY, "--set", "train.steps=60", "--set", "method.sampling=argmax"]
+    line = one_line_error(capsys, *args, *diverging, "--out", out)
+    assert "--restart" in line or "takes new settings" in line
+    succeeds(capsys, *args, "--set", "train.steps=2", *(["--restart"] if "--restart" in line else []), "--out", out)
+
+
+def test_out_naming_an_existing_file_says_so(capsys, tmp_path):
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    assert "is an existing file, not a directory" in one_line_error(capsys, *QUICK_DIGITS, "--out", existing)
+    assert existing.read_text() == "mine"

@@ -51,13 +51,16 @@ bench-threads: install
 bench-scale: install-dev
 	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 
+# Tests run in one process per core (pytest-xdist), at most 4: each is a single-threaded PyTorch (tests/conftest.py).
+PYTEST_PARALLEL := -n auto --maxprocesses 4
+
 test: install-dev
-	@$(BIN)/python -m pytest; status=$$?; \
+	@$(BIN)/python -m pytest $(PYTEST_PARALLEL); status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'make test: pytest collected no tests' >&2; exit 1; fi; exit $$status
 
 # make test-fast: the tests not marked slow (no end-to-end runs or subprocesses), for quick checks while editing.
 test-fast: install-dev
-	@$(BIN)/python -m pytest -m "not slow"; status=$$?; \
+	@$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'make test-fast: pytest collected no tests' >&2; exit 1; fi; exit $$status
 
 # make lint: ruff (style, imports, bugbear) over the code and tests, and mypy's type check of metapl/.

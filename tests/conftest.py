@@ -3,6 +3,13 @@ runs several test files read, trained once per session (copy one before changing
 
 from __future__ import annotations
 
+import os
+
+# One intra-op thread in every test process and in every metapl the tests start (they inherit the environment):
+# the tests run side by side (`make test`: pytest -n), and tiny models run faster without OpenMP hand-offs. Set
+# before torch loads, so that PyTorch's own default is 1 too; tests of train.threads remove it themselves.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 from pathlib import Path
 

@@ -132,7 +132,17 @@ def test_ctrl_c_under_torchrun_is_one_line_per_rank_and_exit_130(tmp_path):
     import time
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "metapl.torchrun", "--nproc_per_node", "2", "-m", "metapl", "train"]
+    command = [
+        sys.executable,
+        "-m",
+        "metapl.torchrun",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "metapl",
+        "train",
+    ]
     command += ["--preset", "digits", "--no-progress", "--no-tensorboard", "--out", str(out)]
     command += ["--set", "train.steps=100000", "--set", "train.checkpoint_every=20", "--set", "model.hidden=[32]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -175,6 +185,7 @@ def test_torchrun_two_processes_only_rank0_writes(tmp_path):
             sys.executable,
             "-m",
             "torch.distributed.run",
+            "--standalone",  # a free port of its own: tests run side by side (pytest -n)
             "--nproc_per_node",
             "2",
             "-m",

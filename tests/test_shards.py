@@ -333,7 +333,7 @@ def test_two_torchrun_ranks_with_timm_models_and_shards_equal_one_process(files,
     one = main(_train_args(files, tmp_path / "one", *settings))
     assert one == 0
     ranked = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "metapl"]
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "metapl"]
         + _train_args(files, tmp_path / "two", *settings, "data.workers=1"),
         env=ENV,
         capture_output=True,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,10 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load, script
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+SCRIPT = script("accuracy")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
@@ -114,9 +114,7 @@ def test_budget_sweep_writes_one_file_and_the_budget_plot(tmp_path):
 
 
 def test_passes_teacher_at_is_the_step_from_which_the_student_stays_above(tmp_path):
-    spec = importlib.util.spec_from_file_location("accuracy_bench", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("accuracy")
 
     def run(pairs: list[tuple[float, float]]) -> Path:
         lines = [{"phase": "train", "step": 1, "h": 0.0}]

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_step.py"
 TINY = ["data.batch_size=4", "data.mu=2", "data.val_per_class=2", "data.labeled_per_class=2"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("gpu_step")
 
 
 def test_synthetic_cifar_has_the_reader_format(bench, tmp_path):

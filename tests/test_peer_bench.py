@@ -4,13 +4,11 @@ computed right (the peer is replaced by a stand-in harness here: its checkout is
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import peer  # noqa: E402
+peer = load("peer")
 
 pytestmark = pytest.mark.slow  # WRN-28-2 steps in subprocesses
 

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import script
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reduced_mpl_experiment.py"
+SCRIPT = script("reduced_mpl_experiment")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -5,13 +5,11 @@ shards (and say so), and the table names what was measured."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import scale  # noqa: E402
+scale = load("scale")
 
 pytestmark = pytest.mark.slow  # metapl shard, train, label and Reduced MPL in subprocesses
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load
 from cli_helpers import kill_when, mid_train
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
@@ -357,13 +358,7 @@ def test_two_torchrun_ranks_with_timm_models_and_shards_equal_one_process(files,
 def test_the_shard_speed_benchmark_runs_shrunk(tmp_path):
     """benchmarks/shard_speed.py end to end on 300 images: both readers stream every image, and the memory runs
     report one row per shard count."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "shard_speed.py"
-    spec = importlib.util.spec_from_file_location("shard_speed", script)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("shard_speed")
     out = tmp_path / "result.json"
     args = ["--images", "300", "--shard-size", "50", "--shard-counts", "3,30", "--memory-steps", "2", "--rounds", "1"]
     results = bench.main([*args, "--work", str(tmp_path / "work"), "--out", str(out)])

@@ -10,13 +10,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load
 from test_mpl_math import IN, K, make_batch
 from test_mpl_math import make_mpl as basic_mpl
 from torch import nn
@@ -137,12 +135,7 @@ def test_step_never_reads_a_tensor_back_to_the_host(monkeypatch, feedback, h, sc
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def _load_speed():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
-    spec = importlib.util.spec_from_file_location("bench_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    return load("speed")
 
 
 def test_speed_benchmark_times_configurations_and_their_floor():

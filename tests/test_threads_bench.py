@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmark_scripts import load
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import threads as bench  # noqa: E402
+bench = load("threads")
 
 pytestmark = pytest.mark.slow  # timed steps, and a busy-loop process in the script's run
 

@@ -135,7 +135,8 @@ class TrainConfig:
     max_skipped_in_a_row: int = at_least(1, 100)  # nonfinite=skip: stop after more consecutive skipped steps
     # PyTorch's intra-op CPU threads (train, eval, predict, label): 0 picks (one thread for a network of little work
     # per example or on a busy machine, else all cores; OMP_NUM_THREADS, when set, is kept: engine/threads.py)
-    threads: int = at_least(0, 0, " (0: automatic)")
+    # The bound: PyTorch takes a 32-bit count, and no machine has more cores than this.
+    threads: int = ranged(0, lambda v: 0 <= v <= 4096, "from 0 to 4096 (0: automatic)")
 
 
 @dataclass

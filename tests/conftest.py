@@ -11,6 +11,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,24 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _processes_only_in_slow_tests(request, monkeypatch):
+    """A test that starts Python (metapl, torchrun, a benchmark script) is marked slow, so that `make test-fast`
+    stays fast: started from a test not marked slow, such a process fails the test and says so. Other programs
+    (`mount` for a tiny disk) start in a moment and are allowed."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    start = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **options):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        if program.startswith(("python", "metapl", "torchrun")) or program == Path(sys.executable).name:
+            raise AssertionError(f"{request.node.nodeid} starts {program}; mark it @pytest.mark.slow")
+        start(self, args, *rest, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 @pytest.fixture

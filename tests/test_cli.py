@@ -59,6 +59,7 @@ def test_train_writes_config_metrics_tensorboard_and_summary(tmp_path):
     assert (out / "curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args, fragment",
     [
@@ -89,6 +90,7 @@ def test_bad_input_is_one_line_exit_2_no_traceback(tmp_path, args, fragment):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_presets_and_config_commands():
     listed = metapl("presets")
     assert listed.returncode == 0

@@ -77,6 +77,7 @@ def test_bad_weights_file_is_named_with_the_fix(capsys, digits_run_copy, tmp_pat
     assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_pickled_code_is_refused_by_a_process_without_running(digits_run_copy, tmp_path):
     marker = tmp_path / "code-ran"
     _damage(digits_run_copy / "model.pt", "pickled code", marker)

@@ -124,6 +124,7 @@ def _is_large(value: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- config values
+@pytest.mark.slow  # hundreds of commands run in this process
 @settings(FUZZ, max_examples=300)
 @given(key=st.sampled_from(KEYS), value=st.sampled_from(EXTREMES) | st.text(max_size=12))
 def test_config_values_end_in_exit_0_or_one_line(key, value):
@@ -143,6 +144,7 @@ TRAIN_BASE = [
 ]
 
 
+@pytest.mark.slow  # hundreds of commands run in this process
 @settings(FUZZ, max_examples=120)
 @given(
     preset=st.sampled_from(["digits", "twomoon"]),
@@ -203,6 +205,7 @@ def _split_text(split, raw: bytes | None) -> bytes:
     return json.dumps(split, allow_nan=True).encode()
 
 
+@pytest.mark.slow  # hundreds of commands run in this process
 @settings(FUZZ, max_examples=60)
 @given(split=split_files, raw=st.none() | st.binary(max_size=40))
 def test_split_files_end_in_exit_0_or_one_line(finished, split, raw):
@@ -223,6 +226,7 @@ cells = st.sampled_from(["0.5", "1", "-1", "nan", "inf", "1e400", "", "abc", "pa
 csv_rows = st.lists(st.lists(cells | st.text(max_size=4), max_size=66), max_size=4)
 
 
+@pytest.mark.slow  # hundreds of commands run in this process
 @settings(FUZZ, max_examples=60)
 @given(rows=csv_rows, bom=st.booleans(), raw=st.none() | st.binary(max_size=60))
 def test_predict_csvs_end_in_exit_0_or_one_line(finished, rows, bom, raw):
@@ -247,6 +251,7 @@ weights_objects = st.recursive(
 )
 
 
+@pytest.mark.slow  # hundreds of commands run in this process
 @settings(FUZZ, max_examples=40)
 @given(state=weights_objects, raw=st.none() | st.binary(max_size=80), command=st.sampled_from(["eval", "predict"]))
 def test_weights_files_end_in_exit_0_or_one_line(finished, state, raw, command):

@@ -94,6 +94,7 @@ def test_eval_gives_the_evaluators_numbers_and_writes_eval_json(run):
     assert evaluate_run(run, "best", batch_size=7)["test_top1"] == summary["test_top1_selected"]
 
 
+@pytest.mark.slow
 def test_eval_command_prints_a_table(run):
     result = metapl("eval", str(run), "--batch-size", "64")
     assert result.returncode == 0, result.stderr
@@ -159,6 +160,7 @@ def test_predict_csv_of_test_values_gives_the_models_classes(run, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- export
+@pytest.mark.slow
 def test_export_safetensors_and_onnx_reproduce_the_model(run, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -205,6 +207,7 @@ def _broken_run(run: Path, tmp_path: Path, damage: str) -> Path:
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, fragment",
     [

@@ -349,6 +349,10 @@ def test_too_long_path_in_a_csv_names_its_row(files, tmp_path, capsys, command):
         ("data.labeled_per_class=500", "fewer than the 500 requested"),
         ("train.nonfinite=skp", "train.nonfinite='skp' is not allowed (did you mean 'skip'?)"),
         ("train.max_skipped_in_a_row=0", "train.max_skipped_in_a_row=0 is impossible"),
+        (
+            "train.threads=2147483648",
+            "train.threads=2147483648 is impossible; it must be from 0 to 4096 (0: automatic)",
+        ),
     ],
 )
 def test_bad_config_is_one_line_and_writes_nothing(capsys, tmp_path, setting, fragment):
@@ -394,6 +398,7 @@ def test_bad_command_lines_are_one_line_exit_2(capsys, tmp_path, digits_run, arg
     assert snapshot(digits_run) == before
 
 
+@pytest.mark.slow
 def test_bad_command_line_exits_2_from_a_process():
     result = subprocess.run(
         [sys.executable, "-m", "metapl", "trian"],

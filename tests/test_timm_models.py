@@ -152,6 +152,7 @@ def test_unknown_architecture_is_one_line_with_did_you_mean(capsys):
         build_config("digits", ["model.name=wrn28_2", "model.pretrained=x.pt"])
 
 
+@pytest.mark.slow
 def test_names_outside_timm_never_import_timm():
     code = (
         "import sys; from metapl.config import build_config; build_config('digits', ['model.name=small_cnn']); "

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels as ReducedMetaPseudoLabels
     from metapl.methods.reduced_mpl import ReducedMPLSettings as ReducedMPLSettings
     from metapl.methods.reduced_mpl import ReducedTeacher as ReducedTeacher
+    from metapl.methods.supervised import finetuner as finetuner
     from metapl.models import create_model as create_model
     from metapl.optim import OptimSettings as OptimSettings
 
@@ -45,6 +46,7 @@ _EXPORTS = {
     "ReducedMetaPseudoLabels": "metapl.methods.reduced_mpl",
     "ReducedMPLSettings": "metapl.methods.reduced_mpl",
     "ReducedTeacher": "metapl.methods.reduced_mpl",
+    "finetuner": "metapl.methods.supervised",
     "load_run": "metapl.inference",
     "create_model": "metapl.models",
     "OptimSettings": "metapl.optim",

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from metapl.data.registry import DATASETS
-from metapl.errors import ConfigError
+from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS, settings_class
 from metapl.models.registry import ACTIVATION_NAMES, MODELS
 from metapl.optim_config import OptimConfig
@@ -230,9 +230,8 @@ def load_config_file(path: Path) -> Config:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"cannot read config {path}: {first_line}; pass a run directory written by metapl train"
+            f"cannot read config {path}: {first_line(err)}; pass a run directory written by metapl train"
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} is not a mapping of sections; pass a run directory written by metapl train")

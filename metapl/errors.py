@@ -49,6 +49,13 @@ _DISK_FULL_WORDS = re.compile(r"no space left on device|disk quota exceeded|os e
 NEARLY_FULL = 1024**2  # bytes free below which a short write is put down to a full disk
 
 
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (the type's name when it has none): what a one-line error
+    quotes of a library's exception, whose messages may run over several lines."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def disk_full(err: BaseException, path: str | os.PathLike | None = None) -> bool:
     """Whether `err` is a write that failed for want of space: ENOSPC or EDQUOT anywhere in its chain of
     exceptions, a writer's words for it, or a short write to `path` on a disk with less than NEARLY_FULL free

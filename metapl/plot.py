@@ -24,8 +24,9 @@ from metapl.engine.logger import read_metrics  # noqa: E402
 from metapl.engine.outputs import check_output_file, inputs_of_run  # noqa: E402
 from metapl.engine.ownership import check_replaceable, figure_metadata  # noqa: E402
 from metapl.engine.run_dir import with_own_split  # noqa: E402
-from metapl.errors import CheckpointError, ConfigError  # noqa: E402
+from metapl.errors import CheckpointError, ConfigError, first_line  # noqa: E402
 from metapl.inference.run import load_state  # noqa: E402
+from metapl.methods.base import top1  # noqa: E402
 
 # The panels of curves.png: (title, {"phase/metric": line style}). One colour per run; within it the student's
 # lines are solid and the teacher's dashed (other styles tell a panel's other metrics apart, in its legend).
@@ -117,7 +118,7 @@ def _read_series(run: Path) -> dict[str, tuple[list[float], list[float]]]:
     try:
         records = read_metrics(run)
     except (OSError, ValueError) as err:  # ValueError: bytes that are not UTF-8
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(
             f"cannot read {run / 'metrics.jsonl'}: {first[:160]}; pass a run directory written by metapl train"
         ) from None
@@ -238,7 +239,7 @@ def plot_decision_regions(runs: list[Path], configs: list, out: Path) -> None:
             edgecolors="black",
             linewidths=1.2,
         )
-        test_acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
+        test_acc = top1(predict_proba(model, data.x_test), data.y_test).item()
         name = method_label(cfg)
         teacher = _summary(run).get("teacher_test_top1")  # the regions are the student's; its teacher's score beside
         teacher_text = f"\n(its teacher: {teacher:.1%})" if isinstance(teacher, float) else ""

@@ -108,9 +108,3 @@ def check_settings(settings: Any, prefix: str) -> None:
         rule = f.metadata.get("rule")
         if rule is not None and not rule(value):
             raise ConfigError(f"{key}={value!r} is impossible; it must be {f.metadata['allowed']}")
-
-
-def choices_of(settings_type: type, name: str) -> tuple[Any, ...]:
-    """The allowed values declared on a field (for help texts and tests)."""
-    field = next(f for f in dataclasses.fields(settings_type) if f.name == name)
-    return tuple(field.metadata["choices"])

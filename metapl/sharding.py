@@ -42,7 +42,7 @@ from pathlib import Path
 from metapl.engine import ownership
 from metapl.engine.atomic import atomic_write_text
 from metapl.engine.outputs import check_output_folder
-from metapl.errors import ConfigError, DataError, Interrupted
+from metapl.errors import ConfigError, DataError, Interrupted, first_line
 from metapl.settings import SEED_LIMIT, SEEDS
 
 SHARD_NAME = "shard-{:06d}.tar"
@@ -137,7 +137,7 @@ def check_image(data: bytes, path: str) -> None:
         with open_image(io.BytesIO(data)) as image:
             image.verify()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         first = re.sub(r" <_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", first)  # an address: not the same twice
         raise DataError(f"cannot read image {path} ({first})") from None
 

@@ -108,9 +108,10 @@ def test_finetuning_starts_from_the_evaluated_student_and_moves_it():
     stream = BatchStream(data, cfg.data.batch_size, cfg.data.mu, 0)
     for step in range(20):
         method.step(next(stream), step)
+    from metapl import finetuner
     from metapl.optim import OptimSettings
 
-    tuner = method.finetuner(OptimSettings(lr=0.05, schedule="constant", total_steps=5))
+    tuner = finetuner(method.eval_model(), data.num_classes, OptimSettings(lr=0.05, schedule="constant", total_steps=5))
     start = {k: v.clone() for k, v in tuner.model.state_dict().items()}
     assert all(torch.equal(start[k], v) for k, v in method.eval_model().state_dict().items())  # the EMA student
     labeled = BatchStream(data, 50, 1, 0, labeled_only=True)

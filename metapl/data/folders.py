@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metapl.errors import DataError
+from metapl.errors import DataError, first_line
 from metapl.settings import check_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -89,7 +89,7 @@ def decode(path: str, channels: int = 3, fix: str = POOL_IMAGE_FIX) -> torch.Ten
             image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
             array = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable buffer
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise DataError(f"cannot decode image {path} ({first}); {fix}") from None
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels)).permute(2, 0, 1).contiguous()
 

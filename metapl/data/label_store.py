@@ -47,7 +47,7 @@ from pathlib import Path
 import torch
 
 from metapl.data.folders import ImageFiles
-from metapl.errors import DataError
+from metapl.errors import DataError, first_line
 
 FORMAT = 2  # 2: a shard part (data.unlabeled_shards keyed by shard and key) beside the pool part
 READABLE = (1, 2)  # format 1: the pool part only
@@ -99,7 +99,7 @@ def load_shard(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (OSError, SafetensorError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise DataError(f"cannot read label shard {path} ({first}); delete it and run metapl label again") from None
 
 
@@ -180,7 +180,7 @@ def read_store(label_dir: Path, dataset) -> Distributions:
     try:
         return _read_shards(label_dir, manifest)
     except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as err:  # a damaged or hand-edited store
-        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = first_line(err)
         raise DataError(
             f"the store at {label_dir} is damaged ({type(err).__name__}: {detail}); delete it and run metapl label again"
         ) from None

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError
+from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError, first_line
 from metapl.methods.base import Batch
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -284,7 +284,7 @@ def _open(path: str) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except (OSError, tarfile.TarError, EOFError) as err:
-        raise DataError(f"cannot read shard {path} ({_first_line(err)}); {SHARD_FIX}") from None
+        raise DataError(f"cannot read shard {path} ({first_line(err)}); {SHARD_FIX}") from None
 
 
 SHARD_FIX = "write it again (metapl shard) or take it out of data.unlabeled_shards and start over (--restart)"
@@ -296,7 +296,7 @@ def count_samples(path: str) -> int:
         with _open(path) as tar:
             return sum(1 for _ in _samples(tar))
     except (OSError, tarfile.TarError, EOFError) as err:
-        raise DataError(f"cannot read shard {path} ({_first_line(err)}); {SHARD_FIX}") from None
+        raise DataError(f"cannot read shard {path} ({first_line(err)}); {SHARD_FIX}") from None
 
 
 class ShardReader:
@@ -312,7 +312,7 @@ class ShardReader:
         except StopIteration:
             pass
         except (OSError, tarfile.TarError, EOFError) as err:
-            raise DataError(f"cannot read shard {path} ({_first_line(err)}); {SHARD_FIX}") from None
+            raise DataError(f"cannot read shard {path} ({first_line(err)}); {SHARD_FIX}") from None
 
     def next(self) -> tuple[str, bytes, int] | None:
         """The next sample's key, image bytes and offset; None at the shard's end."""
@@ -331,7 +331,7 @@ class ShardReader:
             handle = self._tar.extractfile(image)
             data = handle.read() if handle is not None else b""
         except (OSError, tarfile.TarError, EOFError) as err:
-            raise DataError(f"cannot read shard {self.path} ({_first_line(err)}); {SHARD_FIX}") from None
+            raise DataError(f"cannot read shard {self.path} ({first_line(err)}); {SHARD_FIX}") from None
         offset = self.offset
         self.offset += 1
         return f"{key}.{_split(image.name)[1]}", data, offset
@@ -352,13 +352,8 @@ def decode_bytes(data: bytes, channels: int, where: str) -> torch.Tensor:
             image = ImageOps.exif_transpose(opened).convert("RGB" if channels == 3 else "L")
             array = np.array(image, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise DataError(f"cannot decode image {where} ({_first_line(err)}); {SHARD_FIX}") from None
+        raise DataError(f"cannot decode image {where} ({first_line(err)}); {SHARD_FIX}") from None
     return torch.from_numpy(array.reshape(array.shape[0], array.shape[1], channels)).permute(2, 0, 1).contiguous()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # ------------------------------------------------------------------------------------------------ lanes

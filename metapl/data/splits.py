@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from metapl.errors import DataError
+from metapl.errors import DataError, first_line
 
 SPLIT_NAMES = ("labeled", "unlabeled", "validation")
 
@@ -44,7 +44,7 @@ class Split:
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:  # ValueError: not JSON, or not UTF-8
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = first_line(err)
             raise DataError(f"cannot read split file {path}: {first}; {fix}") from None
         if not isinstance(data, dict):
             raise DataError(f"split file {path} holds a JSON {type(data).__name__}, not an object; {fix}")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metapl.errors import ConfigError
+from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS
 
 # Settings that size what a command allocates, by command; the first ones a user changed are named first.
@@ -144,7 +144,7 @@ def profile_network(cfg, data, role: str = "student") -> NetworkProfile | None:
         with torch.device("meta"):
             model = build_model(cfg, data, role) if role != "student" else build_model(cfg, data)
     except (RuntimeError, OverflowError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         if "overflow" not in f"{type(err).__name__} {first}".lower():
             return None  # not a size problem: the real build reports it, or the run goes on unestimated
         keys = _size_keys(cfg)  # sizes beyond what a tensor can describe
@@ -168,7 +168,7 @@ def profile_network(cfg, data, role: str = "student") -> NetworkProfile | None:
     except NotImplementedError:  # an operation the meta device does not implement: count the weights alone
         return NetworkProfile(parameters, 0, 0)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         if "meta" in first.lower():  # code that reads tensor values, which the meta device has not
             return NetworkProfile(parameters, 0, 0)
         key = "model.teacher_name" if role == "teacher" else "model.name"  # a shape the network cannot take
@@ -334,7 +334,7 @@ def allocation_failure(err: BaseException, command: str, overrides: list[str] | 
     user set first), or None when `err` is no allocation failure."""
     if not is_allocation_failure(err):
         return None
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(err)
     text = text if len(text) <= 160 else text[:157] + "..."
     candidates = list(SIZE_SETTINGS.get(command, ()))
     given = [item.partition("=")[0].strip() for item in overrides]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from metapl.engine.atomic import atomic_write
-from metapl.errors import CheckpointError, disk_full
+from metapl.errors import CheckpointError, disk_full, first_line
 
 
 def atomic_save(obj: object, path: Path) -> None:
@@ -23,7 +23,7 @@ def atomic_save(obj: object, path: Path) -> None:
     try:
         atomic_write(path, lambda handle: torch.save(obj, handle))
     except (OSError, RuntimeError) as err:  # torch.save reports a full disk as RuntimeError
-        reason = "no space left on device" if disk_full(err) else getattr(err, "strerror", None) or _first_line(err)
+        reason = "no space left on device" if disk_full(err) else getattr(err, "strerror", None) or first_line(err)
         kept = "the previous file is intact" if path.exists() else "nothing was written"
         raise CheckpointError(
             f"could not write {path}: {reason}; {kept}; free disk space or fix permissions, then run the same command"
@@ -45,9 +45,9 @@ def load_weights(path: Path, fix: str = "re-run metapl train or pass another run
                 f"(loading it could run code); metapl never writes such files, so do not trust it; {fix}"
             ) from None
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
-        reason = detail.group(1).strip() if detail else _first_line(err)
+        reason = detail.group(1).strip() if detail else first_line(err)
     except Exception as err:  # torch raises several types (RuntimeError, EOFError, KeyError) for truncated files
-        reason = _first_line(err)
+        reason = first_line(err)
     raise CheckpointError(f"cannot load {path}: it is truncated or not a checkpoint ({reason}); {fix}") from None
 
 
@@ -122,11 +122,6 @@ def check_weight_values(state: dict[str, torch.Tensor], path: Path, fix: str) ->
                 f"{path}: {key} is stored as {str(tensor.dtype).replace('torch.', '')}, but a network's weights are "
                 f"floating point (integer-typed weights are quantised or not weights at all); {fix}"
             )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def rng_state() -> dict:

@@ -16,7 +16,7 @@ from metapl.build import build_model
 from metapl.data import example_inputs
 from metapl.engine.outputs import check_not_among, check_output_file, inputs_of_run
 from metapl.engine.ownership import check_replaceable, mark
-from metapl.errors import ConfigError, ExportError
+from metapl.errors import ConfigError, ExportError, first_line
 from metapl.inference.inputs import preprocessing
 from metapl.inference.run import WEIGHTS, LoadedRun, data_files, load_run, output_name
 
@@ -144,7 +144,7 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
     except Exception as err:  # the exporter raises many types (export, lowering, serialisation); report the first line
         _raise_os_error(err)  # a file that cannot be written is the path's problem, not the format's
         raise ExportError(
-            f"torch.onnx.export failed for {loaded.weights_path}: {_first_line(err)}; try --format safetensors"
+            f"torch.onnx.export failed for {loaded.weights_path}: {first_line(err)}; try --format safetensors"
         ) from None
     onnx = importlib.import_module("onnx")
     proto = onnx.load(str(path))
@@ -157,7 +157,7 @@ def _export_onnx(loaded: LoadedRun, path: Path, x: torch.Tensor) -> float:
     except Exception as err:  # onnxruntime raises its own exception types for files it cannot load or run
         _raise_os_error(err)
         raise ExportError(
-            f"onnxruntime cannot run the exported model: {_first_line(err)}; try --format safetensors"
+            f"onnxruntime cannot run the exported model: {first_line(err)}; try --format safetensors"
         ) from None
     with torch.no_grad():
         expected = model(x).numpy()
@@ -179,8 +179,3 @@ def _raise_os_error(err: BaseException | None) -> None:
             raise err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

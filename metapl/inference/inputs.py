@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metapl.errors import ConfigError, DataError, shorten
+from metapl.errors import ConfigError, DataError, first_line, shorten
 from metapl.settings import check_path
 
 
@@ -47,7 +47,7 @@ def load_image(path: Path, input_shape: tuple[int, ...], invert: bool = False, p
             image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BILINEAR)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise DataError(
-            f"cannot read image {path}: {_first_line(err)}; pass a PNG, JPEG or other image Pillow can open"
+            f"cannot read image {path}: {first_line(err)}; pass a PNG, JPEG or other image Pillow can open"
         ) from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels) / 255.0
     tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
@@ -188,11 +188,6 @@ def _is_header(cells: list[str], numbers: list[float | None], folder: Path) -> b
         return True  # a row of values with a word in it can only be column names
     # One word: a header ("path") unless it names an image file.
     return not os.path.isfile(Path(cells[0]) if Path(cells[0]).is_absolute() else folder / cells[0])
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def preprocessing(input_shape: tuple[int, ...], pipeline=None, model=None) -> dict[str, str]:

@@ -135,9 +135,10 @@ def replayed_randomness(state: RngState) -> Iterator[None]:
         yield
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Top-1 accuracy as a Python float (a host sync: call only when logging)."""
-    return (logits.argmax(dim=-1) == labels).float().mean().item()
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The share of rows whose highest score is at `labels`, a 0-dim tensor (no host sync: the loop logs it when it
+    logs); scores are logits or probabilities, detached here."""
+    return (scores.detach().argmax(-1) == labels).float().mean()
 
 
 def module_device(model: nn.Module) -> torch.device:

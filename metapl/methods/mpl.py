@@ -50,9 +50,9 @@ from metapl.methods.base import (
     frozen_bn_stats,
     replayed_randomness,
     rng_state,
+    top1,
 )
 from metapl.methods.settings import MPLSettings
-from metapl.methods.supervised import Supervised, finetuner
 from metapl.methods.uda import auxiliary_losses
 from metapl.optim import OptimSettings, global_norm
 from metapl.settings import check_settings
@@ -154,10 +154,10 @@ class MetaPseudoLabels(TwoModelMethod):
         metrics.update(
             teacher_loss=teacher_loss.detach(),
             teacher_mpl_loss=mpl_loss.detach(),
-            teacher_labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean(),
+            teacher_labeled_acc=top1(logits_l, batch.y_l),
         )
         if batch.y_u is not None:
-            metrics["teacher_unlabeled_acc"] = (logits_strong.detach().argmax(-1) == batch.y_u).float().mean()
+            metrics["teacher_unlabeled_acc"] = top1(logits_strong, batch.y_u)
         return metrics
 
     # ------------------------------------------------------------------ hard labels (paper, App. A)
@@ -325,9 +325,6 @@ class MetaPseudoLabels(TwoModelMethod):
         return metrics
 
     # ------------------------------------------------------------------ interface
-    def finetuner(self, optim: OptimSettings | None = None, label_smoothing: float = 0.0) -> Supervised:
-        """The finetuning phase (docs/method.md#finetuning): a supervised method on a copy of the evaluated student."""
-        return finetuner(self.eval_model(), self.num_classes, optim, label_smoothing)
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "baseline": self.baseline.detach().clone()}

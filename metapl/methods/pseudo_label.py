@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod, top1
 from metapl.methods.settings import PseudoLabelSettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings
@@ -47,7 +47,7 @@ class PseudoLabel(TwoModelMethod):
         grad_norm = self.teacher_updater.apply(self.teacher_updater.gradients(loss))
         return {
             "teacher_loss": loss.detach(),
-            "teacher_labeled_acc": (logits.detach().argmax(-1) == batch.y_l).float().mean(),
+            "teacher_labeled_acc": top1(logits, batch.y_l),
             "teacher_grad_norm": grad_norm,
             "lr_teacher": lr,
         }
@@ -69,11 +69,11 @@ class PseudoLabel(TwoModelMethod):
         metrics: Metrics = {
             "student_loss": loss.detach(),
             "student_grad_norm": grad_norm,
-            "agreement": (logits.detach().argmax(-1) == teacher_probs.argmax(-1)).float().mean(),
+            "agreement": top1(logits, teacher_probs.argmax(-1)),
             "lr_student": lr,
         }
         if batch.y_u is not None:
-            metrics["pseudo_label_acc"] = (teacher_probs.argmax(-1) == batch.y_u).float().mean()
+            metrics["pseudo_label_acc"] = top1(teacher_probs, batch.y_u)
         return metrics
 
 

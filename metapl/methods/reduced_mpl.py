@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, module_device
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, module_device, top1
 from metapl.methods.mpl import MetaPseudoLabels, MplTerm
 from metapl.methods.settings import ReducedMPLSettings, check_teacher_signal
 from metapl.optim import OptimSettings
@@ -127,13 +127,13 @@ class ReducedMetaPseudoLabels(MetaPseudoLabels):
         metrics.update(
             teacher_loss=loss.detach(),
             teacher_mpl_loss=mpl_loss.detach(),
-            teacher_labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean(),
+            teacher_labeled_acc=top1(logits_l, batch.y_l),
         )
         if self._h_drawn is not None:
             metrics["h_shuffled"] = self._h_drawn
             self._h_drawn = None
         if batch.y_u is not None:
-            metrics["teacher_unlabeled_acc"] = (logits_u.detach().argmax(-1) == batch.y_u).float().mean()
+            metrics["teacher_unlabeled_acc"] = top1(logits_u, batch.y_u)
         return metrics
 
     # ------------------------------------------------------------------ the shuffled control

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
 from metapl.methods.settings import SupervisedSettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings
@@ -40,7 +40,7 @@ class Supervised(SingleModelMethod):
         grad_norm = self._finish_update(self.updater.gradients(loss), step)
         return {
             "loss": loss.detach(),
-            "labeled_acc": (logits.detach().argmax(-1) == batch.y_l).float().mean(),
+            "labeled_acc": top1(logits, batch.y_l),
             "grad_norm": grad_norm,
             "lr": lr,
         }

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod
+from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
 from metapl.methods.settings import UDASettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings
@@ -75,11 +75,9 @@ class UDA(SingleModelMethod):
         total_steps = self.updater.settings.total_steps
         loss, metrics = auxiliary_losses(logits_l, batch.y_l, logits_w, logits_s, step, self.settings, total_steps)
         metrics["grad_norm"] = self._finish_update(self.updater.gradients(loss), step)
-        metrics.update(
-            loss=loss.detach(), lr=lr, labeled_acc=(logits_l.detach().argmax(-1) == batch.y_l).float().mean()
-        )
+        metrics.update(loss=loss.detach(), lr=lr, labeled_acc=top1(logits_l, batch.y_l))
         if batch.y_u is not None:
-            metrics["unlabeled_acc"] = (logits_w.detach().argmax(-1) == batch.y_u).float().mean()
+            metrics["unlabeled_acc"] = top1(logits_w, batch.y_u)
         return metrics
 
 

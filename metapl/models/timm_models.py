@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from metapl.errors import CheckpointError, ConfigError
+from metapl.errors import CheckpointError, ConfigError, first_line
 from metapl.models.registry import ModelEntry, Preprocessing, image_channels
 from metapl.registry import Family
 from metapl.settings import suggest
@@ -153,7 +153,7 @@ def download_weights(rest: str) -> Path:
 
         return Path(download_cached_file(cfg.url))
     except Exception as err:  # noqa: BLE001 - network errors come in many types
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ConfigError(
             f"--download could not fetch the weights of {PREFIX}{rest} ({cfg.hf_hub_id or cfg.url}): {first}; "
             "download them by hand and set model.pretrained=FILE"

@@ -82,8 +82,8 @@ def folder_rate(folder: Path, side: int, workers: int) -> dict:
 
 def shard_rate(shards: Path, side: int, workers: int, images: int) -> dict:
     """One pass's worth of images from the shards: ShardStream, one lane per worker."""
+    from metapl.batch import Batch
     from metapl.data.shards import ShardSet, ShardStream, shard_files
-    from metapl.methods.base import Batch
 
     shard_set = ShardSet(str(shards), shard_files(str(shards)), side, 3, workers, _pipeline(side))
     stream = ShardStream(shard_set, BATCH, seed=0)
@@ -136,7 +136,7 @@ MEMORY_CHILD = r"""
 import json, sys, torch
 from metapl.data.shards import ShardSet, ShardStream, shard_files
 from metapl.data.streaming import ImagePipeline
-from metapl.methods.base import Batch
+from metapl.batch import Batch
 
 def status():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))

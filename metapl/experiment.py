@@ -23,7 +23,13 @@ from metapl.data.loaders import BatchStream, DataBundle, check_stream_data
 from metapl.engine import run_dir, run_inputs
 from metapl.engine.atomic import atomic_write_json
 from metapl.engine.budget import check_data_settings, check_step_memory
-from metapl.engine.checkpoint import CheckpointKeeper, atomic_save, rng_state, set_rng_state, training_state
+from metapl.engine.checkpoint import (
+    CheckpointKeeper,
+    atomic_save,
+    process_rng_states,
+    set_process_rng_states,
+    training_state,
+)
 from metapl.engine.evaluate import make_evaluator
 from metapl.engine.logger import RunLogger, read_metrics
 from metapl.engine.loop import FitResult, fit
@@ -200,12 +206,12 @@ def _run_phases(
             if saved is not None:
                 with _restoring(out_dir):
                     stream.load_state_dict(saved["stream"])
-                    set_rng_state(saved["rng"])
+                    set_process_rng_states(saved["rng"])
             checkpoint = checkpointer("train", stream) if main else None
             results["train"] = fit(
                 method, stream, cfg.train.steps, resume=results.get("train"), checkpoint=checkpoint, **common
             )
-            train_end = {"stream": stream.state_dict(), "rng": rng_state()}
+            train_end = {"stream": stream.state_dict(), "rng": process_rng_states()}
             stream.close()  # its loader workers (image files) are not needed while finetuning
         final_model = method.eval_model()
         if method.finetunes and cfg.finetune.steps > 0:
@@ -220,7 +226,7 @@ def _run_phases(
                 with _restoring(out_dir):
                     tuner.load_state_dict(saved["finetune"])
                     ft_stream.load_state_dict(saved["stream"])
-                    set_rng_state(saved["rng"])
+                    set_process_rng_states(saved["rng"])
             checkpoint = checkpointer("finetune", ft_stream, tuner) if main else None
             results["finetune"] = fit(
                 tuner,

@@ -41,11 +41,11 @@ from metapl.data.label_store import (
     PRECISIONS,
     keyed_name,
     load_keyed_shard,
+    pool_hash,
     save_keyed_shard,
     save_shard,
     shard_name,
 )
-from metapl.data.label_store import fingerprint as pool_fingerprint
 from metapl.data.registry import DATASETS
 from metapl.data.splits import Split
 from metapl.engine.atomic import atomic_write_json, remove_leftovers
@@ -136,7 +136,7 @@ def label_pool(
             "format": FORMAT,
             "source": teacher.source,
             "data": cfg.data.name,
-            "fingerprint": pool_fingerprint(dataset),
+            "fingerprint": pool_hash(dataset),
             "num_classes": num_classes,
             "pool_size": pool_size,
             "top_k": top_k,

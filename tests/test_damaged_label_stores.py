@@ -18,7 +18,7 @@ from metapl.config import build_config
 from metapl.data.label_store import (
     FORMAT,
     MANIFEST,
-    fingerprint,
+    pool_hash,
     read_store,
     save_shard,
     shard_name,
@@ -55,7 +55,7 @@ def write_store(out: Path, dataset, probs: torch.Tensor, top_k: int = 0, precisi
         entries.append({"file": shard_name(number), "start": start, "count": len(rows)})
     manifest = {
         "format": FORMAT,
-        "fingerprint": fingerprint(dataset),
+        "fingerprint": pool_hash(dataset),
         "num_classes": 10,
         "pool_size": len(probs),
         "top_k": top_k,

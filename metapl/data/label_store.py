@@ -57,14 +57,14 @@ PRECISIONS = {"fp16": torch.float16, "fp32": torch.float32}
 _SAMPLED_IMAGES = 256  # in-memory pools: images hashed into the fingerprint, evenly spaced
 
 
-def fingerprint(dataset) -> str:
+def pool_hash(dataset) -> str:
     """A short hash of a training pool: its size, class count and labels, and its file names (the last two parts
     of each path, so that a moved data set keeps its fingerprint) or an evenly spaced sample of its images."""
     return data_hash(dataset.x_train, dataset.y_train, dataset.num_classes)
 
 
 def data_hash(x, y, num_classes: int) -> str:
-    """fingerprint()'s hash of any images `x` with labels `y` (a pool, a test set)."""
+    """pool_hash()'s hash of any images `x` with labels `y` (a pool, a test set)."""
     digest = hashlib.sha256(f"pool={len(y)};classes={num_classes};".encode())
     digest.update(torch.as_tensor(y).to(torch.int64).numpy().tobytes())
     if isinstance(x, ImageFiles):
@@ -166,7 +166,7 @@ def read_store(label_dir: Path, dataset) -> Distributions:
     """Every image's stored distribution, in pool order, after checking that the store was made for this pool."""
     label_dir = Path(label_dir)
     manifest = read_manifest(label_dir)
-    expected = fingerprint(dataset)
+    expected = pool_hash(dataset)
     if manifest["fingerprint"] != expected:
         raise DataError(
             f"{label_dir} holds distributions of another data set (fingerprint {manifest['fingerprint']}, this data "

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from metapl.batch import Batch
 from metapl.data.augment import Augment, identity
 from metapl.data.folders import ImageFiles
 from metapl.data.splits import Split
 from metapl.errors import DataError
-from metapl.methods.base import Batch
 
 if TYPE_CHECKING:
     from metapl.data.label_store import Distributions

@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
+from metapl.batch import Batch
 from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError, first_line
-from metapl.methods.base import Batch
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")

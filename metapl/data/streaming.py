@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from metapl.batch import Batch
 from metapl.data import randaugment
 from metapl.data.folders import ImageFiles, decode
 from metapl.errors import ConfigError, DataError, MetaplError
-from metapl.methods.base import Batch
 
 CHUNK = 64  # images per worker task: a worker returns a piece of a batch, so memory in flight stays small
 

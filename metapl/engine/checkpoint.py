@@ -124,7 +124,7 @@ def check_weight_values(state: dict[str, torch.Tensor], path: Path, fix: str) ->
             )
 
 
-def rng_state() -> dict:
+def process_rng_states() -> dict:
     """The RNG states of Python, NumPy, torch (CPU) and CUDA, in types that load with weights_only=True."""
     version, mt_state, gauss = random.getstate()
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
@@ -142,8 +142,8 @@ def rng_state() -> dict:
     }
 
 
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() returned."""
+def set_process_rng_states(state: dict) -> None:
+    """Restore what process_rng_states() returned."""
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
     npy = state["numpy"]
@@ -196,7 +196,7 @@ def training_state(phase: str, step: int, method: dict, finetune: dict | None, s
         "finetune": finetune,
         "stream": stream,
         "results": results,
-        "rng": rng_state(),
+        "rng": process_rng_states(),
     }
 
 

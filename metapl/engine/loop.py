@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import torch
 
 from metapl import distributed
+from metapl.batch import Batch
 from metapl.engine.logger import RunLogger
 from metapl.engine.progress import Progress
 from metapl.errors import Interrupted, TrainingError
-from metapl.methods.base import Batch, Method
+from metapl.methods.base import Method
 
 Evaluator = Callable[[Method], dict[str, float]]  # method -> {"val_top1": ..., "test_top1": ...}
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from metapl.registry import Registry, lazy_exports
 
 if TYPE_CHECKING:
-    from metapl.methods.base import Batch as Batch
+    from metapl.batch import Batch as Batch
     from metapl.methods.base import Method as Method
     from metapl.methods.base import MethodEntry as MethodEntry
     from metapl.methods.mpl import MetaPseudoLabels as MetaPseudoLabels
@@ -66,7 +66,7 @@ def settings_class(name: str) -> type:
 
 
 _EXPORTS = {
-    "Batch": "metapl.methods.base",
+    "Batch": "metapl.batch",
     "Method": "metapl.methods.base",
     "MethodEntry": "metapl.methods.base",
     "FeedbackSettings": "metapl.methods.settings",

@@ -4,56 +4,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
+from metapl.batch import Batch
 from metapl.ema import ModelEMA
 from metapl.optim import OptimSettings, Updater
-
-
-@dataclass
-class Batch:
-    """One training step's data: B labeled examples and μB unlabeled ones in a weak and a strong view.
-
-    `y_u` holds the unlabeled examples' true labels when they are known; it is used only for metrics.
-    `p_l` and `p_u` hold a stored teacher's class distributions of the same images (data.label_dir; Reduced MPL).
-    """
-
-    x_l: torch.Tensor
-    y_l: torch.Tensor
-    x_u_weak: torch.Tensor | None = None
-    x_u_strong: torch.Tensor | None = None
-    y_u: torch.Tensor | None = None
-    p_l: torch.Tensor | None = None
-    p_u: torch.Tensor | None = None
-
-    def unlabeled(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_u_weak, x_u_strong), for the methods that need them."""
-        if self.x_u_weak is None or self.x_u_strong is None:
-            raise ValueError("this method needs unlabeled data, and the batch has none")
-        return self.x_u_weak, self.x_u_strong
-
-    def to(self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False) -> Batch:
-        """The same batch on `device`; image tensors in NHWC memory format with `channels_last`."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking, memory_format=_format(t, channels_last)))
-
-    def pin_memory(self) -> Batch:
-        """The same batch in page-locked host memory, so that copies to the GPU can overlap compute."""
-        return self._map(lambda t: t.pin_memory() if t.is_cpu else t)  # images augmented on the GPU stay there
-
-    def _map(self, fn) -> Batch:
-        mapped: dict[str, Any] = {
-            f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)
-        }
-        return Batch(**mapped)
-
-
-def _format(t: torch.Tensor, channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last and t.dim() == 4 else torch.preserve_format
-
 
 # What a step returns: scalars, as 0-dim tensors (no host sync inside a step) or Python floats.
 Metrics = dict[str, torch.Tensor | float]

@@ -38,10 +38,10 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from metapl import distributed
+from metapl.batch import Batch
 from metapl.errors import TrainingError
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods.base import (
-    Batch,
     BuildContext,
     MemoryShape,
     MethodEntry,

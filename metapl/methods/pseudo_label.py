@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metapl.batch import Batch
 from metapl.losses import smooth_targets, smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod, top1
+from metapl.methods.base import BuildContext, MemoryShape, MethodEntry, Metrics, TwoModelMethod, top1
 from metapl.methods.settings import PseudoLabelSettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings

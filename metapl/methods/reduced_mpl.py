@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, ClassVar, cast
 import torch
 from torch import nn
 
+from metapl.batch import Batch
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, module_device, top1
+from metapl.methods.base import BuildContext, MemoryShape, MethodEntry, Metrics, module_device, top1
 from metapl.methods.mpl import MetaPseudoLabels, MplTerm
 from metapl.methods.settings import ReducedMPLSettings, check_teacher_signal
 from metapl.optim import OptimSettings

@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from torch import nn
 
+from metapl.batch import Batch
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
+from metapl.methods.base import BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
 from metapl.methods.settings import SupervisedSettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metapl.batch import Batch
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.base import Batch, BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
+from metapl.methods.base import BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
 from metapl.methods.settings import UDASettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings

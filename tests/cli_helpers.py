@@ -50,7 +50,8 @@ def cli(capsys, *args: object) -> tuple[int, list[str], str]:
     capsys.readouterr()
     try:
         code = main([str(a) for a in args])
-    except SystemExit as stop:  # argparse exits by itself
+    except SystemExit as stop:  # argparse exits by itself, always with an int code
+        assert isinstance(stop.code, int), stop.code
         code = stop.code
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err

@@ -62,7 +62,8 @@ def _share(batch: Batch, rank: int, world: int) -> Batch:
         n = len(t) // world
         return t[rank * n : (rank + 1) * n]
 
-    return Batch(part(batch.x_l), part(batch.y_l), part(batch.x_u_weak), part(batch.x_u_strong))
+    x_u_weak, x_u_strong = batch.unlabeled()
+    return Batch(part(batch.x_l), part(batch.y_l), part(x_u_weak), part(x_u_strong))
 
 
 def _run(method: MetaPseudoLabels, rank: int, world: int) -> dict:

@@ -68,8 +68,8 @@ EXTREMES = [
 ]
 
 
-def _keys() -> list[tuple[str | None, str]]:
-    """(method, key) for every key of the digits preset under every method that builds without extra files."""
+def _keys() -> list[tuple[str, str | None]]:
+    """(key, method) for every key of the digits preset under every method that builds without extra files."""
     keys: dict[str, str | None] = {}
     for method in METHODS.names():
         try:
@@ -102,6 +102,7 @@ def run_cli(*args: object) -> tuple[int, str]:
         try:
             code = main([str(a) for a in args])
         except SystemExit as stop:  # argparse exits by itself, with 2
+            assert isinstance(stop.code, int), stop.code
             code = stop.code
     text = err.getvalue() + "".join(f"{w.category.__name__}: {w.message}\n" for w in shown)
     assert "Traceback" not in text, text

@@ -9,12 +9,14 @@ import torch
 from torch import nn
 
 from metapl.models import create_model
+from metapl.models.wrn import WideResNet
 from metapl.optim import split_decay_parameters
 
 
 def test_wrn28_2_matches_the_official_variant():
     torch.manual_seed(0)
     model = create_model("wrn28_2", num_classes=10, input_shape=(3, 32, 32), dropout=0.2)
+    assert isinstance(model, WideResNet)
     params = sum(p.numel() for p in model.parameters())
     assert params == pytest.approx(1.45e6, rel=0.02)  # the paper's "1.45M"; this variant has 1,472,170
     assert model.stem.out_channels == 32  # 16k with k = 2, not the usual 16
@@ -36,7 +38,8 @@ def test_wrn28_2_matches_the_official_variant():
 def test_resnet50_has_dropout_before_its_head():
     model = create_model("resnet50", num_classes=100, input_shape=(3, 64, 64), dropout=0.1)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(23.7e6, rel=0.01)  # 25.5M at 1,000 classes
-    assert isinstance(model.fc[0], nn.Dropout) and model.fc[0].p == 0.1
+    head = model.fc
+    assert isinstance(head, nn.Sequential) and isinstance(head[0], nn.Dropout) and head[0].p == 0.1
     model.eval()
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 100)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Any
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons; conftest a
 # ---------------------------------------------------------------------------------------------- helpers
 def plain(lr: float, **overrides) -> OptimSettings:
     """Plain SGD at a constant LR: θ ← θ − lr·g exactly."""
-    settings = dict(
+    settings: dict[str, Any] = dict(
         lr=lr, momentum=0.0, nesterov=False, weight_decay=0.0, grad_clip=0.0, schedule="constant", total_steps=10
     )
     settings.update(overrides)
@@ -102,7 +103,7 @@ def fwd(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> to
 
 def teacher_strong_logits(teacher: nn.Module, state: dict, batch: Batch) -> torch.Tensor:
     """T(x_u_strong), from the teacher's forward on [x_l; x_u_weak; x_u_strong] (BN statistics over all of it)."""
-    return fwd(teacher, state, torch.cat([batch.x_l, batch.x_u_weak, batch.x_u_strong]))[-BU:]
+    return fwd(teacher, state, torch.cat([batch.x_l, *batch.unlabeled()]))[-BU:]
 
 
 def grad(loss: torch.Tensor, state: dict[str, torch.Tensor], create_graph: bool = False) -> tuple[torch.Tensor, ...]:
@@ -126,7 +127,7 @@ def draw_pseudo_labels(teacher_copy: nn.Module, batch: Batch, seed: int) -> torc
     """ŷ ~ T(x_u_strong) as the step draws it: same seed, same teacher forward, multinomial on its softmax."""
     torch.manual_seed(seed)
     with torch.no_grad():
-        logits = teacher_copy.train()(torch.cat([batch.x_l, batch.x_u_weak, batch.x_u_strong]))[-BU:]
+        logits = teacher_copy.train()(torch.cat([batch.x_l, *batch.unlabeled()]))[-BU:]
         return torch.multinomial(F.softmax(logits.float(), dim=-1), 1).squeeze(1)
 
 
@@ -136,6 +137,7 @@ def hand_h(student: nn.Module, batch: Batch, y_hat: torch.Tensor, lr_s: float, k
     θ'_S = θ_S − η_S·g_u unless `theta_new` (the student's real post-step parameters) is given.
     """
     theta = params(student, requires_grad=True)
+    assert batch.x_u_strong is not None
     g_u = grad(F.cross_entropy(fwd(student, theta, batch.x_u_strong), y_hat), theta)
     if theta_new is None:
         theta_new = {n: p.detach() - lr_s * g for (n, p), g in zip(theta.items(), g_u)}
@@ -179,7 +181,7 @@ def soft_objective(teacher, student, t_state, s_state, batch, lr_s, smoothing=0.
     return F.cross_entropy(fwd(student, theta_new, batch.x_l), batch.y_l)
 
 
-SOFT_VARIANTS = {
+SOFT_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": dict(),
     "label_smoothing": dict(smoothing=0.2),
     "student_batchnorm": dict(student=dict(batch_norm=True)),
@@ -301,6 +303,7 @@ def test_hard_teacher_gradient_is_h_times_ce_gradient_of_the_sampled_label(kind,
 
     # The student took one plain SGD step on CE(ŷ, S(x_u_strong)) for exactly this ŷ.
     s_state = params(student0, True)
+    assert batch.x_u_strong is not None
     student_grad = flat(grad(F.cross_entropy(fwd(student0, s_state, batch.x_u_strong), y_hat), s_state))
     student_step = (flat(s_state.values()) - flat(params(mpl.student).values())) / lr_s
     assert rel_err(student_step, student_grad.detach()) < 1e-10
@@ -327,6 +330,7 @@ def test_teacher_moves_toward_sampled_label_iff_it_helped_the_student(kind, help
     y_hat = draw_pseudo_labels(copy.deepcopy(teacher), unlabeled, seed)  # ŷ does not depend on x_l (no teacher BN)
     # Labeled data = the unlabeled images, labelled ŷ (learning ŷ helps) or ŷ + 1 (learning ŷ hurts).
     y_l = y_hat if helpful else (y_hat + 1) % K
+    assert unlabeled.x_u_strong is not None
     batch = Batch(unlabeled.x_u_strong.clone(), y_l, unlabeled.x_u_weak, unlabeled.x_u_strong)
     assert torch.equal(draw_pseudo_labels(copy.deepcopy(teacher), batch, seed), y_hat)
 
@@ -415,6 +419,7 @@ def test_official_mpl_term_has_zero_gradient():
     # The student did learn (soft targets), and d = L_new − L_old is the code's sign (docs/method.md#official-code).
     s_old, s_new = params(student0), params(mpl.student)
     assert not torch.equal(flat(s_old.values()), flat(s_new.values()))
+    assert batch.x_u_strong is not None
     with torch.no_grad():
         loss_old = F.cross_entropy(fwd(student0, s_old, torch.cat([batch.x_u_strong, batch.x_l]))[BU:], batch.y_l)
         loss_new = F.cross_entropy(fwd(student0, s_new, batch.x_l), batch.y_l)
@@ -430,6 +435,7 @@ def test_student_bn_running_stats_come_only_from_its_training_forward(feedback, 
     teacher, student = make_models(21, student=dict(batch_norm=True))
     batch = make_batch(22)
     expected_model = copy.deepcopy(student).train()
+    assert batch.x_u_strong is not None
     with torch.no_grad():
         x = batch.x_u_strong if feedback != "official" else torch.cat([batch.x_u_strong, batch.x_l])
         expected_model(x)

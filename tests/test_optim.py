@@ -11,6 +11,7 @@ from torch import nn
 from metapl.build import build_method
 from metapl.config import build_config
 from metapl.data import build_data
+from metapl.methods.base import TwoModelMethod
 from metapl.optim import OptimSettings, Updater, lr_at
 
 
@@ -27,6 +28,7 @@ def test_cosine_schedule_with_wait_and_warmup():
 def test_peak_lr_scales_with_batch_over_256():
     cfg = build_config("digits", ["train.scale_lr=true", "data.batch_size=64", "teacher.lr=0.1"])
     method = build_method(cfg, build_data(cfg.data, 0), torch.device("cpu"))
+    assert isinstance(method, TwoModelMethod)
     assert method.teacher_updater.settings.lr == pytest.approx(0.1 * 64 / 256)
 
 
@@ -43,7 +45,9 @@ def test_weight_decay_skips_batchnorm_and_clipping_bounds_the_norm():
     clipped.set_step(0)
     start = [p.detach().clone() for p in clipped.params]
     norm = clipped.apply([torch.full_like(p, 10.0) for p in clipped.params])
-    moved = torch.sqrt(sum(((p.detach() - s) ** 2).sum() for p, s in zip(clipped.params, start))).item()
+    moved = torch.sqrt(
+        sum((((p.detach() - s) ** 2).sum() for p, s in zip(clipped.params, start)), torch.zeros(()))
+    ).item()
     assert norm > 1.0 and moved == pytest.approx(1.0, rel=1e-4)
 
 

@@ -32,20 +32,22 @@ def _where(img: torch.Tensor, value: int = 200) -> list[list[int]]:
 
 
 def test_magnitude_table_at_16_cifar_and_17_imagenet():
+    # The float fields are pytest.approx objects on purpose (OpLevels' == compares them field by field),
+    # hence the type: ignore on each.
     assert ra.op_levels(16, cutout_const=4, translate_const=4) == ra.OpLevels(
-        rotate_degrees=pytest.approx(48.0),
-        shear=pytest.approx(0.48),
-        translate_pixels=pytest.approx(6.4),
-        enhance_factor=pytest.approx(2.98),
+        rotate_degrees=pytest.approx(48.0),  # type: ignore[arg-type]
+        shear=pytest.approx(0.48),  # type: ignore[arg-type]
+        translate_pixels=pytest.approx(6.4),  # type: ignore[arg-type]
+        enhance_factor=pytest.approx(2.98),  # type: ignore[arg-type]
         posterize_bits=6,
         cutout_size=12,
         solarize_threshold=153,  # int(409.6) = 409, wrapped mod 256
     )
     assert ra.op_levels(17, cutout_const=40, translate_const=100) == ra.OpLevels(
-        rotate_degrees=pytest.approx(51.0),
-        shear=pytest.approx(0.51),
-        translate_pixels=pytest.approx(170.0),
-        enhance_factor=pytest.approx(3.16),
+        rotate_degrees=pytest.approx(51.0),  # type: ignore[arg-type]
+        shear=pytest.approx(0.51),  # type: ignore[arg-type]
+        translate_pixels=pytest.approx(170.0),  # type: ignore[arg-type]
+        enhance_factor=pytest.approx(3.16),  # type: ignore[arg-type]
         posterize_bits=6,
         cutout_size=136,
         solarize_threshold=179,  # int(435.2) = 435, wrapped mod 256
@@ -130,7 +132,12 @@ def test_every_op_keeps_dtype_and_shape_for_one_and_three_channels():
 
 def test_probability_is_drawn_once_per_image_in_0_2_to_0_8(monkeypatch):
     applied: list[int] = []
-    monkeypatch.setattr(ra, "_apply", lambda x, op, levels, negate, centres: applied.append(1) or x)
+
+    def counting_apply(x, op, levels, negate, centres):
+        applied.append(1)
+        return x
+
+    monkeypatch.setattr(ra, "_apply", counting_apply)
     rates = []
     generator = _gen(0)
     img = _images(1, size=4)[0]

@@ -108,7 +108,7 @@ def test_fused_update_equals_textbook_nesterov_with_decay_and_clipping():
         updater.apply(grads)
         assert all(torch.equal(g, c) for g, c in zip(grads, given))  # the caller's gradients are left untouched
         decayed = [g + 0.05 * p if i < updater._num_decay else g for i, (g, p) in enumerate(zip(grads, params))]
-        norm = torch.sqrt(sum((d**2).sum() for d in decayed))
+        norm = torch.sqrt(sum(((d**2).sum() for d in decayed), torch.zeros(())))
         clipped = [d * min(1.0, 0.5 / (float(norm) + 1e-6)) for d in decayed]
         for i, d in enumerate(clipped):
             buffers[i] = 0.9 * buffers[i] + d

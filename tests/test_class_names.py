@@ -29,8 +29,8 @@ def test_a_csv_with_a_byte_order_mark_trains_and_class_names_come_back(capsys, f
 
 def test_numeric_labels_keep_their_values_as_names(capsys, tmp_path):
     write_class_folders(tmp_path / "images", ["x", "y"], per_class=4, side=12)
-    rows = [f"images/x/{i}.png,0" for i in range(4)] + [f"images/y/{i}.png,99" for i in range(4)]
-    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    lines = [f"images/x/{i}.png,0" for i in range(4)] + [f"images/y/{i}.png,99" for i in range(4)]
+    (tmp_path / "labels.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
     digits_run_copy = tmp_path / "run"
     succeeds(capsys, *folder_train(tmp_path / "labels.csv", digits_run_copy))
     assert json.loads((digits_run_copy / "classes.json").read_text()) == {"names": ["0", "99"]}

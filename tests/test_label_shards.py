@@ -235,10 +235,12 @@ def test_the_shard_stream_joins_every_image_with_its_stored_distribution(files, 
     store = stream.data.x_unlabeled.store
     assert isinstance(store, KeyStore)
     for batch in batches:
-        assert batch.p_u is not None and batch.p_u.shape == (6, 3) and batch.p_l.shape == (2, 3)
+        assert batch.p_u is not None and batch.p_u.shape == (6, 3)
+        assert batch.p_l is not None and batch.p_l.shape == (2, 3)
         torch.testing.assert_close(batch.p_u.sum(-1), torch.ones(6), atol=2e-3, rtol=0)
     # the same stream in-process, image by image: the p_u rows follow the images' (shard, key)
     expected = _teacher_outputs(files)
+    assert stream._shards is not None  # the unlabeled images come from shards
     lanes = stream._shards.lanes
     from metapl.data.shards import Position, _Lane
 
@@ -288,7 +290,7 @@ def test_a_streamed_sample_missing_from_the_store_is_one_line_naming_shard_and_k
         (labels / path.name).write_bytes(path.read_bytes())
     for number in range(5):  # every store file without its first key, the manifest's counts to match
         stored = load_keyed_shard(labels, labels / keyed_name(number), 3, 0)
-        keys = sorted(stored.keys, key=stored.keys.get)
+        keys = sorted(stored.keys, key=stored.keys.__getitem__)
         save_keyed_shard(labels / keyed_name(number), keys[1:], stored.rows.values[1:], None)
     manifest = json.loads((labels / MANIFEST).read_text())
     for entry in manifest["unlabeled_shards"]["files"]:
@@ -315,7 +317,7 @@ def test_reduced_mpl_trains_from_shards_and_names_a_changed_store_on_resume(file
     # a store file rewritten under the run (unfinished: no summary.json): the resume names it, the run untouched
     (run / "summary.json").unlink()
     tensors = load_keyed_shard(labels, labels / keyed_name(2), 3, 0)
-    keys = sorted(tensors.keys, key=tensors.keys.get)
+    keys = sorted(tensors.keys, key=tensors.keys.__getitem__)
     save_keyed_shard(labels / keyed_name(2), keys, torch.full((len(keys), 3), 1 / 3).half(), None)
     before = snapshot(run)
     error = one_line_error(capsys, *args, "--set", "finetune.steps=0")
@@ -352,7 +354,9 @@ def test_sigkill_while_workers_prefetch_then_resume_is_bit_identical(files, tmp_
     resumed = subprocess.run(killed, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["resumed_from_step"] == saved["step"]
-    final = [_checkpoint(tmp_path / d)["method"] for d in ("whole", "killed")]
+    whole_state, killed_state = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "killed")
+    assert whole_state is not None and killed_state is not None  # both runs finished and saved
+    final = [whole_state["method"], killed_state["method"]]
     for net in ("teacher", "student"):
         a, b = final[0][net], final[1][net]
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), net
@@ -396,7 +400,9 @@ def test_two_gloo_ranks_label_and_train_as_one_process(files, tmp_path):
         timeout=600,
     )
     assert ranked.returncode == 0, ranked.stderr[-3000:]
-    single, double = (_checkpoint(tmp_path / d)["method"] for d in ("one", "two"))
+    saved_one, saved_two = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
+    assert saved_one is not None and saved_two is not None  # both runs finished and saved
+    single, double = saved_one["method"], saved_two["method"]
     for net in ("teacher", "student"):
         for key, value in single[net].items():
             torch.testing.assert_close(double[net][key], value, rtol=1e-4, atol=1e-5, msg=f"{net} {key}")

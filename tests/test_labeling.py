@@ -75,6 +75,7 @@ def test_label_stores_every_pool_image_aligned_with_the_split(teacher, tmp_path,
     cfg = build_config("digits", [f"data.label_dir={out}"], "reduced_mpl")
     data = build_data(cfg.data, seed=0)
     split = data.split
+    assert data.p_labeled is not None and data.p_unlabeled is not None and data.p_val is not None
     for stored, index in (
         (data.p_labeled, split.labeled),
         (data.p_unlabeled, split.unlabeled),
@@ -89,8 +90,8 @@ def test_label_stores_every_pool_image_aligned_with_the_split(teacher, tmp_path,
     data.labeled_augment = lambda x, g: x
     batch = next(BatchStream(data, 20, 2, seed=3))
     rows = [int((data.x_labeled == x).flatten(1).all(1).nonzero()) for x in batch.x_l]
-    assert torch.equal(batch.p_l, data.p_labeled.take(torch.tensor(rows)))
-    assert batch.p_u.shape == (40, 10) and batch.to("cpu").p_u is not None
+    assert batch.p_l is not None and torch.equal(batch.p_l, data.p_labeled.take(torch.tensor(rows)))
+    assert batch.p_u is not None and batch.p_u.shape == (40, 10) and batch.to("cpu").p_u is not None
 
 
 def test_model_source_stores_what_the_run_source_stores(teacher, tmp_path):
@@ -121,7 +122,7 @@ def test_top_k_and_injected_bias(teacher, tmp_path):
 
     dataset = DATASETS.get("digits").load(build_config("digits").data, 0).dataset
     store = read_store(out, dataset)
-    assert store.values.shape == (1297, 3) and store.classes.dtype == torch.int16
+    assert store.values.shape == (1297, 3) and store.classes is not None and store.classes.dtype == torch.int16
     top = biased.topk(3, dim=-1)
     assert torch.allclose(store.values, top.values, atol=1e-6) and torch.equal(store.classes.long(), top.indices)
     dense = store.dense()

@@ -130,7 +130,9 @@ def test_bomb_in_a_shard_names_the_member(tmp_path):
         info.size = len(data)
         tar.addfile(info, io.BytesIO(data))
     reader = ShardReader(str(shard), 0)
-    name, data, _ = reader.next()
+    sample = reader.next()
+    assert sample is not None  # the shard's one sample
+    name, data, _ = sample
     reader.close()
     with pytest.raises(DataError, match=rf"000000003\.png in shard {shard} .*exceeds limit"):
         decode_bytes(data, 3, f"{name} in shard {shard}")
@@ -228,6 +230,7 @@ def test_an_evaluation_batch_that_cannot_fit_names_train_eval_batch_size(monkeyp
     cfg = build_config("digits", ["model.hidden=[100000]", "data.mu=1", "train.eval_batch_size=5000"])
     data = build_data(cfg.data, 0)
     profile = budget.profile_network(cfg, data)
+    assert profile is not None  # an MLP builds on the meta device
     weights = profile.parameters * 4 * (3 * 2 + 1)
     evaluation = weights + 500 * (64 * 4 + profile.widest_per_example * 4)  # 500: the test set, the larger
     monkeypatch.setattr(budget, "host_available", lambda: evaluation - 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -57,6 +58,9 @@ def test_skip_undoes_a_nonfinite_step_exactly():
 class _Counter:
     """A method with one parameter that each step adds 1 to; its metrics are scripted per step."""
 
+    uses_unlabeled: ClassVar[bool] = False
+    finetunes: ClassVar[bool] = False
+
     def __init__(self, metrics):
         self.value = torch.zeros(())
         self.metrics = metrics
@@ -65,8 +69,14 @@ class _Counter:
         self.value += 1
         return self.metrics(step)
 
+    def networks(self) -> dict[str, nn.Module]:
+        return {}
+
     def eval_model(self):
         return nn.Identity()
+
+    def reported_networks(self) -> dict[str, nn.Module]:
+        return {}
 
     def state_dict(self):
         return {"value": self.value}

@@ -87,11 +87,15 @@ def test_curves_figure_without_a_teacher_shows_no_teacher_key():
 
 
 def test_plateau_limits():
-    low, high = plateau_limits([[0.85, 0.9, 0.95]])
+    limits = plateau_limits([[0.85, 0.9, 0.95]])
+    assert limits is not None
+    low, high = limits
     assert 0.8 < low < 0.9 and 0.95 < high <= 1.0  # not (0, 1) for data in [0.85, 0.95]
-    assert plateau_limits([[0.1, 0.5, 0.9, 0.9]])[0] > 0.5  # the climb's first half does not pull the axis down
+    climbing = plateau_limits([[0.1, 0.5, 0.9, 0.9]])
+    assert climbing is not None and climbing[0] > 0.5  # the climb's first half does not pull the axis down
     assert plateau_limits([[]]) is None
-    assert plateau_limits([[1.0, 1.0]])[1] > 1.0  # a point at 100 % is not on the frame
+    perfect = plateau_limits([[1.0, 1.0]])
+    assert perfect is not None and perfect[1] > 1.0  # a point at 100 % is not on the frame
 
 
 def test_plot_curves_writes_a_png_from_metrics_jsonl(tmp_path):

@@ -335,6 +335,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert json.loads((killed / "summary.json").read_text())["resumed_from_step"] == saved
 
     final_a, final_b = _checkpoint(done), _checkpoint(killed)
+    assert final_a is not None and final_b is not None  # both runs finished and saved
     tensors_a = {**dict(_tensors(final_a["method"])), **dict(_tensors(final_a["finetune"], "ft"))}
     tensors_b = {**dict(_tensors(final_b["method"])), **dict(_tensors(final_b["finetune"], "ft"))}
     assert tensors_a.keys() == tensors_b.keys() and "/h_buffer" in tensors_a

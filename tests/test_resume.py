@@ -90,6 +90,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def _assert_same_run(a: Path, b: Path) -> None:
     final_a, final_b = _checkpoint(a), _checkpoint(b)
+    assert final_a is not None and final_b is not None  # both runs finished and saved
     tensors_a, tensors_b = dict(_tensors(final_a["method"])), dict(_tensors(final_b["method"]))
     tensors_a.update(_tensors(final_a["finetune"], "ft"))
     tensors_b.update(_tensors(final_b["finetune"], "ft"))

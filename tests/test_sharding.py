@@ -49,7 +49,12 @@ def test_the_walk_keeps_rglobs_order_and_lists_one_folder_at_a_time(tmp_path, mo
 
     listed = []
     scandir = os.scandir
-    monkeypatch.setattr(folders.os, "scandir", lambda path: listed.append(Path(path).name) or scandir(path))
+
+    def listing_scandir(path):
+        listed.append(Path(path).name)
+        return scandir(path)
+
+    monkeypatch.setattr(folders.os, "scandir", listing_scandir)
     walk = iter_unlabeled_source(tmp_path)
     assert next(walk)[0] == ".h.jpg" and len(listed) == 1  # the first image comes before any sub-folder is listed
     assert next(walk)[0] == "a/Z.PNG" and listed == [tmp_path.name, "a"]
@@ -186,9 +191,9 @@ def test_folders_not_of_metapl_shard_and_other_settings_are_refused(source, tmp_
     succeeds(capsys, *_shard(out, source, "--workers", 1))
     kept = snapshot(out)
     for extra, said in [
-        (["--seed", 2], "written with --seed 0"),
+        (["--seed", "2"], "written with --seed 0"),
         (["--no-shuffle"], "written without --no-shuffle"),
-        (["--shuffle-buffer", 12], "written with --shuffle-buffer 10"),
+        (["--shuffle-buffer", "12"], "written with --shuffle-buffer 10"),
     ]:
         assert said in one_line_error(capsys, *_shard(out, source, "--workers", 1, *extra))
     other_size = ["shard", source, "--out", out, "--shard-size", 5, "--shuffle-buffer", 10, "--no-progress"]

@@ -208,7 +208,7 @@ def test_shards_written_by_webdataset_are_read(files, tmp_path):
         for i, path in enumerate(images):
             sink.write({"__key__": f"s{i:04d}", "jpg": path.read_bytes(), "cls": str(i % 3).encode()})
     batch = next(BatchStream(_data(files, f"data.unlabeled_shards={tmp_path / 'wds'}"), 2, 3, seed=0))
-    assert batch.x_u_weak.shape == (6, 3, 32, 32)
+    assert batch.x_u_weak is not None and batch.x_u_weak.shape == (6, 3, 32, 32)
     pattern = str(files / "shards" / "shard-{000000..000004}.tar")
     keys = [sample["__key__"] for sample in webdataset.WebDataset(pattern, shardshuffle=False)]
     assert len(keys) == 30 and len(set(keys)) == 30
@@ -304,7 +304,9 @@ def test_sigkill_while_workers_prefetch_then_resume_is_bit_identical(files, tmp_
     assert summary["resumed_from_step"] == saved["step"]
     whole, again = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("whole", "killed"))
     assert whole.keys() == again.keys() and all(torch.equal(whole[k], again[k]) for k in whole)
-    final = [_checkpoint(tmp_path / d)["method"] for d in ("whole", "killed")]
+    whole_state, killed_state = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "killed")
+    assert whole_state is not None and killed_state is not None  # both runs finished and saved
+    final = [whole_state["method"], killed_state["method"]]
     for net in ("teacher", "student"):
         a, b = final[0][net], final[1][net]
         assert all(torch.equal(a[k], b[k]) for k in a), net
@@ -342,7 +344,9 @@ def test_two_torchrun_ranks_with_timm_models_and_shards_equal_one_process(files,
         timeout=600,
     )
     assert ranked.returncode == 0, ranked.stderr[-3000:]
-    single, double = (_checkpoint(tmp_path / d)["method"] for d in ("one", "two"))
+    saved_one, saved_two = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
+    assert saved_one is not None and saved_two is not None  # both runs finished and saved
+    single, double = saved_one["method"], saved_two["method"]
     for net in ("teacher", "student"):
         for key, value in single[net].items():
             torch.testing.assert_close(double[net][key], value, rtol=1e-4, atol=1e-5, msg=f"{net} {key}")

@@ -63,7 +63,8 @@ test-fast: install-dev
 	@$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"; status=$$?; \
 	if [ $$status -eq 5 ]; then echo 'make test-fast: pytest collected no tests' >&2; exit 1; fi; exit $$status
 
-# make lint: ruff (style, imports, bugbear) over the code and tests, and mypy's type check of metapl/.
+# make lint: ruff (style, imports, bugbear) over the code and tests, and mypy's type check of metapl/ and tests/
+# (Python 3.10, the lowest supported, with check_untyped_defs: the bodies of unannotated tests are checked too).
 lint: install-dev
 	$(BIN)/ruff check metapl tests benchmarks
 	$(BIN)/ruff format --check metapl tests benchmarks

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ from torch import nn
 from metapl.config import build_config
 from metapl.errors import ConfigError
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods import METHODS
+from metapl.methods import METHODS, Batch
 from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher, teacher_confusion
 
 HIDDEN = 5
@@ -36,12 +37,14 @@ def make_models(seed: int, student: dict | None = None) -> tuple[ReducedTeacher,
     """A reduced teacher moved off its identity start (so that every weight has a gradient) and a student."""
     torch.manual_seed(seed)
     teacher = ReducedTeacher(K, HIDDEN)
-    nn.init.normal_(teacher.mlp[-1].weight, std=0.5)
-    nn.init.normal_(teacher.mlp[-1].bias, std=0.5)
+    last = teacher.mlp[-1]
+    assert isinstance(last, nn.Linear)
+    nn.init.normal_(last.weight, std=0.5)
+    nn.init.normal_(last.bias, std=0.5)
     return teacher, mlp(**(student or {}))
 
 
-def stored_batch(seed: int) -> object:
+def stored_batch(seed: int) -> Batch:
     """test_mpl_math's batch plus stored distributions of its labeled and unlabeled images."""
     batch = make_batch(seed)
     g = torch.Generator().manual_seed(seed + 1000)
@@ -81,7 +84,7 @@ def supervised_objective(teacher, r_state, batch, weight, smoothing=0.0):
 
 
 # ---------------------------------------------------------------------------------------------- exactness
-SOFT_VARIANTS = {
+SOFT_VARIANTS: dict[str, dict[str, Any]] = {
     "plain": dict(),
     "student_batchnorm": dict(student=dict(batch_norm=True)),
     "with_supervised_loss": dict(weight=0.7),
@@ -133,6 +136,7 @@ def test_hard_reduced_teacher_gradient_is_h_times_ce_gradient(kind, baseline):
     lr_t, lr_s, seed = 1.0, 0.4, 122
     teacher, student = make_models(11)
     batch = stored_batch(12)
+    assert batch.p_u is not None
     teacher0, student0 = copy.deepcopy(teacher), copy.deepcopy(student)
     r_state = params(teacher0, True)
     torch.manual_seed(seed)
@@ -185,6 +189,7 @@ def test_shuffled_h_is_an_earlier_steps_h():
     assert not torch.equal(metrics1["h"], h0)  # the step's own h was measured, and not used
     b1 = 0.01 * h0  # b₀ = 0.01·0; b₁ = 0.99·b₀ + 0.01·h₀
     r_state = params(teacher1, True)
+    assert batches[1].p_u is not None
     logits = fwd(teacher1, r_state, batches[1].p_u)
     expected = (h0 - b1) * flat(grad(F.cross_entropy(logits, logits.argmax(-1)), r_state))
     assert rel_err(grad1, expected) < 1e-9
@@ -201,6 +206,7 @@ def test_no_signal_without_supervised_loss_is_plain_pseudo_labels():
     )
     r_before = flat(params(teacher).values())
     batch = stored_batch(26)
+    assert batch.p_u is not None and batch.x_u_strong is not None
     student0 = copy.deepcopy(student)
     method.step(batch, 0)
     for seed in (27, 28):

@@ -1,4 +1,4 @@
-"""Fuzz tests (issue #13, class 3): extreme and ill-typed values for every config key, and malformed user files
+"""Fuzz tests: extreme and ill-typed values for every config key, and malformed user files
 (split files, predict CSVs, weights files), through the command line in this process. Whatever the input, a
 command ends with exit code 0 or 2, never a traceback, and a refused `metapl train` writes nothing."""
 

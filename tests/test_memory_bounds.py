@@ -1,4 +1,4 @@
-"""Memory is bounded before it is allocated, for every size setting (issue #21, item 5): a brace pattern in
+"""Memory is bounded before it is allocated, for every size setting: a brace pattern in
 data.unlabeled_shards is counted before it is expanded, an image whose header declares too many pixels is refused
 before it is decoded (PIL's decompression-bomb limit as an error, not a warning), the reduced teacher's
 method.hidden and method.shuffle_buffer and a big model.teacher_name are checked against the memory there is,

@@ -1,4 +1,4 @@
-"""No traceback, one line each (issue #21, item 6): every number of the command line at its extremes, --download
+"""No traceback, one line each: every number of the command line at its extremes, --download
 without a network, a full disk, an image that cannot be decoded, a path too long for the OS, weights with NaN or
 integer parameters, and settings the chosen method does not read. Each ends in exit 2 and one line on stderr
 that starts 'metapl: error:' and names the value (or file, or key) to fix."""

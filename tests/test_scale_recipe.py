@@ -1,4 +1,4 @@
-"""docs/scale.md's recipe, run as the page writes it (issue #22 item 4): the block under the marker
+"""docs/scale.md's recipe, run as the page writes it: the block under the marker
 `<!-- recipe: tests/test_scale_recipe.py runs this block on tiny data -->` is read from the page and its commands
 run in order in a fresh folder holding tiny data where the recipe expects it (`data/imagenet/{train,val}`,
 `photos/unlabeled`, `photos/new`). Only what a test cannot have is substituted, each substitution asserted to

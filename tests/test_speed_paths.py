@@ -1,4 +1,4 @@
-"""The fast paths of the step (issue #6) compute what the plain paths compute.
+"""The fast paths of the step compute what the plain paths compute.
 
 - teacher_graph="recompute" (the teacher's graph rebuilt after the student's update) gives the same update as
   "keep", in every feedback mode, with BatchNorm and dropout in both networks, and holds no teacher graph while

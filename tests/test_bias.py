@@ -100,3 +100,40 @@ def test_label_refuses_a_bad_spec_in_one_line(capsys, tmp_path):
     line = one_line_error(capsys, "label", "mlp", "--out", out, "--bias", "shift:3>8:delta=0")
     assert "delta=0 is impossible" in line
     assert not out.exists()
+
+
+def test_label_stores_a_shift_on_the_images_it_names(capsys, tmp_path):
+    """metapl label --bias shift:...: the store differs from the unbiased one exactly on the images the teacher
+    assigns to A that the fraction's hash picks, where B leads A by δ; the manifest records the spec."""
+    import json
+
+    from cli_helpers import succeeds
+
+    from metapl.build import build_model
+    from metapl.config import build_config
+    from metapl.data import bundle_from_split
+    from metapl.data.label_store import MANIFEST, read_store
+    from metapl.data.registry import DATASETS
+    from metapl.data.splits import Split
+    from metapl.labeling import shifted_rows
+
+    torch.manual_seed(0)
+    cfg = build_config("digits")
+    loaded = DATASETS.get("digits").load(cfg.data, 0)
+    shapes = bundle_from_split(loaded.dataset, Split([0], [0], []), None, None, None)
+    shapes.normalization = loaded.normalization
+    weights = tmp_path / "mlp.pt"
+    torch.save(build_model(cfg, shapes).state_dict(), weights)
+    args = ["label", "mlp", "--weights", weights, "--preset", "digits", "--precision", "fp32", "--no-progress"]
+    succeeds(capsys, *args, "--out", tmp_path / "clean")
+    spec = "shift:3>8:delta=2:fraction=0.5"
+    succeeds(capsys, *args, "--out", tmp_path / "biased", "--bias", spec, "--shard-size", "500")
+    assert json.loads((tmp_path / "biased" / MANIFEST).read_text())["bias"] == parse_bias(spec).record()
+    clean = read_store(tmp_path / "clean", loaded.dataset).dense()
+    biased = read_store(tmp_path / "biased", loaded.dataset).dense()
+    expected = (clean.argmax(-1) == 3) & shifted_rows(len(clean), 0.5, list(range(len(clean))))
+    assert expected.sum() > 0
+    changed = (biased - clean).abs().sum(-1) > 1e-6
+    assert torch.equal(changed, expected)  # shards of 500 images: the same images as one pass would pick
+    margin = biased[expected, 8].log() - biased[expected, 3].log()
+    assert torch.allclose(margin, torch.full_like(margin, 2.0), atol=1e-3)

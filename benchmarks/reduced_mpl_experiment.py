@@ -37,7 +37,8 @@ that the injection made wrong, of log p_b − log p_a; for a natural store the t
 a→b on validation and the images of class a it assigns to b), and per arm the student's test accuracy,
 validation-selected as in docs/results.md (and at the final step), the reduced teacher's accuracy on the validation
 images before (the stored argmax) and after training, and the affected pairs' share a→b before and after, with the
-per-seed differences of every arm against the shuffled control of the same settings. Writes results.json (after
+per-seed differences of the student against its control (control_of: a feedback arm against the shuffled arm of
+the same overrides, else the frozen arm; the supervised arm against the frozen arm). Writes results.json (after
 every arm) and table.md into --out, and with --json a copy of results.json (e.g. under benchmarks/results/).
 --prepare-only makes the teachers and stores and stops.
 
@@ -295,8 +296,8 @@ def _pct(values: list[float]) -> str:
 
 
 def make_table(records: list[dict], stores: list[dict] | None = None) -> str:
-    """One row per store and arm; beside each arm but the control, its per-seed student difference against the
-    shuffled arm of the same overrides (or, when there is none, the frozen arm), seed by seed."""
+    """One row per store and arm; beside each arm but the controls, its student's difference against its control
+    (control_of), seed by seed."""
     rows = [
         "| store | margin (median, nats) | arm | student val acc. | student test acc., selected on val | final step | "
         "R val acc. before → after | affected pairs a→b before → after | paired Δ student vs control (per seed) | "
@@ -325,12 +326,12 @@ def make_table(records: list[dict], stores: list[dict] | None = None) -> str:
 
 
 def control_of(record: dict, records: list[dict]) -> str | None:
-    """The arm a record is compared with: the shuffled arm with the same overrides (scale without information),
-    else the frozen arm; None for those two themselves."""
+    """The arm a record is compared with: for a feedback arm (mpl) the shuffled arm with the same overrides (scale
+    without information), else the frozen arm; the frozen arm for the supervised one; None for the controls."""
     if record.get("base_arm") in ("shuffled", "frozen"):
         return None
     same = [r["arm"] for r in records if r.get("base_arm") == "shuffled" and r.get("overrides") == record["overrides"]]
-    if same:
+    if same and record.get("base_arm") == "mpl":
         return same[0]
     frozen = [r["arm"] for r in records if r.get("base_arm") == "frozen"]
     return frozen[0] if frozen else None
@@ -478,7 +479,7 @@ def main() -> None:
             )
     if args.prepare_only:
         print(
-            f"prepared {len(stores)} stores for seeds {list(seeds)} in {args.out} ({time.perf_counter() - started:.0f} s)"
+            f"prepared {len(stores)} stores for seeds {list(seeds)} in {args.prepared or args.out} ({time.perf_counter() - started:.0f} s)"
         )
         return
     pairs = {(d["store"], d["seed"]): d["pairs"] for d in described}

@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     label.add_argument(
         "--bias",
         default="",
-        metavar="A:B,C:D",
-        help="experiment tool: on images the teacher assigns to class A, move half of A's probability to B",
+        metavar="SPEC",
+        help="experiment tool, a known error on images the teacher assigns to class A: A:B,C:D or half:A>B moves half "
+        "of A's probability to B; shift:A>B:delta=D[:fraction=F] sets B's logit D nats above A's on that share of "
+        "them (docs/reduced-mpl.md#bias)",
     )
     label.add_argument(
         "--batch-size", type=int, default=None, help="images per forward (default train.eval_batch_size)"

@@ -15,13 +15,15 @@ shard part (label_store.py): one store file per input shard, keyed by each sampl
 the input shard is done and skipped by a rerun when present and intact. Rank r labels input shards i % world == r,
 read and decoded by its loader workers (data.workers), each worker a whole input shard at a time, so no process
 holds more than the shards in flight. A source the store cannot cover (shards with data that are not image files)
-is refused before anything is written. `bias` moves, on every image whose argmax is class a, half of a's
-probability to class b: a known systematic error for experiments (docs/reduced-mpl.md#bias).
+is refused before anything is written. `bias` injects a known systematic error for experiments
+(docs/reduced-mpl.md#bias): on images whose argmax is class a, half of a's probability moved to class b (`half`), or
+b's logit set δ nats above a's on a chosen fraction of them (`shift`, a bias of known margin).
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,25 +70,99 @@ class LabelOptions:
     top_k: int | None = None  # 0: all K classes; k > 0: the k largest; None: all up to 100 classes, else 16
     shard_size: int = 10_000  # images per shard file
     precision: str = "fp16"  # fp16 or fp32
-    bias: tuple[tuple[int, int], ...] = ()  # (a, b): half of class a's probability moved to b where argmax is a
+    bias: Bias | None = None  # a known systematic error injected into the stored distributions (parse_bias)
     batch_size: int | None = None  # images per forward (None: the config's train.eval_batch_size)
     device: str = "auto"  # auto, cpu or cuda (under torchrun, auto is the rank's GPU)
 
 
-def parse_bias(text: str) -> tuple[tuple[int, int], ...]:
-    """'3:5,7:1' → ((3, 5), (7, 1)); one ConfigError line for anything else."""
+BIAS_KINDS = ("half", "shift")
+BIAS_EXAMPLES = "--bias 3:8,4:9, --bias half:3>8,4>9 or --bias shift:3>8:delta=2:fraction=0.5"
+
+
+@dataclass(frozen=True)
+class Bias:
+    """A known systematic error injected into stored distributions, for each pair (a, b) on the images whose argmax
+    is a. `half`: half of a's probability moved to b (the wrong class ends a near-tie ahead: its margin depends on
+    the image). `shift`: on a `fraction` of those images (chosen by a hash of each image's pool index or shard key,
+    so the same images whatever the sharding), b's logit set `delta` nats above a's, the rest unchanged: b wins
+    by exactly `delta`."""
+
+    pairs: tuple[tuple[int, int], ...] = ()
+    kind: str = "half"
+    delta: float = 0.0  # shift: log p_b − log p_a after the shift
+    fraction: float = 1.0  # shift: the share of the images assigned to a that are shifted
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+    def record(self) -> list | dict:
+        """What the plan and the manifest record: the pairs alone for half (as stores always recorded them)."""
+        pairs = [list(pair) for pair in self.pairs]
+        if self.kind == "half":
+            return pairs
+        return {"kind": self.kind, "pairs": pairs, "delta": self.delta, "fraction": self.fraction}
+
+
+def parse_bias(text: str) -> Bias:
+    """'3:8,4:9' or 'half:3>8,4>9' (half of a's probability to b), 'shift:3>8,4>9:delta=2[:fraction=0.5]' (b's
+    logit δ nats above a's on that share of the images assigned to a); '' → no bias. One ConfigError line for
+    anything else."""
+    text = text.strip()
+    if not text:
+        return Bias()
+    kind, sep, rest = text.partition(":")
+    if sep and kind in BIAS_KINDS:
+        fields = rest.split(":")
+        pairs = _bias_pairs(text, fields[0], ">")
+        options = dict(_bias_option(text, item) for item in fields[1:])
+        allowed = {"half": set(), "shift": {"delta", "fraction"}}[kind]
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            takes = f"takes only {' and '.join(sorted(allowed))}" if allowed else "takes no options"
+            raise ConfigError(f"--bias {text!r}: {kind} {takes}, not {unknown[0]!r}; write e.g. {BIAS_EXAMPLES}")
+        if kind == "half":
+            return Bias(pairs)
+        if "delta" not in options:
+            raise ConfigError(f"--bias {text!r}: shift needs its margin, delta=D nats; write e.g. {BIAS_EXAMPLES}")
+        delta, fraction = options["delta"], options.get("fraction", 1.0)
+        if not (math.isfinite(delta) and delta > 0):
+            raise ConfigError(
+                f"--bias {text!r}: delta={delta:g} is impossible; use a margin above 0 nats, e.g. delta=2"
+            )
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"--bias {text!r}: fraction={fraction:g} is impossible; use a share in (0, 1]")
+        targets = [a for a, _ in pairs]
+        if len(set(targets)) < len(targets):
+            raise ConfigError(f"--bias {text!r}: a shift moves each class A once; name every A in one pair only")
+        return Bias(pairs, "shift", delta, fraction)
+    return Bias(_bias_pairs(text, text, ":"))
+
+
+def _bias_pairs(text: str, items: str, separator: str) -> tuple[tuple[int, int], ...]:
     pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        a, sep, b = item.partition(":")
+    for item in filter(None, (part.strip() for part in items.split(","))):
+        a, sep, b = item.partition(separator)
         try:
             if not sep:
                 raise ValueError
             pairs.append((int(a), int(b)))
         except ValueError:
             raise ConfigError(
-                f"--bias {text!r}: {item!r} is not A:B (two class numbers); write e.g. --bias 3:5,7:1"
+                f"--bias {text!r}: {item!r} is not A{separator}B (two class numbers); write e.g. {BIAS_EXAMPLES}"
             ) from None
+    if not pairs:
+        raise ConfigError(f"--bias {text!r} names no pair of classes; write e.g. {BIAS_EXAMPLES}")
     return tuple(pairs)
+
+
+def _bias_option(text: str, item: str) -> tuple[str, float]:
+    key, sep, value = item.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return key.strip(), float(value)
+    except ValueError:
+        raise ConfigError(f"--bias {text!r}: {item!r} is not KEY=NUMBER; write e.g. {BIAS_EXAMPLES}") from None
 
 
 @dataclass
@@ -129,7 +205,8 @@ def label_pool(
         loaded = DATASETS.get(cfg.data.name).load(cfg.data, cfg.train.seed)
         dataset = loaded.dataset
         num_classes, pool_size = dataset.num_classes, len(dataset.y_train)
-        _check_bias(options.bias, num_classes)
+        bias = options.bias or Bias()
+        _check_bias(bias, num_classes)
         top_k = _top_k(options.top_k, num_classes)
         inputs_shards = _shard_inputs(cfg, dataset.x_train)  # before anything is written: one line if impossible
         plan = {
@@ -142,7 +219,7 @@ def label_pool(
             "top_k": top_k,
             "precision": options.precision,
             "shard_size": options.shard_size,
-            "bias": [list(pair) for pair in options.bias],
+            "bias": bias.record(),
         }
         if inputs_shards is not None:
             plan["unlabeled_shards"] = inputs_shards.plan()
@@ -183,8 +260,9 @@ def label_pool(
                     continue
                 start = number * options.shard_size
                 probs = torch.cat(list(_predict(model, x[start : start + sizes[number]], batch_size, device, bar)))
-                values, classes = compress(inject_bias(probs, options.bias), top_k, options.precision)
-                save_shard(out_dir / shard_name(number), torch.arange(start, start + len(probs)), values, classes)
+                index = torch.arange(start, start + len(probs))
+                values, classes = compress(inject_bias(probs, bias, index.tolist()), top_k, options.precision)
+                save_shard(out_dir / shard_name(number), index, values, classes)
             if inputs_shards is not None:
                 todo = [i for i in range(len(inputs_shards.paths)) if i % world == rank and i not in shards_done]
                 _label_shards(
@@ -482,7 +560,8 @@ def _label_shards(
         if out["x"] is not None:
             probs = torch.softmax(model(out["x"].to(device, non_blocking=True)).float(), dim=-1).cpu()
             bar.update(len(probs))
-            parts.append((out["keys"], *compress(inject_bias(probs, options.bias), top_k, options.precision)))
+            biased = inject_bias(probs, options.bias or Bias(), out["keys"])
+            parts.append((out["keys"], *compress(biased, top_k, options.precision)))
         if out["last"]:
             del pending[out["shard"]]
             keys = [key for part_keys, _, _ in parts for key in part_keys]
@@ -496,18 +575,44 @@ def _label_shards(
             save_keyed_shard(out_dir / keyed_name(out["shard"]), keys, values, classes)
 
 
-def inject_bias(probs: torch.Tensor, pairs: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """On every row whose argmax is a, move half of class a's probability to class b, for each pair (a, b)."""
-    if not pairs:
+def inject_bias(
+    probs: torch.Tensor, bias: Bias | Sequence[tuple[int, int]], ids: Sequence[object] | None = None
+) -> torch.Tensor:
+    """`probs` with `bias` injected (pairs alone mean a half bias); `ids` (pool indices or shard keys, one per row)
+    choose a shift's fraction of the images, so each image's fate does not depend on the batch it came in."""
+    if not isinstance(bias, Bias):
+        bias = Bias(tuple(bias))
+    if not bias:
         return probs
     assigned = probs.argmax(-1)
     out = probs.clone()
-    for a, b in pairs:
-        rows = assigned == a
-        moved = out[rows, a] / 2
-        out[rows, a] -= moved
-        out[rows, b] += moved
+    if bias.kind == "half":
+        for a, b in bias.pairs:
+            rows = assigned == a
+            moved = out[rows, a] / 2
+            out[rows, a] -= moved
+            out[rows, b] += moved
+        return out
+    chosen = shifted_rows(len(probs), bias.fraction, ids)
+    logits = torch.log(probs.double().clamp_min(1e-30))
+    for a, b in bias.pairs:
+        rows = (assigned == a) & chosen
+        logits[rows, b] = logits[rows, a] + bias.delta
+    changed = torch.zeros(len(probs), dtype=torch.bool)
+    for a, _ in bias.pairs:
+        changed |= (assigned == a) & chosen
+    out[changed] = torch.softmax(logits[changed], dim=-1).to(probs.dtype)
     return out
+
+
+def shifted_rows(count: int, fraction: float, ids: Sequence[object] | None) -> torch.Tensor:
+    """Which of `count` rows a shift of `fraction` touches: those whose id hashes (crc32 of its text) below the
+    fraction; all rows at fraction 1. Needs `ids` below 1."""
+    if fraction >= 1:
+        return torch.ones(count, dtype=torch.bool)
+    if ids is None or len(ids) != count:
+        raise ValueError("a shift of a fraction of the images needs one id (pool index or shard key) per row")
+    return torch.tensor([zlib.crc32(str(i).encode()) < fraction * 2**32 for i in ids], dtype=torch.bool)
 
 
 def compress(probs: torch.Tensor, top_k: int, precision: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -537,8 +642,8 @@ def _check_options(options: LabelOptions) -> None:
         raise ConfigError(f"--batch-size {options.batch_size} is impossible; use 1 or more")
 
 
-def _check_bias(pairs: Sequence[tuple[int, int]], num_classes: int) -> None:
-    for a, b in pairs:
+def _check_bias(bias: Bias, num_classes: int) -> None:
+    for a, b in bias.pairs:
         if not (0 <= a < num_classes and 0 <= b < num_classes) or a == b:
             raise ConfigError(
                 f"--bias {a}:{b} is impossible; use two different classes in [0, {num_classes - 1}] per pair"
@@ -593,4 +698,4 @@ def _check_or_write_plan(out_dir: Path, plan: dict) -> None:
     atomic_write_json(plan, out_dir / PLAN)
 
 
-__all__ = ["LabelOptions", "compress", "inject_bias", "label_pool", "parse_bias"]
+__all__ = ["Bias", "LabelOptions", "compress", "inject_bias", "label_pool", "parse_bias", "shifted_rows"]

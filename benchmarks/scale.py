@@ -122,15 +122,17 @@ def write_labeled(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def metapl(args: list[object], work: Path) -> dict:
-    """`metapl ARGS` in a fresh process: exit code, seconds, peak RSS of its main process and of its largest loader
-    worker, load average before and after."""
+def metapl(args: list[object], work: Path, code: Path | None = None) -> dict:
+    """`metapl ARGS` in a fresh process (with the metapl of the checkout `code`, if given): exit code, seconds,
+    peak RSS of its main process and of its largest loader worker, load average before and after."""
     report = work / f"report-{time.monotonic_ns()}.json"
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    if code is not None:  # python -c puts its working folder first on the path: run there
+        env["PYTHONPATH"] = str(code)
     before = load()
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(report), *map(str, args)], env=env, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(report), *map(str, args)], env=env, capture_output=True, text=True, cwd=code
     )
     seconds = time.perf_counter() - started
     row = json.loads(report.read_text()) if report.exists() else {"code": result.returncode, "peak_rss_mb": None}
@@ -193,14 +195,16 @@ def forward_round(run: Path, batch: int, images: int, threads: int) -> dict:
     return {"images_per_s": round(rate, 1), "load_before": before, "load_after": load()}
 
 
-def store_rate(store: Path) -> float | None:
+def store_rate(store: Path, workers: int) -> float | None:
     """Images/s from the label store's files for input shards, by modification time, first to last (start-up and
-    the pool part excluded)."""
+    the pool part excluded). The workers read `workers` shards side by side, so the first `workers` files end
+    together: the images of the files after them are what was labeled between the first file and the last."""
     part = json.loads((store / "manifest.json").read_text()).get("unlabeled_shards") or {}
     times = sorted(((store / f["file"]).stat().st_mtime, f["count"]) for f in part.get("files", []))
-    if len(times) < 2 or times[-1][0] <= times[0][0]:
+    skip = max(1, workers)
+    if len(times) <= skip or times[-1][0] <= times[0][0]:
         return None
-    return round(sum(count for _, count in times[1:]) / (times[-1][0] - times[0][0]), 1)
+    return round(sum(count for _, count in times[skip:]) / (times[-1][0] - times[0][0]), 1)
 
 
 def shards_rate(folder: Path) -> float | None:
@@ -292,21 +296,21 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         checked(metapl(["export", run_dir, "--format", "safetensors", "--out", weights], work), "export")
         teachers[model] = (run_dir, weights)
 
-    def label(model: str, pool: str, out: Path, threads: int, workers: int) -> dict:
+    def label(model: str, pool: str, out: Path, threads: int, workers: int, code: Path | None = None) -> dict:
         command = ["label", model, "--weights", teachers[model][1], *base, *sets, "--set", f"model.name={model}",
                    "--out", out, "--top-k", TOP_K, "--set", "data.unlabeled_dir=",
                    "--set", f"data.unlabeled_shards={shards[pool]}", "--set", f"train.threads={threads}",
                    "--set", f"data.workers={workers}"]  # fmt: skip
-        row = checked(metapl(command, work), f"metapl label {model} {pool}")
+        row = checked(metapl(command, work, code), f"metapl label {model} {pool}")
         row["images_per_s_whole_command"] = round(sizes[pool] / row["seconds"], 1)
-        row["images_per_s"] = store_rate(out)
+        row["images_per_s"] = store_rate(out, workers)
         row["store_bytes"], row["store_images"] = store_bytes(out), store_images(out)
         return row
 
     from metapl.config import load_config_file
 
     batch = load_config_file(teachers["small_cnn"][0] / "config.yaml").train.eval_batch_size
-    rate: dict = {str(t): {"forward": [], "label": []} for t in args.label_threads}
+    rate: dict = {str(t): {"forward": [], "label": [], "baseline": []} for t in args.label_threads}
     for number in range(args.rounds):
         for threads in args.label_threads:
             forward = forward_round(teachers["small_cnn"][0], batch, args.forward_images, threads)
@@ -314,7 +318,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             out = work / f"labels-rate-{threads}-{number}"
             row = label("small_cnn", "rate", out, threads, args.workers)
             rate[str(threads)]["label"].append(row)
-            if number:  # the first round's store is kept for the table's bytes per image at this pool's size
+            shutil.rmtree(out)
+            if args.baseline is not None:  # the same, with another checkout's metapl (before a change)
+                rate[str(threads)]["baseline"].append(
+                    label("small_cnn", "rate", out, threads, args.workers, args.baseline)
+                )
                 shutil.rmtree(out)
             say(f"round {number}, {threads} threads: forward {forward}, label {row}")
     for rows in rate.values():
@@ -322,7 +330,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         rows["label_median"] = median(rows["label"])
         rows["label_whole_command_median"] = median(rows["label"], "images_per_s_whole_command")
         rows["ratio"] = round(rows["label_median"] / rows["forward_median"], 2)
+        if rows["baseline"]:
+            rows["baseline_median"] = median(rows["baseline"])
+            rows["baseline_ratio"] = round(rows["baseline_median"] / rows["forward_median"], 2)
     results["label_rate"] = {"teacher": "small_cnn", "batch": batch, "forward_images": args.forward_images, **rate}
+    results["label_rate"]["baseline"] = str(args.baseline) if args.baseline else None
 
     # 4. memory: label (mlp teacher) and Reduced MPL training on the small and the big pool's shards
     results["label"], results["train"] = {}, {}
@@ -370,7 +382,8 @@ def table(r: dict) -> str:
         rows.append((f"`metapl label` from shards, small_cnn, {mid} images, {threads} thread(s), {workers} workers, "
                      "images/s", f"{t['label_median']:,.0f} (whole command: {t['label_whole_command_median']:,.0f})",
                      f"forward floor {t['forward_median']:,.0f}/s ({threads} thread(s), batch {rate['batch']}); "
-                     f"ratio **{t['ratio']:.2f}**"))  # fmt: skip
+                     f"ratio **{t['ratio']:.2f}**" + (f"; before (--baseline): {t['baseline_median']:,.0f}/s, "
+                     f"ratio {t['baseline_ratio']:.2f}" if t.get("baseline_median") else "")))  # fmt: skip
     rows += [
         ("`metapl label` from shards (mlp teacher), main process peak RSS", rss("label"),
          f"{small} → {big} images; {workers_rss('label')}"),
@@ -413,6 +426,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--label-threads", type=int, nargs="+", default=[1, 2], help="label's train.threads (and the floor's)"
     )
+    parser.add_argument(
+        "--baseline", type=Path, help="a metapl checkout whose label is timed too, in the same rounds (before a change)"
+    )
     parser.add_argument("--steps", type=int, default=20, help="Reduced MPL steps per training run")
     parser.add_argument("--work", type=Path, help="a new folder for the pools, shards and runs (default: temporary)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scale.json"))
@@ -420,7 +436,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.images, args.small, args.label_images, args.floor_images = 20_000, 2_000, 3_000, 5_000
         args.forward_images, args.rounds = 2048, 1
-    work = args.work or Path(tempfile.mkdtemp(prefix="scale_"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="scale_"))).resolve()  # commands may run in another folder
+    args.baseline = args.baseline and args.baseline.resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
         results = run(args, work)

@@ -45,9 +45,9 @@ bench-shards: install-dev
 bench-threads: install
 	$(BIN)/python benchmarks/threads.py $(BENCH_ARGS)
 
-# make bench-scale: metapl shard and metapl label against their floors, the main process's memory of label and of
-# Reduced MPL training from 10,000 to 1,000,000 images, and the label store's bytes per image (docs/scale.md#measured-scale;
-# about 20 minutes and 5 GB of temporary files on 2 cores; BENCH_ARGS=--quick: 20,000 images, a few minutes).
+# make bench-scale: metapl shard and metapl label (from shards) against their floors, the main process's memory of label
+# and of Reduced MPL training from 10,000 to 1,000,000 sharded images, and the label store's bytes per image
+# (docs/scale.md#measured-scale; about 50 minutes and 3 GB of temporary files on 2 cores; BENCH_ARGS=--quick: 20,000 images).
 bench-scale: install-dev
 	$(BIN)/python benchmarks/scale.py $(BENCH_ARGS)
 

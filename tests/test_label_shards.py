@@ -172,6 +172,38 @@ def test_sigkill_then_rerun_gives_the_same_store(files, tmp_path):
         assert path.read_bytes() == (killed / path.name).read_bytes(), path.name
 
 
+def test_the_teacher_sees_whole_batches_from_each_shard_start_whatever_pieces_the_workers_hand_over(
+    files, tmp_path, monkeypatch
+):
+    """Loader workers hand over pieces of streaming.CHUNK images; the teacher's forward pass gets --batch-size
+    images at a time (it is much faster per image on whole batches: docs/scale.md#measured-scale), cut from each
+    input shard's first sample and from the pool's first image, so the store does not depend on the piece size."""
+    import metapl.data.streaming as streaming
+    import metapl.labeling as labeling
+
+    build = labeling._build_teacher
+    seen: list[int] = []
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+        return model
+
+    monkeypatch.setattr(labeling, "_build_teacher", recording)
+    assert main([*label_args(files, tmp_path / "whole", "train.threads=1"), "--batch-size", "5"]) == 0
+    monkeypatch.setattr(streaming, "CHUNK", 2)  # the workers' pieces: 2 images
+    for workers in (0, 2):
+        seen.clear()
+        out = tmp_path / f"pieces-{workers}"
+        assert main([*label_args(files, out, "train.threads=1", f"data.workers={workers}"), "--batch-size", "5"]) == 0
+        pool, shards = seen[:3], seen[3:]
+        assert pool == [5, 5, 2]  # 12 labeled images
+        assert sorted(shards) == sorted([5, 2] * 4 + [2])  # shards of 7, 7, 7, 7 and 2 samples
+        stored = {p.name: p.read_bytes() for p in out.glob("*.safetensors")}  # the manifests name the overrides
+        assert stored == {p.name: p.read_bytes() for p in (tmp_path / "whole").glob("*.safetensors")}
+        assert len(stored) == 6
+
+
 def test_the_progress_bar_counts_pool_and_shard_images_per_second(files, tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # tqdm shows its bar on a terminal

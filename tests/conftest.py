@@ -13,11 +13,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import DIGITS_TRAIN, folder_train
+from cli_helpers import DIGITS_TRAIN, folder_train, snapshot
 from fake_datasets import write_class_folders
 
 from metapl.cli import main
@@ -59,13 +60,15 @@ def float64():
 
 
 @pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
+def digits_run(tmp_path_factory) -> Iterator[Path]:
     """A finished 4-step MPL run on digits (cli_helpers.DIGITS_TRAIN) with checkpoint.pt, model.pt, best_model.pt.
-    Shared by every test of the session: read it, never change it."""
+    Shared by every test of the session: read it, never change it (checked when the session ends)."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("digits") / "run"
     assert main([*DIGITS_TRAIN, "--out", str(out)]) == 0
-    return out
+    before = snapshot(out)
+    yield out
+    assert snapshot(out) == before, "a test changed the shared digits_run; take digits_run_copy to change a run"
 
 
 @pytest.fixture
@@ -75,7 +78,7 @@ def digits_run_copy(digits_run, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def folder_run(tmp_path_factory) -> tuple[Path, Path]:
+def folder_run(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     """(folder, run): a finished run on an image folder with the classes 'cat' and 'dog', 4 images each, labelled by
     a CSV with a byte-order mark (folder/labels.csv, paths relative to it); shared, never change it."""
     torch.set_num_threads(1)
@@ -85,4 +88,6 @@ def folder_run(tmp_path_factory) -> tuple[Path, Path]:
     (tmp / "labels.csv").write_text("\ufeffpath,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
     run = tmp / "run"
     assert main(folder_train(tmp / "labels.csv", run)) == 0
-    return tmp, run
+    before = snapshot(tmp)
+    yield tmp, run
+    assert snapshot(tmp) == before, "a test changed the shared folder_run"

@@ -109,6 +109,16 @@ def kill_when(command: list[str], ready: Callable[[], Any], env=None, timeout: f
     return None
 
 
+def saved_state(out: Path) -> dict | None:
+    """The training state in OUT/checkpoint.pt, or None while there is none or it is being written."""
+    import torch
+
+    try:
+        return torch.load(out / "checkpoint.pt", weights_only=True)
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return None
+
+
 def mid_train(state: dict | None, first: int, before: int | None = None) -> dict | None:
     """A checkpoint's state when it holds the training phase at a step in [first, before), else None."""
     if state is None or state["phase"] != "train" or state["step"] < first:

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_helpers import kill_when
+from cli_helpers import kill_when, saved_state
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -251,10 +251,8 @@ def _drop_last_sample(shard: Path) -> None:
 
 
 def _checkpoint_step(out: Path) -> int | None:
-    try:
-        return int(torch.load(out / "checkpoint.pt", weights_only=True)["step"])
-    except (FileNotFoundError, RuntimeError, EOFError, KeyError):
-        return None
+    state = saved_state(out)
+    return None if state is None or "step" not in state else int(state["step"])
 
 
 @pytest.mark.slow  # subprocesses

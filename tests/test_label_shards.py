@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import kill_when, mid_train, one_line_error, snapshot
+from cli_helpers import kill_when, mid_train, one_line_error, saved_state, snapshot
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -367,26 +367,19 @@ RESUME_RUN = [
 ]
 
 
-def _checkpoint(out: Path) -> dict | None:
-    try:
-        return torch.load(out / "checkpoint.pt", weights_only=True)
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return None
-
-
 @pytest.mark.slow
 def test_sigkill_while_workers_prefetch_then_resume_is_bit_identical(files, tmp_path):
     whole = [sys.executable, "-m", "metapl", *_train_args(files, tmp_path / "whole", *RESUME_RUN)]
     uninterrupted = subprocess.run(whole, env=ENV, capture_output=True, text=True, timeout=600)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     killed = [sys.executable, "-m", "metapl", *_train_args(files, tmp_path / "killed", *RESUME_RUN)]
-    saved = kill_when(killed, lambda: mid_train(_checkpoint(tmp_path / "killed"), 15, 40), ENV)
+    saved = kill_when(killed, lambda: mid_train(saved_state(tmp_path / "killed"), 15, 40), ENV)
     assert saved is not None, "the run ended before it could be killed"
     assert saved["stream"]["shards"]["positions"].shape == (2, 3)  # two lanes, one per loader worker
     resumed = subprocess.run(killed, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((tmp_path / "killed" / "summary.json").read_text())["resumed_from_step"] == saved["step"]
-    whole_state, killed_state = _checkpoint(tmp_path / "whole"), _checkpoint(tmp_path / "killed")
+    whole_state, killed_state = saved_state(tmp_path / "whole"), saved_state(tmp_path / "killed")
     assert whole_state is not None and killed_state is not None  # both runs finished and saved
     final = [whole_state["method"], killed_state["method"]]
     for net in ("teacher", "student"):
@@ -432,7 +425,7 @@ def test_two_gloo_ranks_label_and_train_as_one_process(files, tmp_path):
         timeout=600,
     )
     assert ranked.returncode == 0, ranked.stderr[-3000:]
-    saved_one, saved_two = _checkpoint(tmp_path / "one"), _checkpoint(tmp_path / "two")
+    saved_one, saved_two = saved_state(tmp_path / "one"), saved_state(tmp_path / "two")
     assert saved_one is not None and saved_two is not None  # both runs finished and saved
     single, double = saved_one["method"], saved_two["method"]
     for net in ("teacher", "student"):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from cli_helpers import kill_when, mid_train
+from cli_helpers import kill_when, mid_train, saved_state
 from test_mpl_math import BU, B, K, flat, fwd, grad, hand_h, make_batch, mlp, params, plain, rel_err, unflatten
 from torch import nn
 
@@ -305,13 +305,6 @@ def _command(labels: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "metapl", *_args(labels), "--out", str(out)]
 
 
-def _checkpoint(out: Path) -> dict | None:
-    try:
-        return torch.load(out / "checkpoint.pt", weights_only=True)
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return None
-
-
 def _tensors(tree, prefix=""):
     if isinstance(tree, torch.Tensor):
         yield prefix, tree
@@ -333,14 +326,14 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     assert result.returncode == 0, result.stderr
 
     killed = tmp_path / "killed"
-    state = kill_when(_command(labels, killed), lambda: mid_train(_checkpoint(killed), 40, None), ENV, poll=0.01)
+    state = kill_when(_command(labels, killed), lambda: mid_train(saved_state(killed), 40, None), ENV, poll=0.01)
     saved = state["step"] if state else None
     assert saved is not None and saved < STEPS, "the run ended before it could be killed mid-run"
     result = subprocess.run(_command(labels, killed), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert json.loads((killed / "summary.json").read_text())["resumed_from_step"] == saved
 
-    final_a, final_b = _checkpoint(done), _checkpoint(killed)
+    final_a, final_b = saved_state(done), saved_state(killed)
     assert final_a is not None and final_b is not None  # both runs finished and saved
     tensors_a = {**dict(_tensors(final_a["method"])), **dict(_tensors(final_a["finetune"], "ft"))}
     tensors_b = {**dict(_tensors(final_b["method"])), **dict(_tensors(final_b["finetune"], "ft"))}

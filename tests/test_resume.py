@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import kill_when
+from cli_helpers import kill_when, saved_state
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -46,17 +46,10 @@ def _command(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "metapl", *ARGS, *extra, "--out", str(out)]
 
 
-def _checkpoint(out: Path) -> dict | None:
-    try:
-        return torch.load(out / "checkpoint.pt", weights_only=True)
-    except (FileNotFoundError, RuntimeError, EOFError):
-        return None
-
-
 def _kill_when(out: Path, reached) -> int:
     """Start a run and SIGKILL it as soon as its checkpoint satisfies `reached`; returns the step it had saved."""
     state = kill_when(
-        _command(out), lambda: (found := _checkpoint(out)) is not None and reached(found) and found, ENV, 240
+        _command(out), lambda: (found := saved_state(out)) is not None and reached(found) and found, ENV, 240
     )
     if state is None:
         pytest.fail("the run ended before it could be killed mid-run")
@@ -89,7 +82,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    final_a, final_b = _checkpoint(a), _checkpoint(b)
+    final_a, final_b = saved_state(a), saved_state(b)
     assert final_a is not None and final_b is not None  # both runs finished and saved
     tensors_a, tensors_b = dict(_tensors(final_a["method"])), dict(_tensors(final_b["method"]))
     tensors_a.update(_tensors(final_a["finetune"], "ft"))

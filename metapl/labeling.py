@@ -483,7 +483,7 @@ def _shard_inputs(cfg: Config, images) -> _InputShards | None:
     if not spec:
         return None
     from metapl.data.shards import check_shard_data, input_names, shard_files
-    from metapl.engine.run_inputs import file_fingerprint
+    from metapl.fingerprint import file_fingerprint
 
     check_shard_data(images, cfg.data)
     paths = shard_files(spec)

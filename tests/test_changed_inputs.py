@@ -23,17 +23,9 @@ from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
 from metapl.config import load_config_file
-from metapl.engine.run_inputs import (
-    BLOCK,
-    INPUTS,
-    WHOLE_LIMIT,
-    check,
-    file_fingerprint,
-    file_inputs,
-    record,
-    sampled_offsets,
-)
+from metapl.engine.run_inputs import INPUTS, check, file_inputs, record
 from metapl.errors import DataError
+from metapl.fingerprint import BLOCK, WHOLE_LIMIT, file_fingerprint, sampled_offsets
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -450,7 +450,7 @@ def key_store(label_dir: Path, shards: list[str]) -> KeyStore:
     """The KeyStore for training on `shards` (data.unlabeled_shards): every one of them must have been labeled into
     the store, unchanged since (size and sampled SHA-256, as engine/run_inputs.py fingerprints a shard)."""
     from metapl.data.shards import input_names
-    from metapl.engine.run_inputs import file_fingerprint
+    from metapl.fingerprint import file_fingerprint
 
     manifest = read_manifest(label_dir)
     part = manifest.get("unlabeled_shards")

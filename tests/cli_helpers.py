@@ -45,6 +45,27 @@ def folder_train(root: Path, out: Path, *extra: str) -> list[str]:
     return ["train", *FOLDER, "--set", f"data.root={root}", *extra, "--out", str(out)]
 
 
+def shard_settings(root: Path, *extra: str) -> list[str]:
+    """The settings of a run on conftest's shard_folder at `root`: its labeled folder (every image labeled, one per
+    class for validation), its unlabeled images streamed from the shards, batches of 2 labeled and 6 unlabeled."""
+    return [
+        "data.name=folder",
+        f"data.root={root / 'labeled'}",
+        f"data.unlabeled_shards={root / 'shards'}",
+        "data.labeled_selection=all",
+        "data.val_per_class=1",
+        "data.batch_size=2",
+        "data.mu=3",
+        "data.workers=0",
+        *extra,
+    ]
+
+
+def sets(settings: list[str]) -> list[str]:
+    """--set before each setting."""
+    return [part for setting in settings for part in ("--set", setting)]
+
+
 def cli(capsys, *args: object) -> tuple[int, list[str], str]:
     """(exit code, the lines written to stderr, stdout) of `metapl ARGS`; a traceback fails the test."""
     capsys.readouterr()
@@ -107,6 +128,26 @@ def kill_when(command: list[str], ready: Callable[[], Any], env=None, timeout: f
             process.kill()
             process.wait()
     return None
+
+
+def killed_then_rerun(
+    command: list[str], out: Path, pattern: str, at_least: int, env=None, timeout: float = 300, poll: float = 0.01
+) -> tuple[dict[str, int], subprocess.CompletedProcess]:
+    """`command OUT` (a labeling command whose --out comes last) SIGKILLed as soon as `at_least` files in OUT match
+    `pattern`, then run again to its end: (the modification times of the files the killed run had written, by
+    name; the second run's result). The killed run finished nothing: OUT has no manifest yet."""
+    stopped = kill_when(
+        [*command, str(out)], lambda: out.is_dir() and len(list(out.glob(pattern))) >= at_least, env, timeout, poll
+    )
+    assert stopped, "the run ended before it could be killed"
+    from metapl.data.label_store import MANIFEST
+
+    assert not (out / MANIFEST).exists()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob(pattern)}
+    result = subprocess.run([*command, str(out)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr
+    assert all((out / name).stat().st_mtime_ns == mtime for name, mtime in before.items()), "a finished file changed"
+    return before, result
 
 
 def saved_state(out: Path) -> dict | None:

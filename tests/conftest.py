@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import DIGITS_TRAIN, folder_train, snapshot
-from fake_datasets import write_class_folders
+from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
+from metapl.sharding import write_shards
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +92,18 @@ def folder_run(tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     before = snapshot(tmp)
     yield tmp, run
     assert snapshot(tmp) == before, "a test changed the shared folder_run"
+
+
+@pytest.fixture(scope="session")
+def shard_folder(tmp_path_factory) -> Iterator[Path]:
+    """3 classes × 4 labeled and 2 test 32×32 images (labeled/, test/) and 30 unlabeled ones (unlabeled/), written as
+    5 WebDataset shards of 7, 7, 7, 7 and 2 (shards/); cli_helpers.shard_settings trains on them. Shared, never
+    change it (copy it first)."""
+    root = tmp_path_factory.mktemp("shard_folder")
+    write_class_folders(root / "labeled", ["a", "b", "c"], per_class=4, side=32)
+    write_class_folders(root / "test", ["a", "b", "c"], per_class=2, side=32)
+    write_unlabeled_folder(root / "unlabeled", 30, side=32)
+    write_shards(root / "unlabeled", root / "shards", shard_size=7, progress=False)
+    before = snapshot(root)
+    yield root
+    assert snapshot(root) == before, "a test changed the shared shard_folder; copy it to change it"

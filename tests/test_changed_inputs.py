@@ -18,8 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from cli_helpers import kill_when, saved_state
-from fake_datasets import write_class_folders, write_unlabeled_folder
+from cli_helpers import kill_when, saved_state, sets, shard_settings
 
 from metapl.cli import main
 from metapl.config import load_config_file
@@ -183,38 +182,25 @@ def test_a_run_without_inputs_json_is_taken_as_it_is(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ end to end
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Path:
-    """3 classes × 4 labeled and 2 test 32×32 images, 30 unlabeled ones in 5 shards of 7, 7, 7, 7 and 2."""
-    from metapl.sharding import write_shards
-
-    root = tmp_path_factory.mktemp("changed_inputs")
-    write_class_folders(root / "labeled", ["a", "b", "c"], per_class=4, side=32)
-    write_class_folders(root / "test", ["a", "b", "c"], per_class=2, side=32)
-    write_unlabeled_folder(root / "unlabeled", 30, side=32)
-    write_shards(root / "unlabeled", root / "shards", shard_size=7, progress=False)
-    return root
+@pytest.fixture
+def files(shard_folder) -> Path:
+    """conftest's shard_folder: 3 classes × 4 labeled and 2 test 32×32 images, 30 unlabeled ones in 5 shards."""
+    return shard_folder
 
 
 def _train(files: Path, shards: Path, out: Path, steps: int) -> list[str]:
-    settings = [
-        "data.name=folder",
-        f"data.root={files / 'labeled'}",
+    """A run on conftest's shard_folder `files` (with its test images) whose unlabeled images stream from `shards`."""
+    settings = shard_settings(
+        files,
         f"data.test_dir={files / 'test'}",
         f"data.unlabeled_shards={shards}",
-        "data.labeled_selection=all",
-        "data.val_per_class=1",
-        "data.batch_size=2",
-        "data.mu=3",
-        "data.workers=0",
         "model.name=small_cnn",
         f"train.steps={steps}",
         "train.checkpoint_every=5",
         "train.eval_every=0",
         "finetune.steps=0",
-    ]
-    args = ["train", "--preset", "cifar10_4k", "--out", str(out), "--no-progress", "--no-tensorboard"]
-    return args + [part for setting in settings for part in ("--set", setting)]
+    )
+    return ["train", "--preset", "cifar10_4k", "--out", str(out), "--no-progress", "--no-tensorboard", *sets(settings)]
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:

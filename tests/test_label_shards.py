@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -16,8 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import kill_when, mid_train, one_line_error, saved_state, snapshot
-from fake_datasets import write_class_folders, write_unlabeled_folder
+from cli_helpers import (
+    kill_when,
+    killed_then_rerun,
+    mid_train,
+    one_line_error,
+    saved_state,
+    sets,
+    shard_settings,
+    snapshot,
+)
+from fake_datasets import write_unlabeled_folder
 
 from metapl.cli import main
 from metapl.config import build_config
@@ -40,13 +50,11 @@ PRESET = "cifar10_4k"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Path:
-    """3 classes × 4 labeled 32×32 images, 30 unlabeled ones in 5 shards (7, 7, 7, 7, 2), a small_cnn teacher's
-    weights (random: what matters is that the store holds its outputs) and its store over pool and shards."""
-    root = tmp_path_factory.mktemp("label_shards")
-    write_class_folders(root / "labeled", ["a", "b", "c"], per_class=4, side=32)
-    write_unlabeled_folder(root / "unlabeled", 30, side=32)
-    write_shards(root / "unlabeled", root / "shards", shard_size=7, progress=False)
+def files(shard_folder, tmp_path_factory) -> Path:
+    """conftest's shard_folder (3 classes × 4 labeled 32×32 images, 30 unlabeled ones in 5 shards: 7, 7, 7, 7, 2),
+    copied, with a small_cnn teacher's weights (random: what matters is that the store holds its outputs) and its
+    store over pool and shards."""
+    root = Path(shutil.copytree(shard_folder, tmp_path_factory.mktemp("label_shards") / "files"))
     from metapl.build import build_model
 
     torch.manual_seed(0)
@@ -57,22 +65,7 @@ def files(tmp_path_factory) -> Path:
 
 
 def overrides(root: Path, *extra: str) -> list[str]:
-    return [
-        "data.name=folder",
-        f"data.root={root / 'labeled'}",
-        f"data.unlabeled_shards={root / 'shards'}",
-        "data.labeled_selection=all",
-        "data.val_per_class=1",
-        "data.batch_size=2",
-        "data.mu=3",
-        "data.workers=0",
-        "model.name=small_cnn",
-        *extra,
-    ]
-
-
-def sets(items: list[str]) -> list[str]:
-    return [part for item in items for part in ("--set", item)]
+    return shard_settings(root, "model.name=small_cnn", *extra)
 
 
 def label_args(root: Path, out: Path, *extra: str) -> list[str]:
@@ -152,21 +145,10 @@ def test_sigkill_then_rerun_gives_the_same_store(files, tmp_path):
     command = command[:-1]  # --out last: each run its own
     done, killed = tmp_path / "done", tmp_path / "killed"
     subprocess.run([*command, str(done)], env=ENV, check=True, capture_output=True, timeout=600)
-    stopped = kill_when(
-        [*command, str(killed)],
-        lambda: killed.is_dir() and len(list(killed.glob("unlabeled-*"))) >= 20,
-        ENV,
-        poll=0.005,
-    )
-    assert stopped, "the run ended before it could be killed"
-    assert not (killed / MANIFEST).exists()
-    before = {p.name: p.stat().st_mtime_ns for p in killed.glob("unlabeled-*")}
+    before, result = killed_then_rerun(command, killed, "unlabeled-*", 20, ENV, timeout=600, poll=0.005)
     assert 20 <= len(before) < 120
-    result = subprocess.run([*command, str(killed)], env=ENV, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
     assert f"resuming: {len(before)} input shards" in result.stdout
     assert "and 120 of 120 input shards by key" in result.stdout
-    assert all((killed / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
     assert sorted(p.name for p in done.iterdir()) == sorted(p.name for p in killed.iterdir())
     for path in done.iterdir():
         assert path.read_bytes() == (killed / path.name).read_bytes(), path.name

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import kill_when
+from cli_helpers import killed_then_rerun
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
 from metapl.cli import main
@@ -170,17 +170,9 @@ def test_sigkill_then_rerun_gives_the_same_shards(teacher, tmp_path):
     command = [sys.executable, "-m", "metapl", "label", str(teacher), "--shard-size", "1", "--no-progress", "--out"]
     done, killed = tmp_path / "done", tmp_path / "killed"
     subprocess.run([*command, str(done)], env=ENV, check=True, capture_output=True, timeout=300)
-    stopped = kill_when(
-        [*command, str(killed)], lambda: killed.is_dir() and len(list(killed.glob("shard-*"))) >= 200, ENV, 120, 0.01
-    )
-    assert stopped, "the run ended before it could be killed"
-    assert not (killed / MANIFEST).exists()
-    before = {p.name: p.stat().st_mtime_ns for p in killed.glob("shard-*")}
+    before, result = killed_then_rerun(command, killed, "shard-*", 200, ENV)
     assert 200 <= len(before) < 1297
-    result = subprocess.run([*command, str(killed)], env=ENV, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
     assert f"resuming: {len(before)} of 1297 shards" in result.stdout
-    assert all((killed / name).stat().st_mtime_ns == mtime for name, mtime in before.items())
     for n in range(1297):
         assert (done / shard_name(n)).read_bytes() == (killed / shard_name(n)).read_bytes(), n
 

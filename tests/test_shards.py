@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from benchmark_scripts import load
-from cli_helpers import kill_when, mid_train, saved_state
-from fake_datasets import write_class_folders, write_unlabeled_folder
+from cli_helpers import kill_when, mid_train, saved_state, sets, shard_settings
+from fake_datasets import write_unlabeled_folder
 
 from metapl.cli import main
 from metapl.config import build_config
@@ -33,37 +33,19 @@ from metapl.data.shards import (
     shard_files,
 )
 from metapl.errors import CheckpointError, ConfigError, DataError
-from metapl.sharding import write_shards
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Path:
-    """3 classes × 4 labeled 32×32 images, and 30 unlabeled ones in 5 shards of 7, 7, 7, 7 and 2."""
-    root = tmp_path_factory.mktemp("shard_data")
-    write_class_folders(root / "labeled", ["a", "b", "c"], per_class=4, side=32)
-    write_unlabeled_folder(root / "unlabeled", 30, side=32)
-    write_shards(root / "unlabeled", root / "shards", shard_size=7, progress=False)
-    return root
-
-
-def _overrides(files: Path, *extra: str) -> list[str]:
-    return [
-        "data.name=folder",
-        f"data.root={files / 'labeled'}",
-        f"data.unlabeled_shards={files / 'shards'}",
-        "data.labeled_selection=all",
-        "data.val_per_class=1",
-        "data.batch_size=2",
-        "data.mu=3",
-        "data.workers=0",
-        *extra,
-    ]
+@pytest.fixture
+def files(shard_folder) -> Path:
+    """conftest's shard_folder: 3 classes × 4 labeled 32×32 images, and 30 unlabeled ones in 5 shards of 7, 7, 7, 7
+    and 2."""
+    return shard_folder
 
 
 def _data(files: Path, *extra: str):
-    return build_data(build_config("cifar10_4k", _overrides(files, *extra)).data, seed=0)
+    return build_data(build_config("cifar10_4k", shard_settings(files, *extra)).data, seed=0)
 
 
 def _batches(stream: BatchStream, count: int) -> list:
@@ -257,9 +239,7 @@ def test_metapl_shard_bad_input_is_one_line_and_leaves_no_partial_shard(files, t
 # ------------------------------------------------------------------------------------------------ end to end
 def _train_args(files: Path, out: Path, *extra: str) -> list[str]:
     args = ["train", "--preset", "cifar10_4k", "--out", str(out), "--no-progress", "--no-tensorboard"]
-    for setting in _overrides(files, *extra):
-        args += ["--set", setting]
-    return args
+    return args + sets(shard_settings(files, *extra))
 
 
 RESUME_RUN = [

@@ -434,7 +434,10 @@ def _collect(names: list[str], finished: list[dict], earlier: dict[str, list[dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="digits")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (each draws its own labeled split)")
+    parser.add_argument("--seeds", type=int, default=3, help="N seeds from --first-seed (each draws its own split)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the first seed (a claim is checked on seeds it was not tuned on)"
+    )
     parser.add_argument("--steps", type=int, default=None, help="train.steps for every variant (default: the preset's)")
     parser.add_argument("--variants", nargs="+", default=None, help=f"a subset of: {', '.join(VARIANTS)}")
     parser.add_argument(
@@ -538,7 +541,7 @@ def _tasks(args, names: list[str], steps: int | None, seeds: int, out: Path, sha
             args.threads,
             shared and "finetune" in name,
         )
-        for seed in range(seeds)
+        for seed in range(args.first_seed, args.first_seed + seeds)
         for name in names
     ]
 

@@ -136,3 +136,18 @@ def test_passes_teacher_at_is_the_step_from_which_the_student_stays_above(tmp_pa
     no_teacher.mkdir()
     (no_teacher / "metrics.jsonl").write_text(json.dumps({"phase": "train_eval", "step": 10, "test_top1": 0.9}))
     assert bench.passes_teacher_at(no_teacher) is None
+
+
+def test_first_seed_starts_the_seeds_there():
+    """--first-seed N runs seeds N .. N+seeds-1 (a claim checked on seeds it was not tuned on)."""
+    from types import SimpleNamespace
+
+    bench = load("accuracy")
+    args = SimpleNamespace(preset="digits", overrides=[], threads=1, first_seed=100)
+    tasks = bench._tasks(args, ["supervised", "uda"], 10, 2, Path("out"), False)
+    assert [(task[0], task[3]) for task in tasks] == [
+        ("supervised", 100),
+        ("uda", 100),
+        ("supervised", 101),
+        ("uda", 101),
+    ]

@@ -74,7 +74,6 @@ class DataConfig:
     # pattern (shards/u-{000000..000099}.tar) or a folder of .tar files (docs/scale.md#shards)
     unlabeled_shards: str = path_field()
     shard_lanes: int = at_least(0, 0, " (0: processes × data.workers)")  # shard readers the unlabeled batch is cut into
-    test_dir: str = path_field()  # folder: the test images (class folders or CSV); empty: no test set
     # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; docs/method.md#randaugment)
     magnitude: int = ranged(0, lambda v: 0 <= v <= 20, "between 0 (the dataset's) and 20")
     flip: bool = True  # horizontal flips in the image pipelines (off for digits such as SVHN)

@@ -11,7 +11,7 @@ from metapl.data import augment
 from metapl.data.datasets import ArrayDataset
 from metapl.data.folders import ImageFiles, labeled_source, unlabeled_source
 from metapl.data.registry import DatasetEntry, LoadedDataset
-from metapl.data.settings import ImageFilesSettings
+from metapl.data.settings import FolderSettings, ImageFilesSettings
 from metapl.data.streaming import ImagePipeline
 from metapl.errors import DataError
 
@@ -35,7 +35,8 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
         if not cfg.root:
             raise DataError("data.name=folder needs data.root: a folder of class folders or a CSV of path,label")
         train = labeled_source(Path(cfg.root))
-        test = labeled_source(Path(cfg.test_dir), classes=train[2]) if cfg.test_dir else ([], [], train[2])
+        test_dir = cfg.settings.test_dir
+        test = labeled_source(Path(test_dir), classes=train[2]) if test_dir else ([], [], train[2])
         size = cfg.settings.image_size or 32
     small = size <= SMALL_IMAGE_LIMIT
     pipeline = ImagePipeline(
@@ -79,4 +80,4 @@ def _load(cfg, seed: int) -> LoadedDataset:
 
 
 IMAGENET = DatasetEntry(_load, settings=ImageFilesSettings)
-FOLDER = DatasetEntry(_load, settings=ImageFilesSettings)
+FOLDER = DatasetEntry(_load, settings=FolderSettings)

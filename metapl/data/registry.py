@@ -63,6 +63,6 @@ DATASETS: Registry[DatasetEntry] = Registry(
         "cifar100": "metapl.settings:NoSettings",
         "svhn": "metapl.data.settings:SVHNSettings",
         "imagenet": "metapl.data.settings:ImageFilesSettings",
-        "folder": "metapl.data.settings:ImageFilesSettings",
+        "folder": "metapl.data.settings:FolderSettings",
     },
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from metapl.settings import at_least
+from metapl.settings import at_least, path_field
 
 
 @dataclass
@@ -42,3 +42,10 @@ class ImageFilesSettings:
 
     # the crop side (0: 224 for imagenet, 32 for folder; with model.pretrained, the weights' own side)
     image_size: int = at_least(0, 0, " (0: the dataset's)")
+
+
+@dataclass
+class FolderSettings(ImageFilesSettings):
+    """data.name=folder: your labeled images (data.root) and, apart, a test set."""
+
+    test_dir: str = path_field()  # the test images (class folders or a path,label CSV); empty: no test set

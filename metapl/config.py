@@ -257,18 +257,16 @@ def _shared_keys(section: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(section) if not f.metadata.get("part")}
 
 
+def _choose_part(section: Any, key: str, name: str) -> None:
+    """Check the part a naming key (data.name, model.teacher_name) chooses; model.teacher_name may be empty."""
+    if name or key.endswith(".name"):
+        section.REGISTRY.check(name, key)
+
+
 def _set_part_value(cfg: Config, section_name: str, section: Any, name: str, value: Any) -> None:
-    """Set a key of a section with parts: a name (data.name) switches the part's settings; a part's own key
-    (data.num_points) is set on every chosen part that has it; a key of a part not chosen is refused naming it."""
+    """Set a key of a chosen part's own (data.num_points) on every chosen part that has it (the student's and the
+    teacher's models may both); a key of a part not chosen is refused naming it."""
     key = f"{section_name}.{name}"
-    if name in _shared_keys(section):
-        new = _coerce(key, value, typing.get_type_hints(type(section))[name])
-        if name in section.PARTS.values() and new != "":  # model.teacher_name may be empty: model.name
-            section.REGISTRY.check(new, key)
-        setattr(section, name, new)
-        if name in section.PARTS.values():
-            fill_parts(section)
-        return
     holders = [own for own in parts_of(section) if _has_field(own, name)]
     if not holders:
         _refuse_part_key(cfg, section_name, section, name)
@@ -511,8 +509,8 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         _set_method_value(cfg, name, value)
         return
     section = getattr(cfg, section_name, None)
-    if hasattr(section, "PARTS") and name:
-        _set_part_value(cfg, section_name, section, name, value)
+    if hasattr(section, "PARTS") and name and name not in _shared_keys(section):
+        _set_part_value(cfg, section_name, section, name, value)  # a key of the chosen data set's or models'
         return
     if not dataclasses.is_dataclass(section) or not _has_field(section, name):
         if dataclasses.is_dataclass(section) and not name:
@@ -522,7 +520,12 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
             f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
     expected = typing.get_type_hints(type(section))[name]
-    setattr(section, name, _coerce(key, value, expected))
+    new = _coerce(key, value, expected)
+    if _names_part(key):
+        _choose_part(section, key, new)
+    setattr(section, name, new)
+    if _names_part(key):
+        fill_parts(section)  # the settings of the part now chosen
 
 
 def _set_method_value(cfg: Config, name: str, value: Any) -> None:

@@ -251,17 +251,19 @@ EVERY_DATA_KEY = {"num_points": 2000, "noise": 0.1, "jitter": 0.0, "extra": Fals
 EVERY_MODEL_KEY = {"hidden": [128, 128], "activation": "relu", "batch_norm": False, "init_range": 0.0, "width": 32}
 
 
-def _old_format(cfg) -> dict:
-    """What metapl before owned settings wrote: format 2 with every data set's and model's keys."""
+def _old_format(cfg, version: int = 2) -> dict:
+    """What metapl before owned settings wrote: every data set's and model's keys (format 1, of metapl 0.1, had no
+    config_format line)."""
     old = cfg.to_dict()
     old["data"] = {**EVERY_DATA_KEY, **old["data"]}  # the run's own values win
     old["model"] = {**EVERY_MODEL_KEY, **old["model"]}
-    return {"config_format": 2, **old}
+    return {"config_format": 2, **old} if version == 2 else old
 
 
-def test_an_old_config_with_every_parts_keys_loads(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_old_config_with_every_parts_keys_loads(tmp_path, version):
     cfg = build_config("digits", ["model.name=small_cnn", "model.width=6", "data.name=fashion_mnist"])
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_old_format(cfg), sort_keys=False))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(_old_format(cfg, version), sort_keys=False))
     assert load_config_file(tmp_path / "config.yaml") == cfg
     save_config(cfg, tmp_path / "new.yaml")
     assert "num_points" not in (tmp_path / "new.yaml").read_text()  # what is written now: the chosen parts' only

@@ -198,6 +198,18 @@ def test_a_key_both_models_have_is_one_key(dummies):
         MODELS.remove("dummy_wide")
 
 
+def test_a_part_added_with_a_settings_location_is_not_imported_for_its_keys():
+    """Registry.add's `settings` names the class in a light module: the config reads it without the entry."""
+    DATASETS.add("dummy_light", f"{__name__}:DUMMY_DATA", settings=f"{__name__}:DummyPointsSettings")
+    try:
+        assert DATASETS.settings_class("dummy_light") is DummyPointsSettings
+        assert "dummy_light" not in DATASETS._loaded  # the entry was not asked for
+        assert build_config("digits", ["data.name=dummy_light", "data.count=9"]).data.settings.count == 9
+    finally:
+        DATASETS.remove("dummy_light")
+    assert "dummy_light" not in DATASETS and "dummy_light" not in DATASETS._settings
+
+
 # ---------------------------------------------------------------------------------------------- memory
 def test_the_memory_check_names_the_registered_parts_size_keys(dummies, monkeypatch):
     from metapl.data import build_data

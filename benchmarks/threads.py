@@ -43,7 +43,7 @@ BATCH = {"cifar10_4k": 8}  # B for presets whose full step is too slow for a CPU
 def _setup(preset: str):
     cfg = build_config(preset, [f"data.batch_size={BATCH[preset]}"] if preset in BATCH else [])
     if cfg.data.name == "folder":
-        shape: tuple[int, ...] = (3, cfg.data.image_size, cfg.data.image_size)
+        shape: tuple[int, ...] = (3, cfg.data.settings.image_size, cfg.data.settings.image_size)
     else:
         shape = INPUTS[cfg.data.name]
     data = SimpleNamespace(num_classes=10, input_shape=shape, normalization=None)

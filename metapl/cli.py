@@ -338,7 +338,21 @@ def _allocation_failure(err: BaseException, args: argparse.Namespace) -> str | N
         return None  # budget imports PyTorch: only for what may be an allocation failure
     from metapl.engine.budget import allocation_failure
 
-    return allocation_failure(err, args.command, getattr(args, "overrides", ()))
+    return allocation_failure(err, args.command, getattr(args, "overrides", ()), _train_config(args))
+
+
+def _train_config(args: argparse.Namespace):
+    """The config `metapl train` ran with (its size keys are those of the parts it chose); None for other commands
+    or when it cannot be built again."""
+    if args.command != "train":
+        return None
+    from metapl.config import build_config
+    from metapl.errors import MetaplError
+
+    try:
+        return build_config(args.preset, args.overrides, args.method)
+    except MetaplError:
+        return None
 
 
 def _train(args: argparse.Namespace) -> int:

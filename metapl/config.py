@@ -1,27 +1,43 @@
 """Typed run configuration: YAML presets, `--set key=value` overrides, validation with one-line errors.
 
 Each section is a dataclass whose fields declare their defaults and allowed values (metapl/settings.py). The
-`method` section is the chosen method's own settings dataclass, defined in that method's module.
+`method` section is the chosen method's own settings dataclass, defined in that method's module. The `data` and
+`model` sections are their shared keys plus the chosen parts' own settings (the data set's; the student's and the
+teacher's models'), each part's dataclass registered beside it (DATASETS, MODELS: Registry.settings_class).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from metapl.data.registry import DATASETS
 from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS, settings_class
-from metapl.models.registry import ACTIVATION_NAMES, MODELS
+from metapl.models.registry import MODELS
 from metapl.optim_config import OptimConfig
 from metapl.presets import load_preset
-from metapl.settings import above, at_least, check_settings, choice, fraction, path_field, ranged, seed_field, suggest
+from metapl.registry import Registry
+from metapl.settings import (
+    above,
+    at_least,
+    check_settings,
+    choice,
+    fraction,
+    part_field,
+    path_field,
+    ranged,
+    seed_field,
+    size_keys,
+    suggest,
+)
 
 # config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
 # 2: the chosen method's keys only. Version 1 files are read by dropping what version 2 no longer has.
@@ -30,6 +46,13 @@ CONFIG_FORMAT = 2
 
 @dataclass
 class DataConfig:
+    """The `data` section: the keys every data set reads, and `settings`, the chosen data set's own (data/settings.py:
+    twomoon's num_points, the image files' image_size, ...)."""
+
+    REGISTRY: ClassVar[Registry] = DATASETS
+    PARTS: ClassVar[dict[str, str]] = {"settings": "name"}  # part field: the key naming its part
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("mu", "batch_size")
+
     name: str = "digits"  # a name in metapl.data.DATASETS
     labeled_per_class: int = at_least(1, 5)
     val_per_class: int = at_least(0, 0)  # validation examples per class, carved from the training pool
@@ -37,16 +60,13 @@ class DataConfig:
     batch_size: int = at_least(1, 50)  # labeled batch B
     mu: int = at_least(1, 7)  # unlabeled batch = μ·B
     augment: bool = True
-    num_points: int = at_least(4, 2000)  # twomoon
-    noise: float = at_least(0, 0.1)  # twomoon: std of the points around the moons
-    jitter: float = at_least(0, 0.0)  # twomoon: std of the strong view's Gaussian jitter
+    settings: Any = part_field()  # the data set's own keys (DATASETS.settings_class(name))
     split_file: str = path_field()  # reuse the split of an earlier run (its splits.json)
     # where the files are: fashion_mnist: the IDX folder (default /usr/share/datasets/fashion-mnist);
     # cifar10/cifar100/svhn: the folder torchvision downloads into (default ./data); imagenet: the folder
     # with train/ and val/; folder: the labeled images (class folders or a path,label CSV)
     root: str = path_field()
     labeled_selection: str = choice("balanced", ("balanced", "random", "first", "all"))  # first: file order
-    extra: bool = False  # svhn: add extra_32x32.mat (531,131 images) to the unlabeled pool
     unlabeled_dir: str = (
         path_field()
     )  # imagenet/folder: more unlabeled images (a folder, searched recursively, or a CSV)
@@ -54,8 +74,6 @@ class DataConfig:
     # pattern (shards/u-{000000..000099}.tar) or a folder of .tar files (docs/scale.md#shards)
     unlabeled_shards: str = path_field()
     shard_lanes: int = at_least(0, 0, " (0: processes × data.workers)")  # shard readers the unlabeled batch is cut into
-    test_dir: str = path_field()  # folder: the test images (class folders or CSV); empty: no test set
-    image_size: int = at_least(0, 0, " (0: the dataset's)")  # imagenet/folder: the crop side (0: 224 / 32)
     # RandAugment M of the strong view (0: 17 for imagenet, 16 otherwise; docs/method.md#randaugment)
     magnitude: int = ranged(0, lambda v: 0 <= v <= 20, "between 0 (the dataset's) and 20")
     flip: bool = True  # horizontal flips in the image pipelines (off for digits such as SVHN)
@@ -66,37 +84,50 @@ class DataConfig:
         path_field()
     )  # a teacher's stored class distributions (metapl label --out DIR), for method reduced_mpl
 
+    def __post_init__(self) -> None:
+        fill_parts(self)
+
+    def to_dict(self) -> dict:
+        return section_dict(self)
+
 
 @dataclass
 class ModelConfig:
+    """The `model` section: the keys every network reads, and the own settings (models/settings.py: mlp's hidden,
+    small_cnn's width, ...) of model.name (`settings`) and of model.teacher_name when that names another model
+    (`teacher_settings`; None otherwise). A key both models have is one key: it sets both."""
+
+    REGISTRY: ClassVar[Registry] = MODELS
+    PARTS: ClassVar[dict[str, str]] = {"settings": "name", "teacher_settings": "teacher_name"}
+
     name: str = "mlp"  # a name in metapl.models.MODELS
     dropout: float = fraction(0.0)
-    hidden: list[int] = ranged(
-        rule=lambda v: len(v) >= 1 and all(h >= 1 for h in v),
-        allowed="a list of positive sizes",
-        default_factory=lambda: [128, 128],
-    )  # mlp
-    activation: str = choice("relu", ACTIVATION_NAMES)  # mlp
-    batch_norm: bool = False  # mlp
-    init_range: float = at_least(0, 0.0, " (0: default init)")  # mlp: > 0 draws every weight and bias from U(−r, r)
-    width: int = at_least(1, 32)  # small_cnn
+    settings: Any = part_field()  # model.name's own keys (MODELS.settings_class(name))
     # 0: the data's class count; otherwise a check that the data has this many classes
     num_classes: int = at_least(0, 0, " (0: the data's class count)")
     # the teacher's network (mpl, pseudo_label), e.g. a bigger timm/<architecture>; empty: model.name (docs/scale.md)
     teacher_name: str = ""
+    teacher_settings: Any = part_field()  # model.teacher_name's own keys when it names another model; else None
     # timm/<architecture>: pretrained weights, a local file or "cache" (timm's local cache; train --download fills it)
     pretrained: str = path_field()
     teacher_pretrained: str = (
         path_field()
     )  # the teacher's weights; empty: model.pretrained when the teacher is model.name
 
+    def __post_init__(self) -> None:
+        fill_parts(self)
+
+    def to_dict(self) -> dict:
+        return section_dict(self)
+
     def of(self, role: str) -> ModelConfig:
-        """The section as one network sees it: role "teacher" gets model.teacher_name and its weights."""
+        """The section as one network sees it: role "teacher" gets model.teacher_name, its settings and weights."""
         if role != "teacher":
             return self
         name = self.teacher_name or self.name
         pretrained = self.teacher_pretrained or (self.pretrained if name == self.name else "")
-        return dataclasses.replace(self, name=name, pretrained=pretrained)
+        own = self.teacher_settings if self.teacher_settings is not None else self.settings
+        return dataclasses.replace(self, name=name, pretrained=pretrained, settings=own, teacher_settings=None)
 
 
 @dataclass
@@ -116,6 +147,8 @@ class MethodSection:
 
 @dataclass
 class TrainConfig:
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("eval_batch_size",)
+
     steps: int = at_least(1, 1000)
     seed: int = seed_field(0)
     device: str = choice("auto", ("auto", "cpu", "cuda"))
@@ -143,6 +176,8 @@ class TrainConfig:
 class FinetuneConfig:
     """The finetuning phase after methods that have one (MPL; docs/method.md#finetuning)."""
 
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("batch_size",)
+
     steps: int = at_least(0, 1000, " (0 turns finetuning off)")
     lr: float = above(0, 1e-5)
     batch_size: int = at_least(1, 512)
@@ -165,12 +200,173 @@ class Config:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if isinstance(value, MethodSection) else _plain(value)
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else _plain(value)
         return out
+
+
+# ---------------------------------------------------------------------------------------------- parts' settings
+# A section with PARTS (data, model) holds, besides its shared keys, the settings dataclass of each part its names
+# choose (PARTS: part field -> the field naming the part). These functions are the one place that knows how.
+def _part_name(section: Any, part: str) -> str | None:
+    """The name of the part whose settings the field `part` holds; None for a teacher that is model.name."""
+    name = getattr(section, section.PARTS[part])
+    if part != "settings" and (not name or name == section.name):
+        return None
+    return name
+
+
+def parts_of(section: Any) -> list[Any]:
+    """The settings of the parts a section's names choose (the data set's; the student's and teacher's models')."""
+    return [getattr(section, part) for part in getattr(section, "PARTS", {}) if getattr(section, part) is not None]
+
+
+def fill_parts(section: Any) -> None:
+    """Give each part field the settings of the part its name chooses (a new section, or one whose names changed),
+    keeping the values of the keys that the settings it held share with the new ones (a key both models have)."""
+    held = parts_of(section)
+    for part in section.PARTS:
+        name = _part_name(section, part)
+        wanted = section.REGISTRY.settings_class(name) if name is not None else None
+        current = getattr(section, part)
+        if wanted is None or type(current) is wanted:
+            setattr(section, part, current if wanted is not None else None)
+            continue
+        new = wanted()
+        sources = sorted(held, key=lambda own: type(own) is not wanted)  # settings of the same part first
+        for f in dataclasses.fields(new):
+            source = next((own for own in sources if _has_field(own, f.name)), None)
+            if source is not None:
+                setattr(new, f.name, copy.deepcopy(getattr(source, f.name)))
+        setattr(section, part, new)
+
+
+def section_dict(section: Any) -> dict:
+    """A section's keys in order, each part's own keys where its field stands (a key of both models once)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if not f.metadata.get("part"):
+            out[f.name] = copy.deepcopy(value)
+        elif value is not None:
+            for key, own in dataclasses.asdict(value).items():
+                out.setdefault(key, own)
+    return out
+
+
+def _shared_keys(section: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(section) if not f.metadata.get("part")}
+
+
+def _choose_part(section: Any, key: str, name: str) -> None:
+    """Check the part a naming key (data.name, model.teacher_name) chooses; model.teacher_name may be empty."""
+    if name or key.endswith(".name"):
+        section.REGISTRY.check(name, key)
+
+
+def _set_part_value(cfg: Config, section_name: str, section: Any, name: str, value: Any) -> None:
+    """Set a key of a chosen part's own (data.num_points) on every chosen part that has it (the student's and the
+    teacher's models may both); a key of a part not chosen is refused naming it."""
+    key = f"{section_name}.{name}"
+    holders = [own for own in parts_of(section) if _has_field(own, name)]
+    if not holders:
+        _refuse_part_key(cfg, section_name, section, name)
+    for own in holders:
+        setattr(own, name, _coerce(key, value, typing.get_type_hints(type(own))[name]))
+
+
+def _refuse_part_key(cfg: Config, section_name: str, section: Any, name: str) -> typing.NoReturn:
+    """A ConfigError for a key no chosen part of the section has: one of another part names that part (as a key of
+    another method does), any other gets the closest key."""
+    key = f"{section_name}.{name}"
+    owners = section.REGISTRY.owners(name)
+    if owners:
+        others = [part for part in section.PARTS if part != "settings" and getattr(section, part) is not None]
+        chosen = [section.name] + [
+            f"{section_name}.{section.PARTS[p]}={getattr(section, section.PARTS[p])}" for p in others
+        ]
+        naming = " or ".join(f"{section_name}.{field}={owners[0]}" for field in section.PARTS.values())
+        current = f"{section_name}.name={section.name}"
+        raise ConfigError(
+            f"{key} is a setting of {section.REGISTRY.key}={' or '.join(owners)}, not of {' nor of '.join(chosen)}; "
+            f"choose {naming}, or drop it (list {section.name}'s keys with: metapl config --preset "
+            f"{cfg.preset or 'NAME'} --set {current})"
+        )
+    every = all_keys(cfg) + [
+        f"{section_name}.{f.name}" for own in section.REGISTRY.all_settings().values() for f in dataclasses.fields(own)
+    ]
+    raise ConfigError(
+        f"unknown config key {key!r}{suggest(key, every)}; list the keys with: metapl config --preset NAME"
+    )
+
+
+def _other_parts_key(cfg: Config, key: str) -> bool:
+    """Whether `key` belongs to a part of its section that the config does not choose (a preset's keys for another
+    data set, an old config.yaml's keys of every model): such keys are dropped, not refused, where they come from a
+    file; a key no part has is not one."""
+    section_name, _, name = key.partition(".")
+    section: Any = getattr(cfg, section_name, None)
+    if not hasattr(section, "PARTS") or name in _shared_keys(section):
+        return False
+    if any(_has_field(own, name) for own in parts_of(section)):
+        return False
+    return bool(section.REGISTRY.owners(name))
+
+
+def _names_first(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The keys that choose parts (data.name, model.name, model.teacher_name) first: the other keys are the chosen
+    parts'."""
+    naming = {f"{s}.{n}" for s, section in _PART_SECTIONS.items() for n in section.PARTS.values()}
+    return [item for item in items if item[0] in naming] + [item for item in items if item[0] not in naming]
+
+
+def _with_part_names(raw: dict, parsed: list[tuple[str, Any]]) -> dict:
+    """The preset with the parts that overrides choose (the last value of each naming key): the preset's keys of
+    those parts are kept, those of others dropped."""
+    raw = dict(raw)
+    for key, value in parsed:
+        section_name, _, name = key.partition(".")
+        section = _PART_SECTIONS.get(section_name)
+        if section is not None and name in section.PARTS.values():
+            old = raw.get(section_name, {})
+            if isinstance(old, dict):
+                raw[section_name] = {**old, name: value}
+    return raw
+
+
+def _check_parts_with(cfg: Config) -> None:
+    """The chosen parts' checks across sections (`check_with`, as a method's)."""
+    for section_name in _PART_SECTIONS:
+        for own in parts_of(getattr(cfg, section_name)):
+            check_with = getattr(own, "check_with", None)
+            if check_with is not None:
+                check_with(cfg)
+
+
+def get_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted key ('data.num_points'), wherever its section keeps it."""
+    return dict(flatten(cfg.to_dict()))[key]
+
+
+def section_size_keys(cfg: Config, section_name: str) -> list[str]:
+    """The keys of a section that size a training step's memory: the section's own (SIZE_KEYS) and, for a section
+    with parts, those its chosen parts' settings declare."""
+    section = getattr(cfg, section_name)
+    owned = [section.settings] if section_name == "method" else [section, *parts_of(section)]
+    keys = [f"{section_name}.{name}" for own in owned for name in size_keys(own)]
+    return list(dict.fromkeys(keys))
 
 
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+
+
+_PART_SECTIONS: dict[str, Any] = {"data": DataConfig, "model": ModelConfig}  # the sections with parts
+
+
+def _names_part(key: str) -> bool:
+    section_name, _, name = key.partition(".")
+    section = _PART_SECTIONS.get(section_name)
+    return section is not None and name in section.PARTS.values()
 
 
 # Keys a user cannot set, and why (they are derived from others).
@@ -198,10 +394,11 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
         if key == "method.name" and method is not None and value != method:
             raise ConfigError(f"--method {method} and --set method.name={value} disagree; give the method once")
     name = method or next((v for k, v in parsed if k == "method.name"), None)
-    cfg = from_dict(raw, method_name=name, lenient_method=True)
+    cfg = from_dict(_with_part_names(raw, parsed), method_name=name, lenient_method=True, lenient_parts=True)
     cfg.preset = preset
     for key, value in parsed:
-        set_value(cfg, key, value)
+        if not _names_part(key):  # the parts overrides choose are the preset's already (_with_part_names)
+            set_value(cfg, key, value)
     given = {key for key, _ in parsed}
     _drop_unread_inputs(cfg, keep=given)  # a preset's inputs for other methods; the user's own are checked
     validate(cfg)
@@ -210,11 +407,13 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
 
 
 def _pretrained_image_size(cfg: Config) -> None:
-    """data.image_size=0 with pretrained weights (timm): the side they were trained at, saved with the run."""
-    if cfg.data.image_size == 0 and cfg.model.pretrained and cfg.data.name in ("imagenet", "folder"):
+    """data.image_size=0 (a data set of image files) with pretrained weights (timm): the side they were trained at,
+    saved with the run."""
+    own = cfg.data.settings
+    if getattr(own, "image_size", None) == 0 and cfg.model.pretrained:
         inputs = MODELS.get(cfg.model.name).preprocessing(cfg.model)
         if inputs is not None:
-            cfg.data.image_size = inputs.size
+            own.image_size = inputs.size
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -246,7 +445,7 @@ def load_config_file(path: Path) -> Config:
             if isinstance(raw.get(section), dict):
                 raw[section] = {k: v for k, v in raw[section].items() if k not in ("total_steps", "fp16_loss_scale")}
     try:
-        cfg = from_dict(raw, lenient_method=version == 1)
+        cfg = from_dict(raw, lenient_method=version == 1, lenient_parts=True)  # formats 1, 2: every part's keys
         _drop_unread_inputs(cfg)  # a run of a metapl that let them through: they were never read
         validate(cfg)
     except ConfigError as err:
@@ -261,9 +460,12 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
-def from_dict(raw: dict, method_name: str | None = None, lenient_method: bool = False) -> Config:
+def from_dict(
+    raw: dict, method_name: str | None = None, lenient_method: bool = False, lenient_parts: bool = False
+) -> Config:
     """A Config from nested sections. `method_name` (when given) wins over raw's method.name; with
-    `lenient_method` the method section's keys that belong to another method are dropped, not refused."""
+    `lenient_method` the method section's keys that belong to another method are dropped, not refused, and with
+    `lenient_parts` so are the data and model sections' keys of data sets and models not chosen."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     items = flatten(raw)
@@ -271,8 +473,10 @@ def from_dict(raw: dict, method_name: str | None = None, lenient_method: bool = 
     name = _coerce("method.name", name, str)
     METHODS.check(name)
     cfg = Config(method=MethodSection.of(name))
-    for key, value in items:
+    for key, value in _names_first(items):
         if key == "method.name":
+            continue
+        if lenient_parts and _other_parts_key(cfg, key):
             continue
         if lenient_method and key.startswith("method.") and not _has_field(cfg.method.settings, key[7:]):
             _method_owning(key)  # raises for a key no method has
@@ -305,6 +509,9 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         _set_method_value(cfg, name, value)
         return
     section = getattr(cfg, section_name, None)
+    if hasattr(section, "PARTS") and name and name not in _shared_keys(section):
+        _set_part_value(cfg, section_name, section, name, value)  # a key of the chosen data set's or models'
+        return
     if not dataclasses.is_dataclass(section) or not _has_field(section, name):
         if dataclasses.is_dataclass(section) and not name:
             example = dataclasses.fields(section)[0].name
@@ -313,7 +520,12 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
             f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
     expected = typing.get_type_hints(type(section))[name]
-    setattr(section, name, _coerce(key, value, expected))
+    new = _coerce(key, value, expected)
+    if _names_part(key):
+        _choose_part(section, key, new)
+    setattr(section, name, new)
+    if _names_part(key):
+        fill_parts(section)  # the settings of the part now chosen
 
 
 def _set_method_value(cfg: Config, name: str, value: Any) -> None:
@@ -456,6 +668,8 @@ def validate(cfg: Config) -> None:
                 "clear it, or choose a timm/<architecture> model"
             )
     METHODS.check(cfg.method.name)
+    for section_name in _PART_SECTIONS:  # a section changed by hand (cfg.data.name = ...) gets its parts' settings
+        fill_parts(getattr(cfg, section_name))
     for f in dataclasses.fields(cfg):
         section = getattr(cfg, f.name)
         if isinstance(section, MethodSection):
@@ -472,3 +686,4 @@ def validate(cfg: Config) -> None:
     check_with = getattr(cfg.method.settings, "check_with", None)  # a method's checks across sections
     if check_with is not None:
         check_with(cfg)
+    _check_parts_with(cfg)

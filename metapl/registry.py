@@ -4,6 +4,11 @@ The table of names is known without importing anything, so that the CLI can list
 can answer) without loading PyTorch; an entry's module is imported the first time the entry is asked for.
 Adding a part is one module that defines its entry plus one line in its registry's table.
 
+Each part owns a settings dataclass (metapl/settings.py): its own keys of the config's section. `settings_class`
+finds it without importing the part where it can: metapl's own parts name their settings in a torch-free table
+(`settings`); a part registered with `add`, or a family's member, carries them on its entry (or family) as
+`settings`, which imports its module.
+
 A *family* registers every name that starts with a prefix ("timm/" → any timm architecture): its module's
 entry is a `Family`, asked for the one entry of a name and for the check of a name. Names without the prefix
 never import the family's module.
@@ -13,11 +18,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Generic, TypeVar
 
 from metapl.errors import ConfigError
-from metapl.settings import suggest
+from metapl.settings import NoSettings, suggest
 
 T = TypeVar("T")
 
@@ -30,16 +35,27 @@ class Family(Generic[T]):
     entry: Callable[[str], T]
     check: Callable[[str, str], None]
     shown: str  # how listings show the family: "timm/<architecture>"
+    settings: type | None = None  # the settings dataclass of every member (None: no keys of their own)
 
 
 class Registry(Generic[T]):
     """`kind` names what is registered ("method"); `table` maps each name to "module:attribute"; `families`
-    maps a name prefix ("timm/") to the "module:attribute" of its `Family`."""
+    maps a name prefix ("timm/") to the "module:attribute" of its `Family`; `settings` maps a name to the
+    "module:Class" of its settings dataclass in a module that imports no PyTorch (the names it leaves out: their
+    entry's `settings`)."""
 
-    def __init__(self, kind: str, key: str, table: dict[str, str], families: dict[str, str] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        key: str,
+        table: dict[str, str],
+        families: dict[str, str] | None = None,
+        settings: dict[str, str] | None = None,
+    ):
         self.kind, self.key = kind, key  # key: the config key that names one ("method.name")
         self._table = dict(table)
         self._families = dict(families or {})
+        self._settings = dict(settings or {})
         self._loaded: dict[str, T] = {}
 
     def names(self) -> list[str]:
@@ -86,11 +102,44 @@ class Registry(Generic[T]):
     def entries(self) -> dict[str, T]:
         return {name: self.get(name) for name in self._table}
 
-    def add(self, name: str, location: str) -> None:
-        """Register a part defined outside metapl ("my_package.my_module:ENTRY")."""
+    def add(self, name: str, location: str, settings: str | None = None) -> None:
+        """Register a part defined outside metapl ("my_package.my_module:ENTRY"). Its settings dataclass is its
+        entry's `settings`, or `settings` ("my_package.settings:MySettings") to find it without importing the
+        entry's module."""
         if name in self._table:
             raise ValueError(f"a {self.kind} named {name!r} is registered already")
         self._table[name] = location
+        if settings is not None:
+            self._settings[name] = settings
+
+    def remove(self, name: str) -> None:
+        """Undo `add` (a test's part, a plugin unloaded)."""
+        for table in (self._table, self._settings, self._loaded):
+            table.pop(name, None)
+
+    # ------------------------------------------------------------------------------------------ settings
+    def settings_class(self, name: str) -> type:
+        """The settings dataclass of part `name` (a registered name): from the torch-free table when it is there,
+        else its entry's or family's `settings` (NoSettings when it has none). An unknown name is the ConfigError
+        of `check`; a family's member is not checked here (that imports the family's library)."""
+        if name in self._settings:
+            module, _, attribute = self._settings[name].partition(":")
+            return getattr(importlib.import_module(module), attribute)
+        prefix = self._family_prefix(name)
+        holder: Any = self._family(prefix) if prefix is not None else self.get(name)
+        return getattr(holder, "settings", None) or NoSettings
+
+    def all_settings(self) -> dict[str, type]:
+        """Every part's settings dataclass by name, a family's under the name listings show ("timm/<architecture>");
+        parts registered with `add` are imported for it."""
+        classes = {name: self.settings_class(name) for name in self._table}
+        for prefix in self._families:
+            classes[self._shown(prefix)] = self._family(prefix).settings or NoSettings
+        return classes
+
+    def owners(self, key: str) -> list[str]:
+        """The parts (as all_settings names them) whose settings have the field `key`."""
+        return [name for name, cls in self.all_settings().items() if key in {f.name for f in fields(cls)}]
 
 
 def lazy_exports(module: str, exports: dict[str, str]) -> Callable[[str], Any]:

@@ -75,6 +75,30 @@ def check_path(value: str | os.PathLike, key: str) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------- parts' settings
+# A registered part (a data set, a model, a method) owns a settings dataclass: its own keys of the config's section
+# (data, model, method), each declared with the fields above. Two class attributes say more about them:
+#   SIZE_KEYS: ClassVar[tuple[str, ...]]: the keys that size a training step's memory (mlp: ("hidden",)), which
+#     the memory check names when a step cannot fit (engine/budget.py);
+#   check_with(self, cfg): checks across sections (config.validate calls it).
+
+
+@dataclasses.dataclass
+class NoSettings:
+    """The settings of a part that has no keys of its own (digits, wrn28_2, a timm architecture)."""
+
+
+def part_field() -> Any:
+    """A section's field that holds a part's settings (data.settings: the chosen data set's): its keys are the
+    section's keys (data.num_points), checked and listed with the section's own."""
+    return dataclasses.field(default=None, metadata={"part": True})
+
+
+def size_keys(settings: Any) -> tuple[str, ...]:
+    """The keys of a settings dataclass (or a section) that size a training step's memory (SIZE_KEYS)."""
+    return tuple(getattr(settings, "SIZE_KEYS", ()))
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -91,7 +115,7 @@ def check_settings(settings: Any, prefix: str) -> None:
     for f in dataclasses.fields(settings):
         key, value = f"{prefix}.{f.name}", getattr(settings, f.name)
         if dataclasses.is_dataclass(value):
-            check_settings(value, key)
+            check_settings(value, prefix if f.metadata.get("part") else key)  # a part's keys are its section's
             continue
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
             raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number (float32: within ±3.4e38)")

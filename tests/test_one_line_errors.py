@@ -234,7 +234,10 @@ def test_too_long_out_names_the_option_shortened(files, capsys, command, path):
 
 @pytest.mark.parametrize("key", ["data.root", "data.split_file", "data.test_dir", "data.label_dir"])
 def test_too_long_path_setting_names_its_key(tmp_path, capsys, key):
-    line = one_line_error(capsys, *["train", "--preset", "digits", "--out", tmp_path / "run", "--set", f"{key}={LONG}"])
+    folder = ["--set", "data.name=folder"] if key == "data.test_dir" else []  # a key of the folder data set's own
+    line = one_line_error(
+        capsys, *["train", "--preset", "digits", "--out", tmp_path / "run", *folder, "--set", f"{key}={LONG}"]
+    )
     assert line.startswith(f"metapl: error: {key}={shorten(LONG)!r} is too long") and len(line) < 400
     assert f"at most {PATH_MAX - 1:,}" in line
 

@@ -225,7 +225,7 @@ def test_pretrained_weights_from_a_local_file(folders, tmp_path, no_network, suf
     else:
         torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)  # a DDP training checkpoint
     cfg = _config(folders, "model.name=timm/test_resnet", f"model.pretrained={path}")
-    assert cfg.data.image_size == 160  # the pretrained config's input size (data.image_size=0)
+    assert cfg.data.settings.image_size == 160  # the pretrained config's input size (data.image_size=0)
     data = build_data(cfg.data, seed=0)
     model = build_model(cfg, data, pretrained=True)
     assert isinstance(model, Standardized)

@@ -14,6 +14,7 @@ import torch
 
 from metapl.data import augment
 from metapl.data.registry import DatasetEntry, LoadedDataset
+from metapl.data.settings import TwoMoonSettings
 from metapl.errors import DataError
 
 
@@ -134,8 +135,9 @@ def load_fashion_mnist(root: str = "") -> ArrayDataset:
 
 
 def _load_twomoon(cfg, seed: int) -> LoadedDataset:
-    strong = augment.point_jitter(cfg.jitter if cfg.augment else 0.0)
-    return LoadedDataset(load_twomoon(cfg.num_points, cfg.noise, seed), augment.identity, augment.identity, strong)
+    own = cfg.settings  # TwoMoonSettings
+    strong = augment.point_jitter(own.jitter if cfg.augment else 0.0)
+    return LoadedDataset(load_twomoon(own.num_points, own.noise, seed), augment.identity, augment.identity, strong)
 
 
 def _load_digits(cfg, seed: int) -> LoadedDataset:
@@ -165,6 +167,6 @@ def _download_fashion_mnist(cfg) -> None:
             file.replace(Path(cfg.root) / file.name)
 
 
-TWOMOON = DatasetEntry(_load_twomoon)
+TWOMOON = DatasetEntry(_load_twomoon, settings=TwoMoonSettings)
 DIGITS = DatasetEntry(_load_digits)
 FASHION_MNIST = DatasetEntry(_load_fashion_mnist, _download_fashion_mnist)

@@ -11,6 +11,7 @@ from metapl.data import augment
 from metapl.data.datasets import ArrayDataset
 from metapl.data.folders import ImageFiles, labeled_source, unlabeled_source
 from metapl.data.registry import DatasetEntry, LoadedDataset
+from metapl.data.settings import FolderSettings, ImageFilesSettings
 from metapl.data.streaming import ImagePipeline
 from metapl.errors import DataError
 
@@ -29,13 +30,14 @@ def load_image_set(cfg) -> tuple[ArrayDataset, int]:
             )
         train = labeled_source(root / "train")
         test = labeled_source(root / "val", classes=train[2])
-        size = cfg.image_size or 224
+        size = cfg.settings.image_size or 224
     else:
         if not cfg.root:
             raise DataError("data.name=folder needs data.root: a folder of class folders or a CSV of path,label")
         train = labeled_source(Path(cfg.root))
-        test = labeled_source(Path(cfg.test_dir), classes=train[2]) if cfg.test_dir else ([], [], train[2])
-        size = cfg.image_size or 32
+        test_dir = cfg.settings.test_dir
+        test = labeled_source(Path(test_dir), classes=train[2]) if test_dir else ([], [], train[2])
+        size = cfg.settings.image_size or 32
     small = size <= SMALL_IMAGE_LIMIT
     pipeline = ImagePipeline(
         size=size,
@@ -77,5 +79,5 @@ def _load(cfg, seed: int) -> LoadedDataset:
     return LoadedDataset(dataset, identity, identity, identity, None, labelable, (IMAGENET_MEAN, IMAGENET_STD))
 
 
-IMAGENET = DatasetEntry(_load)
-FOLDER = DatasetEntry(_load)
+IMAGENET = DatasetEntry(_load, settings=ImageFilesSettings)
+FOLDER = DatasetEntry(_load, settings=FolderSettings)

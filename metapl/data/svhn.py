@@ -10,6 +10,7 @@ import torch
 from metapl.data.datasets import ArrayDataset
 from metapl.data.randaugment import color_pipeline
 from metapl.data.registry import DatasetEntry, LoadedDataset
+from metapl.data.settings import SVHNSettings
 from metapl.errors import DataError
 
 SVHN_MEAN = (0.4377, 0.4438, 0.4728)
@@ -61,7 +62,7 @@ def load_svhn(root: str = "", extra: bool = False) -> tuple[ArrayDataset, int]:
 
 
 def _load(cfg, seed: int) -> LoadedDataset:
-    dataset, labelable = load_svhn(cfg.root, cfg.extra)
+    dataset, labelable = load_svhn(cfg.root, cfg.settings.extra)
     labeled, weak, strong, views = color_pipeline(cfg)
     return LoadedDataset(dataset, labeled, weak, strong, views, labelable, (SVHN_MEAN, SVHN_STD))
 
@@ -70,9 +71,9 @@ def _download(cfg) -> None:
     from torchvision import datasets
 
     root = cfg.root or "data"
-    for split in ("train", "test") + (("extra",) if cfg.extra else ()):
+    for split in ("train", "test") + (("extra",) if cfg.settings.extra else ()):
         if not (Path(root) / f"{split}_32x32.mat").is_file():
             datasets.SVHN(root, split=split, download=True)
 
 
-SVHN = DatasetEntry(_load, _download)
+SVHN = DatasetEntry(_load, _download, SVHNSettings)

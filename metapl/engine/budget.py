@@ -20,25 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metapl.config import Config, get_value, section_size_keys
 from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS
 
-# Settings that size what a command allocates, by command; the first ones a user changed are named first.
+# Settings that size what a command allocates, by command; the first ones a user changed are named first. Training's
+# are the config's (train_size_keys): each section and each chosen part declares its own (SIZE_KEYS).
 SIZE_SETTINGS = {
-    "train": (
-        "data.mu",
-        "data.batch_size",
-        "data.image_size",
-        "model.width",
-        "model.hidden",
-        "train.eval_batch_size",
-        "data.num_points",
-        "finetune.batch_size",
-        "model.name",
-        "model.teacher_name",
-        "method.hidden",
-        "method.shuffle_buffer",
-    ),
     "eval": ("--batch-size",),
     "predict": ("the number of inputs",),
     "export": (),
@@ -57,6 +45,39 @@ _ALLOCATION_WORDS = (
     "std::bad_alloc",
     "is killed by signal: killed",  # a data loader worker ended by the kernel's out-of-memory killer
 )
+
+
+_STEP_SECTIONS = ("data", "model", "train", "finetune", "method")  # the order in which training's size keys are named
+_NETWORK_NAMES = ("model.name", "model.teacher_name")  # sizes too: a smaller network is the other fix
+
+
+def train_size_keys(cfg: Config | None = None) -> list[str]:
+    """The settings that size a training step: those the sections and the chosen parts declare (data: batch_size,
+    mu and the data set's own, such as twomoon's num_points; the models' own, such as mlp's hidden; ...), then the
+    networks' names. Without a config (a failure before one was built): those of every registered part."""
+    if cfg is not None:
+        keys = [key for section in _STEP_SECTIONS for key in section_size_keys(cfg, section)]
+    else:
+        keys = _every_size_key()
+    return list(dict.fromkeys(keys + list(_NETWORK_NAMES)))
+
+
+def _every_size_key() -> list[str]:
+    """The size keys of every section and every part registered for it, in _STEP_SECTIONS' order."""
+    from metapl.config import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
+    from metapl.data.registry import DATASETS
+    from metapl.methods import settings_class
+    from metapl.models.registry import MODELS
+    from metapl.settings import size_keys
+
+    owned: dict[str, list[type]] = {
+        "data": [DataConfig, *DATASETS.all_settings().values()],
+        "model": [ModelConfig, *MODELS.all_settings().values()],
+        "train": [TrainConfig],
+        "finetune": [FinetuneConfig],
+        "method": [settings_class(name) for name in METHODS.names()],
+    }
+    return [f"{section}.{key}" for section in _STEP_SECTIONS for own in owned[section] for key in size_keys(own)]
 
 
 # ---------------------------------------------------------------------------------------------- the machine
@@ -103,18 +124,16 @@ def _where(device: torch.device) -> str:
 
 # ---------------------------------------------------------------------------------------------- before data
 def check_data_settings(data_cfg) -> None:
-    """Refuse data settings whose cost alone cannot fit, before the data set is built: TwoMoon's point count
-    (two draws of num_points points, float64 coordinates and int64 labels) and loader processes beyond reason."""
+    """Refuse data settings whose cost alone cannot fit, before the data set is built: what the data set's own
+    settings say loading takes at the least (`least_memory`: TwoMoon's two draws of num_points points) and loader
+    processes beyond reason."""
     available = host_available()
-    if data_cfg.name == "twomoon" and available is not None:
-        need = 2 * data_cfg.num_points * (2 * 8 + 8)
-        if need > available:
-            most = available // (2 * (2 * 8 + 8))
-            raise ConfigError(
-                f"data.num_points={data_cfg.num_points} needs at least {human(need)} for the points alone, but "
-                f"{_where(torch.device('cpu'))} {human(available)} available; lower data.num_points "
-                f"(more than {most:,} cannot fit)"
-            )
+    least_memory = getattr(data_cfg.settings, "least_memory", None)
+    if least_memory is not None and available is not None:
+        for name, need in least_memory():
+            if need > available:
+                value = getattr(data_cfg.settings, name)
+                _refuse_own(f"data.{name}", value, f"data.name={data_cfg.name}", need, available, torch.device("cpu"))
     cores = os.cpu_count() or 1
     most_workers = max(64, 16 * cores)
     if data_cfg.workers > most_workers:
@@ -254,31 +273,27 @@ def check_step_memory(cfg, data, device: torch.device, world_size: int = 1) -> N
 
 
 def _size_keys(cfg) -> list[str]:
-    """The model.* settings that size the network (mlp: hidden; small_cnn: width)."""
-    from metapl.models import MODELS
-
-    options = MODELS.get(cfg.model.name).options(cfg.model)
-    return [
-        f"model.{k}"
-        for k, v in options.items()
-        if (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, (list, tuple)) and v)
-    ]
+    """The model.* settings that size the networks, as the models' own settings declare them (mlp: hidden)."""
+    return section_size_keys(cfg, "model")
 
 
 def _shown(cfg, key: str) -> str:
-    section, _, name = key.partition(".")
-    values = cfg.method.settings if section == "method" else getattr(cfg, section)
-    return f"{key}={getattr(values, name)!r}"
+    return f"{key}={get_value(cfg, key)!r}"
 
 
 def _refuse_setting(cfg, key: str, need: int, available: int, device: torch.device) -> None:
     """A method's own size setting that alone cannot fit (what it allocates grows in proportion to it)."""
-    value = getattr(cfg.method.settings, key.partition(".")[2])
+    _refuse_own(key, get_value(cfg, key), f"method.name={cfg.method.name}", need, available, device)
+
+
+def _refuse_own(key: str, value: int, owner: str, need: int, available: int, device: torch.device) -> None:
+    """A part's own size setting (`owner`: "data.name=twomoon") that alone cannot fit (what it allocates grows in
+    proportion to it): one line with the value above which nothing fits."""
     most = value * available // need
     fits = f" (more than {most:,} cannot fit)" if most >= 1 else ""
     raise ConfigError(
-        f"{_shown(cfg, key)} needs at least {human(need)} for method.name={cfg.method.name}, but {_where(device)} "
-        f"{human(available)} available; lower {key}{fits}"
+        f"{key}={value!r} needs at least {human(need)} for {owner}, but {_where(device)} {human(available)} "
+        f"available; lower {key}{fits}"
     )
 
 
@@ -300,11 +315,11 @@ def _refuse_network(cfg, profile, teacher, weights: int, available: int, device:
 def _refuse_step(cfg, data, need: int, available: int, device, unlabeled: bool, most_mu: int) -> None:
     b = cfg.data.batch_size
     examples = f"{b} labeled" + (f" + {b * cfg.data.mu:,} unlabeled" if unlabeled else "")
-    image_key = "data.image_size" if cfg.data.name in ("folder", "imagenet") else None
-    settings = ["data.mu", "data.batch_size"] if unlabeled else ["data.batch_size"]
-    if image_key:
-        settings.append(image_key)
-    settings += _size_keys(cfg)
+    # data.mu, data.batch_size and the data set's own (image_size), but not those whose cost the data set states
+    # by itself (least_memory: twomoon's num_points sizes the points loaded, checked before the data is built)
+    loaded = {f"data.{key}" for key, _ in getattr(cfg.data.settings, "least_memory", list)()}
+    data_keys = [key for key in section_size_keys(cfg, "data") if key not in loaded]
+    settings = [key for key in data_keys if unlabeled or key != "data.mu"] + _size_keys(cfg)
     shown = [_shown(cfg, k) for k in settings]
     named = f"{', '.join(shown[:-1])} and {shown[-1]}" if len(shown) > 1 else shown[0]
     fits = f" (data.mu above {most_mu:,} cannot fit)" if unlabeled and most_mu >= 1 else ""
@@ -329,14 +344,17 @@ def is_allocation_failure(err: BaseException) -> bool:
     return False
 
 
-def allocation_failure(err: BaseException, command: str, overrides: list[str] | tuple[str, ...] = ()) -> str | None:
+def allocation_failure(
+    err: BaseException, command: str, overrides: list[str] | tuple[str, ...] = (), cfg: Config | None = None
+) -> str | None:
     """One line for an allocation that failed during `command`, naming the settings that size it (those the
-    user set first), or None when `err` is no allocation failure."""
+    user set first; for train, those of `cfg`'s chosen parts, or of every part without it), or None when `err` is
+    no allocation failure."""
     if not is_allocation_failure(err):
         return None
     text = first_line(err)
     text = text if len(text) <= 160 else text[:157] + "..."
-    candidates = list(SIZE_SETTINGS.get(command, ()))
+    candidates = train_size_keys(cfg) if command == "train" else list(SIZE_SETTINGS.get(command, ()))
     given = [item.partition("=")[0].strip() for item in overrides]
     set_by_user = [k for k in candidates if k in given]
     named = set_by_user or candidates

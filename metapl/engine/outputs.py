@@ -10,6 +10,7 @@ file that exists already must also be metapl's (engine/ownership.py).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -73,8 +74,8 @@ def config_inputs(cfg) -> list[Input]:
     """The files and folders a config's data and model settings name, each with its setting."""
     data, model = cfg.data, cfg.model
     found: list[Input] = [(f"the run's data (data.root={data.root!r})", path) for path in _root_files(data)]
-    for key in ("test_dir", "unlabeled_dir", "split_file", "label_dir"):
-        value = getattr(data, key, "")
+    for key in (*_own_paths(data), "unlabeled_dir", "split_file", "label_dir"):
+        value = getattr(data, key, "") or getattr(data.settings, key, "")
         if value:
             found.append((f"the run's data.{key}={value!r}", Path(value)))
     if data.unlabeled_shards:
@@ -84,6 +85,11 @@ def config_inputs(cfg) -> list[Input]:
         if value and value != "cache":  # cache: timm's own cache folder, which metapl only reads
             found.append((f"the run's model.{key}={value!r}", Path(value)))
     return found
+
+
+def _own_paths(data) -> list[str]:
+    """The data set's own keys that name files (path_field: folder's test_dir)."""
+    return [f.name for f in dataclasses.fields(data.settings) if f.metadata.get("path")]
 
 
 def inputs_of_run(run: Path) -> list[Input]:

@@ -108,6 +108,7 @@ class ReducedMPLSettings(FeedbackSettings):
     width, its optional supervised loss and the teacher signal of the experiment's controls."""
 
     READS_STORED: ClassVar[bool] = True
+    SIZE_KEYS: ClassVar[tuple[str, ...]] = ("hidden", "shuffle_buffer")  # what the memory check names (budget.py)
 
     hidden: int = at_least(1, 128)  # the reduced teacher's hidden width (one hidden layer)
     # mpl: MPL's feedback; shuffled: h of a random earlier step (hard/official); none: no feedback term

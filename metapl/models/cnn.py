@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from metapl.models.registry import ModelEntry, image_channels
+from metapl.models.settings import SmallCNNSettings
 
 
 def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -43,4 +44,4 @@ def _create(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0
     return SmallCNN(image_channels("small_cnn", input_shape), num_classes, dropout=dropout, **options)
 
 
-MODEL = ModelEntry(_create, lambda cfg: {"width": cfg.width})
+MODEL = ModelEntry(_create, settings=SmallCNNSettings)  # its options: the settings' width

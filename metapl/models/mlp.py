@@ -8,6 +8,7 @@ from collections.abc import Callable
 from torch import nn
 
 from metapl.models.registry import ModelEntry
+from metapl.models.settings import MLPSettings
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -63,10 +64,11 @@ def _create(num_classes: int, input_shape: tuple[int, ...], dropout: float = 0.0
 
 
 def _options(cfg) -> dict:
-    options = {"hidden": tuple(cfg.hidden), "activation": cfg.activation, "batch_norm": cfg.batch_norm}
-    if cfg.init_range > 0:
-        options["init_range"] = cfg.init_range
+    own: MLPSettings = cfg.settings
+    options = {"hidden": tuple(own.hidden), "activation": own.activation, "batch_norm": own.batch_norm}
+    if own.init_range > 0:
+        options["init_range"] = own.init_range
     return options
 
 
-MODEL = ModelEntry(_create, _options)
+MODEL = ModelEntry(_create, _options, settings=MLPSettings)

@@ -1,11 +1,18 @@
-"""The networks metapl builds, by name (model.name): each one's module defines a ModelEntry."""
+"""The networks metapl builds, by name (model.name): each one's module defines a ModelEntry, whose settings
+dataclass (models/settings.py for metapl's own, torch-free) holds the network's own keys of the `model` section.
+
+Adding a model: its module (a network and `MODEL = ModelEntry(create, settings=MySettings)`: create receives the
+settings' keys as keyword options) and one line in the table below; metapl's own models also name their settings
+class in the torch-free settings table, so that the config is built without importing PyTorch."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from metapl.models.settings import ACTIVATION_NAMES as ACTIVATION_NAMES
 from metapl.registry import Registry
 
 if TYPE_CHECKING:
@@ -24,18 +31,22 @@ class Preprocessing:
 @dataclass(frozen=True)
 class ModelEntry:
     """create(num_classes, input_shape, dropout, **options) -> a fresh network; options(model config) -> the
-    options the config gives this network (mlp: hidden sizes, activation, ...). With `pretrained`, create also
-    takes pretrained= (model.pretrained: a file, or "cache") and pretrained_key= (the config key, for errors),
-    and preprocessing(model config) says what those weights expect (None: the data's own normalisation)."""
+    options the config gives this network (default: its own settings' keys, model config's `settings`). With
+    `pretrained`, create also takes pretrained= (model.pretrained: a file, or "cache") and pretrained_key= (the
+    config key, for errors), and preprocessing(model config) says what those weights expect (None: the data's own
+    normalisation). `settings`: the dataclass of the network's own keys (model.hidden); None: it has none."""
 
     create: Callable[..., nn.Module]
-    options: Callable[[Any], dict[str, Any]] = lambda cfg: {}
+    options: Callable[[Any], dict[str, Any]] = lambda cfg: own_options(cfg)
     preprocessing: Callable[[Any], Preprocessing | None] = lambda cfg: None
     pretrained: bool = False
+    settings: type | None = None
 
 
-# model.activation's allowed values (mlp): models/mlp.py maps each to its module.
-ACTIVATION_NAMES = ("relu", "sigmoid", "tanh", "leaky_relu")
+def own_options(model_cfg: Any) -> dict[str, Any]:
+    """The network's own settings as create's keyword options."""
+    return dataclasses.asdict(model_cfg.settings)
+
 
 MODELS: Registry[ModelEntry] = Registry(
     "model",
@@ -47,6 +58,12 @@ MODELS: Registry[ModelEntry] = Registry(
         "resnet50": "metapl.models.resnet:MODEL",
     },
     families={"timm/": "metapl.models.timm_models:MODEL"},  # any timm architecture (docs/scale.md#models)
+    settings={  # each one's settings, torch-free (the same classes as their entries': tests check it)
+        "mlp": "metapl.models.settings:MLPSettings",
+        "small_cnn": "metapl.models.settings:SmallCNNSettings",
+        "wrn28_2": "metapl.settings:NoSettings",
+        "resnet50": "metapl.settings:NoSettings",
+    },
 )
 
 

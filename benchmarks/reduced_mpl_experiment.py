@@ -249,7 +249,8 @@ def run_arm(task: tuple) -> dict:
     k = data.num_classes
     reduced = ReducedTeacher(k, cfg.method.settings.hidden)
     reduced.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["method"]["teacher"])
-    p_val = data.p_val.dense()
+    assert data.stored is not None  # reduced_mpl's config needs data.label_dir
+    p_val = data.stored.val.dense()
     before = teacher_confusion(None, p_val, data.y_val, k)
     after = teacher_confusion(reduced, p_val, data.y_val, k)
     record = {

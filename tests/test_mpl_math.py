@@ -12,7 +12,6 @@ term moves it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from torch.func import functional_call
 
 from metapl.losses import soft_cross_entropy
 from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
+from metapl.methods.settings import flat_keys, from_flat
 from metapl.models.mlp import MLP
 from metapl.optim import OptimSettings
 
@@ -63,15 +63,15 @@ def make_batch(seed: int) -> Batch:
 
 
 def make_mpl(teacher, student, feedback, h="dot", lr_t=1.0, lr_s=0.5, student_optim=None, teacher_optim=None, **kwargs):
-    """An MPL step with plain SGD; `kwargs` are MPLSettings fields (the teacher's auxiliary losses off unless given)
+    """An MPL step with plain SGD; `kwargs` are MPLSettings' flat keys (the teacher's auxiliary losses off unless given)
     or the constructor's other arguments (ema_decay)."""
-    fields = {f.name for f in dataclasses.fields(MPLSettings)}
+    fields = set(flat_keys(MPLSettings))
     settings = {**NO_AUX, **{k: v for k, v in kwargs.items() if k in fields}}
     return MetaPseudoLabels(
         teacher,
         student,
         K,
-        MPLSettings(feedback=feedback, h=h, **settings),
+        from_flat(MPLSettings, feedback=feedback, h=h, **settings),
         teacher_optim=teacher_optim or plain(lr_t),
         student_optim=student_optim or plain(lr_s),
         **{k: v for k, v in kwargs.items() if k not in fields},

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from metapl.config import method_value
 from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS
 
@@ -267,13 +268,13 @@ def _size_keys(cfg) -> list[str]:
 
 def _shown(cfg, key: str) -> str:
     section, _, name = key.partition(".")
-    values = cfg.method.settings if section == "method" else getattr(cfg, section)
-    return f"{key}={getattr(values, name)!r}"
+    value = method_value(cfg, key) if section == "method" else getattr(getattr(cfg, section), name)
+    return f"{key}={value!r}"
 
 
 def _refuse_setting(cfg, key: str, need: int, available: int, device: torch.device) -> None:
     """A method's own size setting that alone cannot fit (what it allocates grows in proportion to it)."""
-    value = getattr(cfg.method.settings, key.partition(".")[2])
+    value = method_value(cfg, key)
     most = value * available // need
     fits = f" (more than {most:,} cannot fit)" if most >= 1 else ""
     raise ConfigError(

@@ -14,6 +14,7 @@ from metapl.registry import Registry, lazy_exports
 
 if TYPE_CHECKING:
     from metapl.batch import Batch as Batch
+    from metapl.batch import StoredBatch as StoredBatch
     from metapl.methods.base import Method as Method
     from metapl.methods.base import MethodEntry as MethodEntry
     from metapl.methods.mpl import MetaPseudoLabels as MetaPseudoLabels
@@ -23,7 +24,9 @@ if TYPE_CHECKING:
     from metapl.methods.settings import MPLSettings as MPLSettings
     from metapl.methods.settings import PseudoLabelSettings as PseudoLabelSettings
     from metapl.methods.settings import ReducedMPLSettings as ReducedMPLSettings
+    from metapl.methods.settings import ReducedTeacherLosses as ReducedTeacherLosses
     from metapl.methods.settings import SupervisedSettings as SupervisedSettings
+    from metapl.methods.settings import TeacherLosses as TeacherLosses
     from metapl.methods.settings import UDASettings as UDASettings
     from metapl.methods.supervised import Supervised as Supervised
     from metapl.methods.uda import UDA as UDA
@@ -67,6 +70,7 @@ def settings_class(name: str) -> type:
 
 _EXPORTS = {
     "Batch": "metapl.batch",
+    "StoredBatch": "metapl.batch",
     "Method": "metapl.methods.base",
     "MethodEntry": "metapl.methods.base",
     "FeedbackSettings": "metapl.methods.settings",
@@ -76,8 +80,10 @@ _EXPORTS = {
     "PseudoLabelSettings": "metapl.methods.settings",
     "ReducedMetaPseudoLabels": "metapl.methods.reduced_mpl",
     "ReducedMPLSettings": "metapl.methods.settings",
+    "ReducedTeacherLosses": "metapl.methods.settings",
     "Supervised": "metapl.methods.supervised",
     "SupervisedSettings": "metapl.methods.settings",
+    "TeacherLosses": "metapl.methods.settings",
     "UDA": "metapl.methods.uda",
     "UDASettings": "metapl.methods.settings",
 }

@@ -38,7 +38,8 @@ SIZE_SETTINGS = {
         "model.name",
         "model.teacher_name",
         "method.hidden",
-        "method.shuffle_buffer",
+        "method.shuffle_buffer",  # the flat key (metapl 0.2) of method.feedback.shuffle_buffer: either is named
+        "method.feedback.shuffle_buffer",
     ),
     "eval": ("--batch-size",),
     "predict": ("the number of inputs",),

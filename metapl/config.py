@@ -141,7 +141,7 @@ class TrainConfig:
     scale_lr: bool = False  # peak LR = lr × data.batch_size / 256, as the official code does
     precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # bf16: autocast; fp16: with dynamic loss scaling
     channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs)
-    compile: bool = False  # torch.compile every network (not with method.feedback=soft)
+    compile: bool = False  # torch.compile every network (not with method.feedback.mode=soft)
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (CUDA only)
     checkpoint_every: int = at_least(0, 500, " (0: only at the end)")  # also at the end of each phase
     keep_checkpoints: int = at_least(0, 0)  # besides checkpoint.pt (the last), keep this many earlier ones
@@ -241,7 +241,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def load_config_file(path: Path) -> Config:
-    """A config saved with a run (config.yaml), of this format or the one before."""
+    """A config saved with a run (config.yaml), of this format or an earlier one (READABLE_FORMATS)."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -371,14 +371,14 @@ def _set_method_value(cfg: Config, name: str, value: Any) -> None:
     setattr(section, path[-1], coerced)
 
 
-def _method_path(settings_class: type, name: str) -> FieldPath | None:
-    """The field path that method key `name` names in `settings_class` (nested: 'feedback.h'; flat, as config
-    formats 1 and 2 wrote it: 'h'), or None."""
-    flat = flat_keys(settings_class)
+def _method_path(cls: type, name: str) -> FieldPath | None:
+    """The field path that method key `name` names in the settings class `cls` (nested: 'feedback.h'; flat, as
+    config formats 1 and 2 wrote it: 'h'), or None."""
+    flat = flat_keys(cls)
     if name in flat:
         return flat[name]
     path = tuple(name.split("."))
-    return path if path in leaf_paths(settings_class) else None
+    return path if path in leaf_paths(cls) else None
 
 
 def _get_path(settings: Any, path: FieldPath) -> Any:
@@ -399,9 +399,9 @@ def method_value(cfg: Config, key: str) -> Any:
     return _get_path(cfg.method.settings, path)
 
 
-def _method_keys(settings_class: type) -> list[str]:
-    """Every key a method section reads: the nested keys and the flat keys of formats 1–2."""
-    return [*(".".join(path) for path in leaf_paths(settings_class)), *flat_keys(settings_class)]
+def _method_keys(cls: type) -> list[str]:
+    """Every key of the settings class `cls`: the nested keys and the flat keys of formats 1–2."""
+    return [*(".".join(path) for path in leaf_paths(cls)), *flat_keys(cls)]
 
 
 def _method_owning(key: str) -> str:

@@ -10,10 +10,11 @@ b its moving-average baseline, c = stop_grad(h − b) the MPL term's coefficient
     4. the student's labeled loss at θ'_S → the teacher's feedback (hard: h, soft: exact gradient)
     5. teacher update θ'_T from L_sup + λ·L_UDA + the MPL term, all taken at the old θ_T
 
-Steps 1 and 5 belong to the teacher, a part (methods/teachers.py): an image network (ImageTeacher, above) or Reduced
-MPL's R over stored distributions (StoredTeacher; methods/reduced_mpl.py). Steps 2–4 are this module's, the same for
-either. `method.feedback.teacher_signal` chooses the MPL term for the controls: mpl (the feedback's), shuffled
-(c from the h of a random earlier step, hard and official feedback) or none (no MPL term; docs/method.md#controls).
+Steps 1 and 5 belong to the teacher, a part (methods/teachers.py): an image network (ImageTeacher, as listed; its
+graph kept or recomputed) or Reduced MPL's R over stored distributions (StoredTeacher; methods/reduced_mpl.py).
+Steps 2–4 are this module's, the same for either. `method.feedback.teacher_signal` chooses the MPL term for the
+controls: mpl (the feedback's), shuffled (c from the h of a random earlier step, hard and official feedback) or none
+(no MPL term; docs/method.md#controls).
 
 Feedback modes (docs/method.md#feedback-modes):
     hard      ŷ ~ T(x_u_strong); the student learns that ŷ; MPL term = stop_grad(h − b)·CE(ŷ, T(x_u_strong))
@@ -21,15 +22,6 @@ Feedback modes (docs/method.md#feedback-modes):
     soft      the student learns T(x_u_strong); the MPL term is the exact ∇_θT L_l(θ_S − η_S∇L_u(θ_T, θ_S))
               through one SGD step, via a forward-mode JVP of the student (docs/method.md#soft-exact)
     official  the released code: soft smoothed targets, d = L_new − L_old, and an MPL term whose gradient is 0
-
-The teacher's graph (docs/method.md#compute-memory). Its gradient is J_Tᵀ·(∂L_aux/∂z + c·∂CE(ŷ, z_strong)/∂z), J_T the Jacobian of its
-logits z, and c exists only after step 4. BN statistics shared over the concatenation make every row of every layer
-part of J_T, so no part of that backward can run before c without a second backward. Two exact schedules:
-    keep       step 1 keeps its graph until step 5: the least work (one teacher forward + backward), but the
-               teacher's activations are alive while the student runs
-    recompute  step 1 runs without a graph (values only: ŷ, the student's targets) and step 5 runs it again with
-               one, on the same dropout masks, BN running statistics counted once: one more teacher forward, and
-               the peak memory of one network's step at a time instead of both together
 """
 
 from __future__ import annotations
@@ -65,8 +57,9 @@ from metapl.settings import check_settings
 
 
 class MetaPseudoLabels(TwoModelMethod):
-    """A teacher that learns from how much its pseudo labels help the student on labeled data; the teacher is an
-    image network (this constructor) or another part (methods/teachers.py: ReducedMetaPseudoLabels)."""
+    """A teacher that learns from how much its pseudo labels help the student on labeled data. The teacher is a part
+    (methods/teachers.py): an image network with this constructor, R over stored distributions with
+    ReducedMetaPseudoLabels's; the step is the same."""
 
     finetunes: ClassVar[bool] = True
 

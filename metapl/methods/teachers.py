@@ -16,6 +16,15 @@ Two parts:
                    the supervised CE and UDA (method.teacher_losses), its graph kept or recomputed (teacher_graph)
     StoredTeacher  Reduced MPL's R over the stored distributions [p_l; p_u] of the same images
                    (methods/reduced_mpl.py), its own loss supervised_weight · CE(R(p_l), y_l)
+
+ImageTeacher's graph (docs/method.md#compute-memory). Its gradient is J_Tᵀ·(∂L_aux/∂z + c·∂CE(ŷ, z_strong)/∂z), J_T
+the Jacobian of its logits z, and c exists only after step 4. BN statistics shared over the concatenation make every row of every layer
+part of J_T, so no part of that backward can run before c without a second backward. Two exact schedules:
+    keep       step 1 keeps its graph until step 5: the least work (one teacher forward + backward), but the
+               teacher's activations are alive while the student runs
+    recompute  step 1 runs without a graph (values only: ŷ, the student's targets) and step 5 runs it again with
+               one, on the same dropout masks, BN running statistics counted once: one more teacher forward, and
+               the peak memory of one network's step at a time instead of both together
 """
 
 from __future__ import annotations

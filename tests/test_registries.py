@@ -44,7 +44,9 @@ def _tensors(state) -> list[torch.Tensor]:
 
 
 # Besides every registered method: full MPL with the shuffled-h control, whose buffer of earlier h is state too.
-VARIANTS = [(name, []) for name in METHODS.names()] + [("mpl", ["method.feedback.teacher_signal=shuffled"])]
+VARIANTS: list[tuple[str, list[str]]] = [(name, []) for name in METHODS.names()] + [
+    ("mpl", ["method.feedback.teacher_signal=shuffled"])
+]
 
 
 @pytest.mark.parametrize("name, variant", VARIANTS, ids=[" ".join([n, *v]) for n, v in VARIANTS])

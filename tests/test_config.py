@@ -143,6 +143,16 @@ def test_flat_keys_are_read_and_nested_keys_are_shown():
     assert uda.method.settings.uda_weight == 2.0 and "method.uda_weight" in all_keys(uda)
 
 
+def test_from_flat_builds_the_nested_settings_of_the_flat_keys():
+    from metapl.methods.settings import FeedbackSettings, MPLSettings, TeacherLosses, from_flat
+
+    built = from_flat(MPLSettings, feedback="soft", h="cosine", uda_weight=2.0, teacher_graph="recompute")
+    expected = MPLSettings(FeedbackSettings(mode="soft", h="cosine"), TeacherLosses(uda_weight=2.0), "recompute")
+    assert built == expected
+    with pytest.raises(TypeError, match="MPLSettings has no flat key 'mode'"):  # the nested name is no flat key
+        from_flat(MPLSettings, mode="soft")
+
+
 @pytest.mark.parametrize(
     "override, fragment",
     [

@@ -31,7 +31,7 @@ def measure(precision: str, modes: list[str], threads: int, warmup: int = 2, ste
     """In this process: metapl's step times (median of `steps` after `warmup`) and the peak RSS."""
     import torch
 
-    from metapl.methods import UDA, Batch, MetaPseudoLabels, MPLSettings, UDASettings
+    from metapl.methods import UDA, Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, TeacherLosses, UDASettings
     from metapl.models import create_model
     from metapl.optim import OptimSettings
 
@@ -53,7 +53,8 @@ def measure(precision: str, modes: list[str], threads: int, warmup: int = 2, ste
         if mode == "uda":
             method = UDA(net(), K, UDASettings(**losses), optim=optim, ema_decay=0.995)
         else:
-            settings = MPLSettings(feedback="hard", h=mode.split("_")[1], student_label_smoothing=0.15, **losses)
+            feedback = FeedbackSettings(mode="hard", h=mode.split("_")[1], student_label_smoothing=0.15)
+            settings = MPLSettings(feedback, TeacherLosses(**losses))
             method = MetaPseudoLabels(
                 net(), net(), K, settings, teacher_optim=optim, student_optim=optim, ema_decay=0.995
             )

@@ -10,8 +10,8 @@ The bias map (issue #23): stores of a known margin and natural errors, arms with
 
     python benchmarks/reduced_mpl_experiment.py --preset digits --seeds 3 --first-seed 100 --steps 2000 \
         --stores d0.05=shift:3>8,4>9:delta=0.05 d2=shift:3>8,4>9:delta=2 few2=few:2 cnn=model:small_cnn \
-        --arm frozen frozen --arm mpl-sum mpl method.reinforce_reduction=sum \
-        --arm shuffled-sum shuffled method.reinforce_reduction=sum --arm supervised supervised \
+        --arm frozen frozen --arm mpl-sum mpl method.feedback.reinforce_reduction=sum \
+        --arm shuffled-sum shuffled method.feedback.reinforce_reduction=sum --arm supervised supervised \
         --out runs/reduced/bias-map --json benchmarks/results/bias_map_digits.json
 
 Per seed: a supervised teacher on the preset's labeled split (its validation-selected weights), `metapl label` of
@@ -70,10 +70,10 @@ from metapl.labeling import Bias, LabelOptions, label_pool, parse_bias
 from metapl.methods.reduced_mpl import ReducedTeacher, teacher_confusion
 
 ARMS: dict[str, list[str]] = {
-    "frozen": ["method.teacher_signal=none", "method.supervised_weight=0"],
-    "mpl": ["method.teacher_signal=mpl", "method.supervised_weight=0"],
-    "shuffled": ["method.teacher_signal=shuffled", "method.supervised_weight=0"],
-    "supervised": ["method.teacher_signal=none", "method.supervised_weight=1"],
+    "frozen": ["method.feedback.teacher_signal=none", "method.teacher_losses.supervised_weight=0"],
+    "mpl": ["method.feedback.teacher_signal=mpl", "method.teacher_losses.supervised_weight=0"],
+    "shuffled": ["method.feedback.teacher_signal=shuffled", "method.teacher_losses.supervised_weight=0"],
+    "supervised": ["method.feedback.teacher_signal=none", "method.teacher_losses.supervised_weight=1"],
 }
 STORES = ("clean", "biased")
 QUICK = {"preset": "digits", "seeds": 2, "steps": 300}
@@ -249,7 +249,8 @@ def run_arm(task: tuple) -> dict:
     k = data.num_classes
     reduced = ReducedTeacher(k, cfg.method.settings.hidden)
     reduced.load_state_dict(torch.load(run_dir / "checkpoint.pt", weights_only=True)["method"]["teacher"])
-    p_val = data.p_val.dense()
+    assert data.stored is not None  # reduced_mpl's config needs data.label_dir
+    p_val = data.stored.val.dense()
     before = teacher_confusion(None, p_val, data.y_val, k)
     after = teacher_confusion(reduced, p_val, data.y_val, k)
     record = {

@@ -46,7 +46,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from metapl.methods import UDA, Batch, MetaPseudoLabels, MPLSettings, Supervised, SupervisedSettings, UDASettings
+from metapl.methods import (
+    UDA,
+    Batch,
+    FeedbackSettings,
+    MetaPseudoLabels,
+    MPLSettings,
+    ReducedTeacherLosses,
+    StoredBatch,
+    Supervised,
+    SupervisedSettings,
+    TeacherLosses,
+    UDASettings,
+)
 from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher
 from metapl.models import compile_network, create_model
 from metapl.optim import OptimSettings
@@ -111,7 +123,7 @@ def make_batch(model: str, channels_last: bool) -> Batch:
         return torch.softmax(3 * torch.randn(n, NUM_CLASSES, generator=g), dim=-1)
 
     x_l, y_l, weak, strong = images(B), torch.randint(0, NUM_CLASSES, (B,), generator=g), images(MU * B), images(MU * B)
-    return Batch(x_l, y_l, weak, strong, p_l=stored(B), p_u=stored(MU * B))
+    return StoredBatch(x_l, y_l, weak, strong, p_l=stored(B), p_u=stored(MU * B))
 
 
 def step_batch(name: str, batch: Batch) -> Batch:
@@ -130,7 +142,9 @@ def make_method(name: str, model: str, channels_last: bool):
     losses = dict(label_smoothing=0.15, uda_ramp_steps=0)  # full UDA weight from the first step
     if name.startswith("reduced_mpl"):
         feedback, _, h = name.removeprefix("reduced_mpl ").partition("/")
-        settings = ReducedMPLSettings(feedback=feedback, h=h, student_label_smoothing=0.15)
+        settings = ReducedMPLSettings(
+            FeedbackSettings(mode=feedback, h=h, student_label_smoothing=0.15), ReducedTeacherLosses()
+        )
         return ReducedMetaPseudoLabels(
             ReducedTeacher(NUM_CLASSES),
             make_net(model, channels_last),
@@ -149,11 +163,9 @@ def make_method(name: str, model: str, channels_last: bool):
     mode, _, schedule = name.removeprefix("mpl ").partition(" (")
     feedback, _, h = mode.partition("/")
     settings = MPLSettings(
-        feedback=feedback,
-        h=h or "dot",
-        student_label_smoothing=0.15,
+        FeedbackSettings(mode=feedback, h=h or "dot", student_label_smoothing=0.15),
+        TeacherLosses(**losses),
         teacher_graph="recompute" if schedule == "recompute)" else "keep",
-        **losses,
     )
     return MetaPseudoLabels(
         make_net(model, channels_last),

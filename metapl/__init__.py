@@ -22,8 +22,11 @@ if TYPE_CHECKING:
     from metapl.methods import MPLSettings as MPLSettings
     from metapl.methods import PseudoLabel as PseudoLabel
     from metapl.methods import PseudoLabelSettings as PseudoLabelSettings
+    from metapl.methods import ReducedTeacherLosses as ReducedTeacherLosses
+    from metapl.methods import StoredBatch as StoredBatch
     from metapl.methods import Supervised as Supervised
     from metapl.methods import SupervisedSettings as SupervisedSettings
+    from metapl.methods import TeacherLosses as TeacherLosses
     from metapl.methods import UDASettings as UDASettings
     from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels as ReducedMetaPseudoLabels
     from metapl.methods.reduced_mpl import ReducedMPLSettings as ReducedMPLSettings
@@ -39,6 +42,9 @@ _EXPORTS = {
     "MPLSettings": "metapl.methods",
     "PseudoLabel": "metapl.methods",
     "PseudoLabelSettings": "metapl.methods",
+    "ReducedTeacherLosses": "metapl.methods",
+    "StoredBatch": "metapl.methods",
+    "TeacherLosses": "metapl.methods",
     "Supervised": "metapl.methods",
     "SupervisedSettings": "metapl.methods",
     "UDA": "metapl.methods",

@@ -1,5 +1,6 @@
 """The batch of one training step: what the data streams produce and every method consumes. It sits below both
-(data/ and methods/ import it; it imports neither)."""
+(data/ and methods/ import it; it imports neither). A run with a teacher's stored distributions (data.label_dir)
+gets StoredBatch, the batch plus those distributions: Reduced MPL's inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ class Batch:
     """One training step's data: B labeled examples and μB unlabeled ones in a weak and a strong view.
 
     `y_u` holds the unlabeled examples' true labels when they are known; it is used only for metrics.
-    `p_l` and `p_u` hold a stored teacher's class distributions of the same images (data.label_dir; Reduced MPL).
     """
 
     x_l: torch.Tensor
@@ -22,8 +22,6 @@ class Batch:
     x_u_weak: torch.Tensor | None = None
     x_u_strong: torch.Tensor | None = None
     y_u: torch.Tensor | None = None
-    p_l: torch.Tensor | None = None
-    p_u: torch.Tensor | None = None
 
     def unlabeled(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_u_weak, x_u_strong), for the methods that need them."""
@@ -40,10 +38,28 @@ class Batch:
         return self._map(lambda t: t.pin_memory() if t.is_cpu else t)  # images augmented on the GPU stay there
 
     def _map(self, fn) -> Batch:
+        """The same kind of batch with `fn` applied to each tensor."""
         mapped: dict[str, Any] = {
             f.name: (None if getattr(self, f.name) is None else fn(getattr(self, f.name))) for f in fields(self)
         }
-        return Batch(**mapped)
+        return type(self)(**mapped)
+
+
+@dataclass
+class StoredBatch(Batch):
+    """A batch with a stored teacher's class distributions of its images (data.label_dir): `p_l` of the labeled
+    ones, `p_u` of the unlabeled ones (None in a labeled-only batch). Reduced MPL's teacher reads them."""
+
+    p_l: torch.Tensor | None = None
+    p_u: torch.Tensor | None = None
+
+
+def with_stored(batch: Batch, p_l: torch.Tensor | None, p_u: torch.Tensor | None) -> Batch:
+    """`batch` with the stored distributions `p_l` and `p_u`: a StoredBatch when either is given, else the batch."""
+    if p_l is None and p_u is None:
+        return batch
+    plain = {f.name: getattr(batch, f.name) for f in fields(Batch)}
+    return StoredBatch(**plain, p_l=p_l, p_u=p_u)
 
 
 def _format(t: torch.Tensor, channels_last: bool) -> torch.memory_format:

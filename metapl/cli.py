@@ -220,7 +220,8 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
         from metapl.config import Config, flatten
 
         name = option[2:].replace("-", "_")
-        keys = [k for k, _ in flatten(Config().to_dict()) if k.rpartition(".")[2] == name]
+        # a key's own name, or a nested section's (--feedback: method.feedback.mode)
+        keys = [k for k, _ in flatten(Config().to_dict()) if name in (k.rpartition(".")[2], *k.split(".")[1:2])]
         known = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
         close = difflib.get_close_matches(option, known, n=1, cutoff=0.75)
         if keys and "--set" in known:

@@ -20,7 +20,8 @@ import yaml
 
 from metapl.data.registry import DATASETS
 from metapl.errors import ConfigError, first_line
-from metapl.methods import METHODS, settings_class
+from metapl.methods import METHODS
+from metapl.methods.settings import FieldPath, flat_keys, leaf_paths, sections
 from metapl.models.registry import MODELS
 from metapl.optim_config import OptimConfig
 from metapl.presets import load_preset
@@ -28,6 +29,7 @@ from metapl.registry import Registry
 from metapl.settings import (
     above,
     at_least,
+    check_field,
     check_settings,
     choice,
     fraction,
@@ -40,8 +42,11 @@ from metapl.settings import (
 )
 
 # config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
-# 2: the chosen method's keys only. Version 1 files are read by dropping what version 2 no longer has.
-CONFIG_FORMAT = 2
+# 2: the chosen method's keys only; 3: mpl's and reduced_mpl's keys nested (method.feedback.*, method.teacher_losses.*).
+# Version 1 files are read by dropping what version 2 no longer has; versions 1 and 2 name the nested keys by their
+# flat keys (methods/settings.py: flat_keys), which every method section still reads.
+CONFIG_FORMAT = 3
+READABLE_FORMATS = (1, 2, CONFIG_FORMAT)
 
 
 @dataclass
@@ -139,7 +144,7 @@ class MethodSection:
 
     @classmethod
     def of(cls, name: str) -> MethodSection:
-        return cls(name, settings_class(name)())
+        return cls(name, METHODS.settings_class(name)())
 
     def to_dict(self) -> dict:
         return {"name": self.name, **dataclasses.asdict(self.settings)}
@@ -159,7 +164,7 @@ class TrainConfig:
     scale_lr: bool = False  # peak LR = lr × data.batch_size / 256, as the official code does
     precision: str = choice("fp32", ("fp32", "bf16", "fp16"))  # bf16: autocast; fp16: with dynamic loss scaling
     channels_last: bool = False  # NHWC memory format for convolutional models (faster on GPUs)
-    compile: bool = False  # torch.compile every network (not with method.feedback=soft)
+    compile: bool = False  # torch.compile every network (not with method.feedback.mode=soft)
     sync_bn: bool = False  # BatchNorm statistics over all data-parallel ranks (CUDA only)
     checkpoint_every: int = at_least(0, 500, " (0: only at the end)")  # also at the end of each phase
     keep_checkpoints: int = at_least(0, 0)  # besides checkpoint.pt (the last), keep this many earlier ones
@@ -343,7 +348,10 @@ def _check_parts_with(cfg: Config) -> None:
 
 
 def get_value(cfg: Config, key: str) -> Any:
-    """The value of a dotted key ('data.num_points'), wherever its section keeps it."""
+    """The value of a dotted key ('data.num_points'; 'method.feedback.h' or its flat key 'method.h'), wherever its
+    section keeps it."""
+    if key.startswith("method."):
+        return method_value(cfg, key)
     return dict(flatten(cfg.to_dict()))[key]
 
 
@@ -425,7 +433,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def load_config_file(path: Path) -> Config:
-    """A config saved with a run (config.yaml), of this format or the one before."""
+    """A config saved with a run (config.yaml), of this format or an earlier one (READABLE_FORMATS)."""
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
@@ -435,7 +443,7 @@ def load_config_file(path: Path) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} is not a mapping of sections; pass a run directory written by metapl train")
     version = raw.pop("config_format", 1)
-    if version not in (1, CONFIG_FORMAT):
+    if version not in READABLE_FORMATS:
         raise ConfigError(
             f"config {path} has config_format={version!r}, which this metapl ({CONFIG_FORMAT}) cannot read; "
             "use the metapl that wrote it"
@@ -478,9 +486,11 @@ def from_dict(
             continue
         if lenient_parts and _other_parts_key(cfg, key):
             continue
-        if lenient_method and key.startswith("method.") and not _has_field(cfg.method.settings, key[7:]):
-            _method_owning(key)  # raises for a key no method has
-            continue
+        if lenient_method and key.startswith("method.") and _method_path(type(cfg.method.settings), key[7:]) is None:
+            shared = _shared_key(cfg.method.settings, key)  # raises for a key no method has
+            if shared is None:
+                continue
+            key = shared
         set_value(cfg, key, value)
     return cfg
 
@@ -528,42 +538,110 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         fill_parts(section)  # the settings of the part now chosen
 
 
+# ---------------------------------------------------------------------------------------------- the method section
 def _set_method_value(cfg: Config, name: str, value: Any) -> None:
+    """Set method key `name` (a nested key, feedback.h, or a flat key of config formats 1–2, h), checked and named in
+    errors as given."""
     if name == "name":
         new = _coerce("method.name", value, str)
         METHODS.check(new)
         if new != cfg.method.name:  # settings both methods have keep their values (a preset's UDA weight, ...)
-            old = dataclasses.asdict(cfg.method.settings)
-            settings = settings_class(new)()
-            for f in dataclasses.fields(settings):
-                if f.name in old:
-                    setattr(settings, f.name, old[f.name])
+            old = cfg.method.settings
+            old_keys = flat_keys(type(old))
+            settings = METHODS.settings_class(new)()
+            for flat, target in flat_keys(type(settings)).items():
+                if flat in old_keys:
+                    _set_path(settings, target, _get_path(old, old_keys[flat]))
             cfg.method = MethodSection(new, settings)
         return
     settings = cfg.method.settings
     if not name:
         raise ConfigError("'method' is a section; set one of its keys, e.g. method.name=mpl")
-    if not _has_field(settings, name):
+    path = _method_path(type(settings), name)
+    if path is None:
+        nested = sections(type(settings))
+        if name in nested:
+            example = dataclasses.fields(nested[name])[0].name
+            raise ConfigError(f"'method.{name}' is a section; set one of its keys, e.g. method.{name}.{example}=...")
         owner = _method_owning(f"method.{name}")
         raise ConfigError(
             f"method.{name} is a setting of method.name={owner}, not of {cfg.method.name}; "
             f"choose --method {owner}, or drop it (list {cfg.method.name}'s keys with: metapl config --preset "
             f"{cfg.preset or 'NAME'} --method {cfg.method.name})"
         )
-    expected = typing.get_type_hints(type(settings))[name]
-    setattr(settings, name, _coerce(f"method.{name}", value, expected))
+    section = _get_path(settings, path[:-1])
+    field_ = next(f for f in dataclasses.fields(section) if f.name == path[-1])
+    coerced = _coerce(f"method.{name}", value, typing.get_type_hints(type(section))[path[-1]])
+    check_field(field_, coerced, f"method.{name}")  # now, so that the error names the key as the user wrote it
+    setattr(section, path[-1], coerced)
+
+
+def _method_path(cls: type, name: str) -> FieldPath | None:
+    """The field path that method key `name` names in the settings class `cls` (nested: 'feedback.h'; flat, as
+    config formats 1 and 2 wrote it: 'h'), or None."""
+    flat = flat_keys(cls)
+    if name in flat:
+        return flat[name]
+    path = tuple(name.split("."))
+    return path if path in leaf_paths(cls) else None
+
+
+def _get_path(settings: Any, path: FieldPath) -> Any:
+    for name in path:
+        settings = getattr(settings, name)
+    return settings
+
+
+def _set_path(settings: Any, path: FieldPath, value: Any) -> None:
+    setattr(_get_path(settings, path[:-1]), path[-1], value)
+
+
+def method_value(cfg: Config, key: str) -> Any:
+    """The value of the chosen method's key `key` ('method.feedback.shuffle_buffer', or its flat key)."""
+    path = _method_path(type(cfg.method.settings), key.partition(".")[2])
+    if path is None:
+        raise KeyError(key)
+    return _get_path(cfg.method.settings, path)
+
+
+def canonical_key(key: str, method: str | None = None) -> str:
+    """`key` as the config names it now: a flat method key of formats 1–2 ('method.shuffle_buffer') becomes its
+    nested key ('method.feedback.shuffle_buffer') in `method`'s settings, or in the first method that has it."""
+    if not key.startswith("method."):
+        return key
+    name = key.partition(".")[2]
+    for owner in [method] if method else METHODS.names():
+        path = _method_path(METHODS.settings_class(owner), name) if owner in METHODS else None
+        if path is not None:
+            return "method." + ".".join(path)
+    return key
+
+
+def _method_keys(cls: type) -> list[str]:
+    """Every key of the settings class `cls`: the nested keys and the flat keys of formats 1–2."""
+    return [*(".".join(path) for path in leaf_paths(cls)), *flat_keys(cls)]
 
 
 def _method_owning(key: str) -> str:
     """The first registered method whose settings have `key` ('method.x'); a ConfigError when none has."""
     name = key.partition(".")[2]
     for method in METHODS.names():
-        if name in {f.name for f in dataclasses.fields(settings_class(method))}:
+        if _method_path(METHODS.settings_class(method), name) is not None:
             return method
-    keys = sorted({f"method.{f.name}" for m in METHODS.names() for f in dataclasses.fields(settings_class(m))})
+    keys = sorted({f"method.{k}" for m in METHODS.names() for k in _method_keys(METHODS.settings_class(m))})
     raise ConfigError(
         f"unknown config key {key!r}{suggest(key, keys)}; list the keys with: metapl config --preset NAME"
     )
+
+
+def _shared_key(settings: Any, key: str) -> str | None:
+    """A preset's (or a format-1 file's) key `key` of another method, as the key of `settings`'s method that holds
+    the same setting (their flat keys agree: mpl's method.teacher_losses.uda_weight is uda's method.uda_weight), or
+    None when `settings`'s method has no such setting. A ConfigError when no method has the key."""
+    owner = METHODS.settings_class(_method_owning(key))
+    path = _method_path(owner, key.partition(".")[2])
+    flat = next(flat for flat, p in flat_keys(owner).items() if p == path)
+    return f"method.{flat}" if flat in flat_keys(type(settings)) else None
 
 
 def _has_field(obj: Any, name: str) -> bool:
@@ -636,7 +714,7 @@ def unread_inputs(cfg: Config) -> dict[str, str]:
     method whose settings say READS_UNLABELED=False) and a teacher's stored distributions (READS_STORED=False;
     methods/settings.py). Set by a user, such a setting is refused, not ignored: the run would not be the one asked
     for. Read from the settings class, so no method (nor PyTorch) is imported."""
-    settings = settings_class(cfg.method.name)
+    settings = METHODS.settings_class(cfg.method.name)
     unread = {}
     if not getattr(settings, "READS_UNLABELED", True):
         unread["data.unlabeled_dir"] = unread["data.unlabeled_shards"] = "trains on labeled images only"

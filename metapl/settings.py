@@ -116,19 +116,24 @@ def check_settings(settings: Any, prefix: str) -> None:
         key, value = f"{prefix}.{f.name}", getattr(settings, f.name)
         if dataclasses.is_dataclass(value):
             check_settings(value, prefix if f.metadata.get("part") else key)  # a part's keys are its section's
-            continue
-        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
-            raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number (float32: within ±3.4e38)")
-        numbers = value if isinstance(value, list) else [value]
-        if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in numbers):
-            raise ConfigError(f"{key}={value!r} is impossible; it must fit in 64 bits (below 2**63)")
-        if f.metadata.get("path") and value:
-            check_path(value, key)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            shown = ", ".join(str(c) for c in choices)
-            hint = suggest(str(value), [str(c) for c in choices])
-            raise ConfigError(f"{key}={value!r} is not allowed{hint}; use one of: {shown}")
-        rule = f.metadata.get("rule")
-        if rule is not None and not rule(value):
-            raise ConfigError(f"{key}={value!r} is impossible; it must be {f.metadata['allowed']}")
+        else:
+            check_field(f, value, key)
+
+
+def check_field(f: dataclasses.Field, value: Any, key: str) -> None:
+    """check_settings for one field's value, named `key` in the message (the key as the user wrote it)."""
+    if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise ConfigError(f"{key}={value!r} is impossible; it must be a finite number (float32: within ±3.4e38)")
+    numbers = value if isinstance(value, list) else [value]
+    if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in numbers):
+        raise ConfigError(f"{key}={value!r} is impossible; it must fit in 64 bits (below 2**63)")
+    if f.metadata.get("path") and value:
+        check_path(value, key)
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join(str(c) for c in choices)
+        hint = suggest(str(value), [str(c) for c in choices])
+        raise ConfigError(f"{key}={value!r} is not allowed{hint}; use one of: {shown}")
+    rule = f.metadata.get("rule")
+    if rule is not None and not rule(value):
+        raise ConfigError(f"{key}={value!r} is impossible; it must be {f.metadata['allowed']}")

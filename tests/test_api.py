@@ -8,7 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from metapl import UDA, Batch, MetaPseudoLabels, MPLSettings, OptimSettings, PseudoLabel, Supervised
+from metapl import (
+    UDA,
+    Batch,
+    FeedbackSettings,
+    MetaPseudoLabels,
+    MPLSettings,
+    OptimSettings,
+    PseudoLabel,
+    Supervised,
+    TeacherLosses,
+)
 
 
 def _net() -> nn.Module:
@@ -30,7 +40,7 @@ def test_readme_snippet_trains_a_users_own_model():
         teacher,
         student,
         num_classes=3,
-        settings=MPLSettings(feedback="hard", h="dot", uda_ramp_steps=50),
+        settings=MPLSettings(FeedbackSettings(mode="hard", h="dot"), TeacherLosses(uda_ramp_steps=50)),
         teacher_optim=OptimSettings(lr=0.05, total_steps=300),
         student_optim=OptimSettings(lr=0.05, total_steps=300),
     )
@@ -55,8 +65,8 @@ def test_readme_snippet_trains_a_users_own_model():
         lambda: Supervised(_net(), 3),
         lambda: UDA(_net(), 3),
         lambda: PseudoLabel(_net(), _net(), 3, teacher_steps=2),
-        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="soft")),
-        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="official"), ema_decay=0.9),
+        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(FeedbackSettings(mode="soft"))),
+        lambda: MetaPseudoLabels(_net(), _net(), 3, MPLSettings(FeedbackSettings(mode="official")), ema_decay=0.9),
     ],
 )
 def test_state_dict_round_trip_restores_the_same_next_step(make):
@@ -82,10 +92,10 @@ def test_state_dict_round_trip_restores_the_same_next_step(make):
 
 
 def test_invalid_options_are_refused():
-    with pytest.raises(ValueError, match="feedback='hrad'"):
-        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(feedback="hrad"))
+    with pytest.raises(ValueError, match="feedback.mode='hrad'"):
+        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(FeedbackSettings(mode="hrad")))
     with pytest.raises(ValueError, match="h='dott'"):
-        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(h="dott"))
+        MetaPseudoLabels(_net(), _net(), 3, MPLSettings(FeedbackSettings(h="dott")))
     net = _net()
     with pytest.raises(ValueError, match="two separate modules"):
         MetaPseudoLabels(net, net, 3)

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from metapl.config import build_config, from_dict, load_config_file, save_config, validate
+from metapl.config import all_keys, build_config, from_dict, load_config_file, save_config, validate
 from metapl.errors import ConfigError
 from metapl.presets import preset_names
 
@@ -39,7 +39,7 @@ def test_method_section_is_the_chosen_methods_settings():
     from metapl.methods.uda import UDASettings
 
     mpl = build_config("digits")
-    assert type(mpl.method.settings) is MPLSettings and mpl.method.settings.label_smoothing == 0.15
+    assert type(mpl.method.settings) is MPLSettings and mpl.method.settings.teacher_losses.label_smoothing == 0.15
     uda = build_config("digits", method="uda")
     assert type(uda.method.settings) is UDASettings
     assert uda.method.settings.uda_ramp_steps == 500  # the preset's value of a key UDA shares with MPL
@@ -66,9 +66,10 @@ def test_config_file_round_trip_and_old_format(tmp_path):
 
     cfg = build_config("digits", ["train.steps=9"])
     save_config(cfg, tmp_path / "config.yaml")
-    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["config_format"] == 2
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["config_format"] == 3
     assert load_config_file(tmp_path / "config.yaml") == cfg
     old = cfg.to_dict()
+    old["method"] = _flat_method(old["method"])  # 0.1 and 0.2 wrote the method's keys flat
     old["method"].update(teacher_fraction=0.5, supervised_loss=True)  # 0.1 wrote every method's keys
     old["teacher"].update(total_steps=1000, fp16_loss_scale=False)
     (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
@@ -80,16 +81,105 @@ def test_config_file_round_trip_and_old_format(tmp_path):
         load_config_file(tmp_path / "future.yaml")
 
 
+def _flat_method(method: dict) -> dict:
+    """A nested method section as config formats 1 and 2 wrote it: one flat mapping of flat keys."""
+    from metapl.methods import METHODS
+    from metapl.methods.settings import flat_keys
+
+    table = flat_keys(METHODS.settings_class(method["name"]))
+    flat = {"name": method["name"]}
+    for key, path in table.items():
+        value = method
+        for name in path:
+            value = value[name]
+        flat[key] = value
+    return flat
+
+
+@pytest.mark.parametrize("name", ["mpl", "reduced_mpl"])
+def test_format_2_flat_method_section_loads_nested(tmp_path, name):
+    """A format-2 config.yaml (the flat method section of metapl 0.2: method.feedback, method.h, method.uda_weight,
+    method.teacher_signal) loads as the nested settings it meant, every value where it belongs."""
+    import yaml
+
+    extra = ["data.label_dir=labels"] if name == "reduced_mpl" else []
+    changed = {
+        "mpl": ["method.feedback.mode=official", "method.feedback.h=cosine", "method.teacher_losses.uda_weight=3"],
+        "reduced_mpl": ["method.feedback.teacher_signal=shuffled", "method.teacher_losses.supervised_weight=0.5"],
+    }[name]
+    cfg = build_config("digits", [*extra, *changed], name)
+    old = cfg.to_dict()
+    old["method"] = _flat_method(old["method"])
+    assert "feedback" in old["method"] and not isinstance(old["method"]["feedback"], dict)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"config_format": 2, **old}, sort_keys=False))
+    loaded = load_config_file(tmp_path / "config.yaml")
+    loaded.preset = cfg.preset
+    assert loaded == cfg
+    nested = loaded.to_dict()["method"]
+    assert isinstance(nested["feedback"], dict) and isinstance(nested["teacher_losses"], dict)
+
+
+def test_flat_keys_are_read_and_nested_keys_are_shown():
+    """Every flat key of metapl 0.2 still sets its nested setting (--set, presets, old files); the config shows the
+    nested keys; the flat keys of each method name distinct settings."""
+    from metapl.methods import METHODS
+    from metapl.methods.settings import flat_keys, leaf_paths
+
+    cfg = build_config(
+        "digits",
+        ["method.feedback=soft", "method.h=cosine", "method.uda_weight=7", "method.teacher_signal=none"],
+    )
+    settings = cfg.method.settings
+    assert (settings.feedback.mode, settings.feedback.h) == ("soft", "cosine")
+    assert (settings.teacher_losses.uda_weight, settings.feedback.teacher_signal) == (7.0, "none")
+    keys = all_keys(cfg)
+    assert "method.feedback.mode" in keys and "method.teacher_losses.uda_weight" in keys and "method.h" not in keys
+    nested = build_config("digits", ["method.feedback.mode=soft", "method.teacher_losses.uda_weight=7"])
+    assert nested.method.settings.feedback.mode == "soft" and nested.method.settings.teacher_losses.uda_weight == 7.0
+    for name in METHODS.names():
+        table = flat_keys(METHODS.settings_class(name))
+        assert sorted(table.values()) == sorted(leaf_paths(METHODS.settings_class(name))), name  # one flat key each
+    uda = build_config("digits", ["method.uda_weight=2"], "uda")  # uda's keys stay flat
+    assert uda.method.settings.uda_weight == 2.0 and "method.uda_weight" in all_keys(uda)
+
+
+def test_from_flat_builds_the_nested_settings_of_the_flat_keys():
+    from metapl.methods.settings import FeedbackSettings, MPLSettings, TeacherLosses, from_flat
+
+    built = from_flat(MPLSettings, feedback="soft", h="cosine", uda_weight=2.0, teacher_graph="recompute")
+    expected = MPLSettings(FeedbackSettings(mode="soft", h="cosine"), TeacherLosses(uda_weight=2.0), "recompute")
+    assert built == expected
+    with pytest.raises(TypeError, match="MPLSettings has no flat key 'mode'"):  # the nested name is no flat key
+        from_flat(MPLSettings, mode="soft")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("method.feedback.mdoe=soft", "did you mean 'method.feedback.mode'"),
+        ("method.teacher_losses.uda_wieght=2", "did you mean 'method.teacher_losses.uda_weight'"),
+        ("method.feedback.mode=sotf", "method.feedback.mode='sotf' is not allowed (did you mean 'soft'?)"),
+        ("method.teacher_losses=1", "'method.teacher_losses' is a section; set one of its keys"),
+        ("method.feedback.teacher_signal=x", "method.feedback.teacher_signal='x' is not allowed"),
+        ("method.teacher_losses.supervised_weight=1", "is a setting of method.name=reduced_mpl, not of mpl"),
+    ],
+)
+def test_nested_method_keys_get_did_you_mean_and_one_line_errors(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        build_config("digits", [override])
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
 def test_api_settings_are_checked_like_the_config():
     """A settings dataclass passed to a method's constructor is held to the same declared rules."""
     from torch import nn
 
-    from metapl import MetaPseudoLabels, MPLSettings
+    from metapl import FeedbackSettings, MetaPseudoLabels, MPLSettings
 
-    with pytest.raises(ConfigError, match="method.baseline_decay=1.5 is impossible; it must be in \\[0, 1\\)"):
-        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(baseline_decay=1.5))
+    with pytest.raises(ConfigError, match="method.feedback.baseline_decay=1.5 is impossible; it must be in \\[0, 1\\)"):
+        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(FeedbackSettings(baseline_decay=1.5)))
     with pytest.raises(ValueError, match="did you mean 'soft'"):  # ConfigError is a ValueError for API users
-        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(feedback="sotf"))
+        MetaPseudoLabels(nn.Linear(2, 2), nn.Linear(2, 2), 2, MPLSettings(FeedbackSettings(mode="sotf")))
 
 
 def test_int_accepted_where_float_expected():
@@ -175,13 +265,12 @@ def test_config_command_does_not_import_torch():
 def test_torch_free_settings_are_the_methods_and_models_own():
     """The torch-free tables the config reads (method settings, activation names) are the ones the methods and
     networks use."""
-    from metapl.methods import METHOD_SETTINGS, METHODS
+    from metapl.methods import METHODS
     from metapl.models.mlp import ACTIVATIONS
     from metapl.models.registry import ACTIVATION_NAMES
 
-    assert METHOD_SETTINGS.names() == METHODS.names()
     for name in METHODS.names():
-        assert METHOD_SETTINGS.get(name) is METHODS.get(name).settings
+        assert METHODS.settings_class(name) is METHODS.get(name).settings
     assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings, distributed
+from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, OptimSettings, TeacherLosses, distributed
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -37,7 +37,8 @@ def _method(teacher: nn.Module, student: nn.Module, feedback: str, h: str) -> Me
         student,
         4,
         MPLSettings(
-            feedback=feedback, h=h, sampling="argmax", label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0
+            FeedbackSettings(mode=feedback, h=h, sampling="argmax"),
+            TeacherLosses(label_smoothing=0.1, uda_ramp_steps=0, uda_threshold=0.0),
         ),
         teacher_optim=optim,
         student_optim=optim,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from metapl import Batch, MetaPseudoLabels, MPLSettings
+from metapl import Batch, MetaPseudoLabels, MPLSettings, TeacherLosses
 from metapl.ema import ModelEMA
 from metapl.optim import OptimSettings
 
@@ -39,7 +39,7 @@ def test_student_wait_period_moves_momentum_bn_and_ema_but_not_weights():
         teacher,
         student,
         3,
-        MPLSettings(uda=False),
+        MPLSettings(teacher_losses=TeacherLosses(uda=False)),
         teacher_optim=OptimSettings(lr=0.1, total_steps=10),
         student_optim=OptimSettings(lr=0.1, wait_steps=5, total_steps=10),
         ema_decay=0.9,

@@ -29,6 +29,7 @@ from cli_helpers import (
 )
 from fake_datasets import write_unlabeled_folder
 
+from metapl.batch import StoredBatch
 from metapl.cli import main
 from metapl.config import build_config
 from metapl.data import build_data
@@ -249,6 +250,7 @@ def test_the_shard_stream_joins_every_image_with_its_stored_distribution(files, 
     store = stream.data.x_unlabeled.store
     assert isinstance(store, KeyStore)
     for batch in batches:
+        assert isinstance(batch, StoredBatch)
         assert batch.p_u is not None and batch.p_u.shape == (6, 3)
         assert batch.p_l is not None and batch.p_l.shape == (2, 3)
         torch.testing.assert_close(batch.p_u.sum(-1), torch.ones(6), atol=2e-3, rtol=0)
@@ -261,6 +263,7 @@ def test_the_shard_stream_joins_every_image_with_its_stored_distribution(files, 
     readers = [_Lane(stream.data.x_unlabeled, lanes, lane, 0, Position()) for lane in range(lanes)]
     per_lane = 6 // lanes
     for batch in batches:
+        assert isinstance(batch, StoredBatch)
         rows = []
         for reader in readers:
             for _ in range(per_lane):

@@ -16,6 +16,7 @@ import torch
 from cli_helpers import killed_then_rerun
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
+from metapl.batch import StoredBatch
 from metapl.cli import main
 from metapl.config import build_config
 from metapl.data import build_data
@@ -75,14 +76,14 @@ def test_label_stores_every_pool_image_aligned_with_the_split(teacher, tmp_path,
     cfg = build_config("digits", [f"data.label_dir={out}"], "reduced_mpl")
     data = build_data(cfg.data, seed=0)
     split = data.split
-    assert data.p_labeled is not None and data.p_unlabeled is not None and data.p_val is not None
+    assert data.stored is not None and data.stored.unlabeled is not None
     for stored, index in (
-        (data.p_labeled, split.labeled),
-        (data.p_unlabeled, split.unlabeled),
-        (data.p_val, split.validation),
+        (data.stored.labeled, split.labeled),
+        (data.stored.unlabeled, split.unlabeled),
+        (data.stored.val, split.validation),
     ):
         assert torch.allclose(stored.dense(), probs[index], atol=2e-3)  # float16
-    assert torch.allclose(data.p_unlabeled.dense().sum(-1), torch.ones(len(split.unlabeled)))
+    assert torch.allclose(data.stored.unlabeled.dense().sum(-1), torch.ones(len(split.unlabeled)))
 
     # the batches carry the distributions of their own images: the unaugmented labeled batch matches
     from metapl.data.loaders import BatchStream
@@ -90,8 +91,10 @@ def test_label_stores_every_pool_image_aligned_with_the_split(teacher, tmp_path,
     data.labeled_augment = lambda x, g: x
     batch = next(BatchStream(data, 20, 2, seed=3))
     rows = [int((data.x_labeled == x).flatten(1).all(1).nonzero()) for x in batch.x_l]
-    assert batch.p_l is not None and torch.equal(batch.p_l, data.p_labeled.take(torch.tensor(rows)))
-    assert batch.p_u is not None and batch.p_u.shape == (40, 10) and batch.to("cpu").p_u is not None
+    moved = batch.to("cpu")
+    assert isinstance(batch, StoredBatch) and isinstance(moved, StoredBatch)
+    assert batch.p_l is not None and torch.equal(batch.p_l, data.stored.labeled.take(torch.tensor(rows)))
+    assert batch.p_u is not None and batch.p_u.shape == (40, 10) and moved.p_u is not None
 
 
 def test_model_source_stores_what_the_run_source_stores(teacher, tmp_path):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metapl import Batch, MetaPseudoLabels, MPLSettings, OptimSettings
+from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, OptimSettings, TeacherLosses
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
 from metapl.methods.uda import UDASettings, auxiliary_losses
 
@@ -60,7 +60,8 @@ def test_teacher_update_is_aux_gradient_plus_feedback_term():
     student = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     plain = OptimSettings(lr=0.5, momentum=0.0, schedule="constant", total_steps=10)
     settings = MPLSettings(
-        sampling="argmax", label_smoothing=0.1, uda_weight=3.0, uda_ramp_steps=0, uda_threshold=0.0, uda_temperature=0.8
+        FeedbackSettings(sampling="argmax"),
+        TeacherLosses(label_smoothing=0.1, uda_weight=3.0, uda_ramp_steps=0, uda_threshold=0.0, uda_temperature=0.8),
     )
     mpl = MetaPseudoLabels(teacher, student, 3, settings, teacher_optim=plain, student_optim=plain)
     g = torch.Generator().manual_seed(3)

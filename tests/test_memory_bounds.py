@@ -1,7 +1,7 @@
 """Memory is bounded before it is allocated, for every size setting: a brace pattern in
 data.unlabeled_shards is counted before it is expanded, an image whose header declares too many pixels is refused
 before it is decoded (PIL's decompression-bomb limit as an error, not a warning), the reduced teacher's
-method.hidden and method.shuffle_buffer and a big model.teacher_name are checked against the memory there is,
+method.hidden and method.feedback.shuffle_buffer and a big model.teacher_name are checked against the memory there is,
 and the advice names the setting that was set, not data.mu. Each refusal is one line, exit 2."""
 
 from __future__ import annotations
@@ -139,10 +139,18 @@ def test_bomb_in_a_shard_names_the_member(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ settings
-@pytest.mark.parametrize("setting", ["method.hidden", "method.shuffle_buffer"])
-def test_reduced_teacher_sizes_are_checked_before_allocation(digits_store, tmp_path, capsys, setting):
-    argv = ["train", "--preset", "digits", "--method", "reduced_mpl", "--out", str(tmp_path / "out")]
-    argv += _sets([f"data.label_dir={digits_store}", f"{setting}=1000000000000", "train.steps=2"])
+@pytest.mark.parametrize(
+    "method, setting",
+    [
+        ("reduced_mpl", "method.hidden"),
+        ("reduced_mpl", "method.feedback.shuffle_buffer"),
+        ("mpl", "method.feedback.shuffle_buffer"),  # the feedback's: every teacher's
+    ],
+)
+def test_reduced_teacher_sizes_are_checked_before_allocation(digits_store, tmp_path, capsys, method, setting):
+    argv = ["train", "--preset", "digits", "--method", method, "--out", str(tmp_path / "out")]
+    stored = [f"data.label_dir={digits_store}"] if method == "reduced_mpl" else []
+    argv += _sets([*stored, f"{setting}=1000000000000", "train.steps=2"])
     line = one_line_error(capsys, *(argv + ["--no-progress"]))
     assert line.startswith(f"metapl: error: {setting}=1000000000000 needs at least ")
     assert f"lower {setting} (more than " in line and "data.mu" not in line

@@ -52,11 +52,11 @@ def test_image_models_refuse_flat_inputs():
 
 @pytest.mark.parametrize("feedback", ["hard", "soft", "official"])
 def test_one_mpl_step_on_wrn28_2(feedback):
-    from metapl import Batch, MetaPseudoLabels, MPLSettings
+    from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings
 
     torch.manual_seed(0)
     teacher, student = (create_model("wrn28_2", 10, (3, 32, 32), dropout=0.2) for _ in range(2))
-    mpl = MetaPseudoLabels(teacher, student, 10, MPLSettings(feedback=feedback), ema_decay=0.995)
+    mpl = MetaPseudoLabels(teacher, student, 10, MPLSettings(FeedbackSettings(mode=feedback)), ema_decay=0.995)
     x = torch.randn(6, 3, 32, 32)
     metrics = mpl.step(Batch(x[:2], torch.tensor([0, 1]), x[2:], x[2:].flip(-1)), 0)
     assert all(torch.isfinite(torch.as_tensor(float(v))) for v in metrics.values())

@@ -12,7 +12,6 @@ term moves it.
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metapl.losses import soft_cross_entropy
+from metapl.losses import smoothed_cross_entropy, soft_cross_entropy
 from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
+from metapl.methods.settings import flat_keys, from_flat
 from metapl.models.mlp import MLP
 from metapl.optim import OptimSettings
 
@@ -63,15 +63,15 @@ def make_batch(seed: int) -> Batch:
 
 
 def make_mpl(teacher, student, feedback, h="dot", lr_t=1.0, lr_s=0.5, student_optim=None, teacher_optim=None, **kwargs):
-    """An MPL step with plain SGD; `kwargs` are MPLSettings fields (the teacher's auxiliary losses off unless given)
+    """An MPL step with plain SGD; `kwargs` are MPLSettings' flat keys (the teacher's auxiliary losses off unless given)
     or the constructor's other arguments (ema_decay)."""
-    fields = {f.name for f in dataclasses.fields(MPLSettings)}
+    fields = set(flat_keys(MPLSettings))
     settings = {**NO_AUX, **{k: v for k, v in kwargs.items() if k in fields}}
     return MetaPseudoLabels(
         teacher,
         student,
         K,
-        MPLSettings(feedback=feedback, h=h, **settings),
+        from_flat(MPLSettings, feedback=feedback, h=h, **settings),
         teacher_optim=teacher_optim or plain(lr_t),
         student_optim=student_optim or plain(lr_s),
         **{k: v for k, v in kwargs.items() if k not in fields},
@@ -447,3 +447,79 @@ def test_student_bn_running_stats_come_only_from_its_training_forward(feedback, 
     assert set(actual) == set(expected) and any(n.endswith("running_mean") for n in actual)
     for name, value in expected.items():
         assert torch.equal(actual[name], value), name
+
+
+# ---------------------------------------------------------------------------------------------- the controls
+def test_shuffled_h_is_an_earlier_steps_h():
+    """teacher_signal=shuffled, as for Reduced MPL (tests/test_reduced_mpl.py): step 0 gets h = 0 (no earlier step), so
+    the teacher does not move; step 1 gets step 0's h, and the teacher's gradient is (h₀ − b₁)·∇CE(ŷ₁, T(x_u_strong)),
+    b₁ the baseline over the drawn h's."""
+    lr_t, lr_s = 1.0, 0.4
+    teacher, student = make_models(21)
+    mpl = make_mpl(teacher, student, "hard", "dot", lr_t, lr_s, sampling="argmax", teacher_signal="shuffled")
+    batches = [make_batch(22), make_batch(23)]
+    metrics0, grad0 = step_and_teacher_grad(mpl, batches[0], lr_t)
+    assert float(metrics0["h_shuffled"]) == 0.0 and abs(float(metrics0["h"])) > 1e-6
+    assert torch.equal(grad0, torch.zeros_like(grad0))
+
+    teacher1 = copy.deepcopy(mpl.teacher)
+    metrics1, grad1 = step_and_teacher_grad(mpl, batches[1], lr_t, step=1)
+    h0 = metrics0["h"]
+    assert torch.equal(metrics1["h_shuffled"], h0)
+    assert not torch.equal(metrics1["h"], h0)  # the step's own h was measured, and not used
+    b1 = 0.01 * h0  # b₀ = 0.01·0; b₁ = 0.99·b₀ + 0.01·h₀
+    t_state = params(teacher1, True)
+    logits = teacher_strong_logits(teacher1, t_state, batches[1])
+    expected = (h0 - b1) * flat(grad(F.cross_entropy(logits, logits.argmax(-1)), t_state))
+    assert torch.linalg.vector_norm(expected) > 1e-8
+    assert rel_err(grad1, expected) < 1e-9
+
+
+def test_shuffled_h_draws_only_from_the_latest_buffer_of_earlier_steps():
+    """Each drawn h is one of the latest shuffle_buffer earlier steps' h (never this step's), and the buffer holds
+    those h in the order of a ring."""
+    teacher, student = make_models(31)
+    mpl = make_mpl(teacher, student, "official", shuffle_buffer=3, teacher_signal="shuffled", lr_t=0.1, lr_s=0.1)
+    seen: list[float] = []
+    for step in range(8):
+        metrics = mpl.step(make_batch(40 + step), step)
+        drawn = float(metrics["h_shuffled"])
+        assert (drawn == 0.0) if step == 0 else drawn in seen[-3:]
+        seen.append(float(metrics["h"]))
+    assert mpl.h_seen == 8
+    assert sorted(mpl.h_buffer.tolist()) == sorted(seen[-3:])
+
+
+def test_no_signal_trains_the_teacher_on_its_own_losses_only():
+    """teacher_signal=none: the teacher's update is that of its auxiliary losses alone (MPL term 0); without them
+    it does not move at all. The feedback is still measured (h)."""
+    teacher, student = make_models(33)
+    batch = make_batch(34)
+    teacher0 = copy.deepcopy(teacher)
+    aux = {"supervised_loss": True, "uda": False, "label_smoothing": 0.1}
+    mpl = make_mpl(teacher, student, "hard", "dot", teacher_signal="none", **aux)
+    metrics, teacher_grad = step_and_teacher_grad(mpl, batch, 1.0)
+    t_state = params(teacher0, True)
+    logits_l = fwd(teacher0, t_state, torch.cat([batch.x_l, *batch.unlabeled()]))[:B]
+    expected = flat(grad(smoothed_cross_entropy(logits_l, batch.y_l, 0.1), t_state))
+    assert rel_err(teacher_grad, expected) < 1e-10
+    assert float(metrics["teacher_mpl_loss"]) == 0.0 and abs(float(metrics["h"])) > 1e-6
+
+    frozen_teacher, frozen_student = make_models(35)
+    before = flat(params(frozen_teacher).values())
+    frozen = make_mpl(frozen_teacher, frozen_student, "soft", teacher_signal="none")
+    metrics = frozen.step(make_batch(36), 0)
+    assert torch.equal(flat(params(frozen.teacher).values()), before) and "teacher_grad_norm" not in metrics
+
+
+def test_shuffled_control_is_checked_and_labelled():
+    from metapl.config import build_config
+    from metapl.errors import ConfigError
+    from metapl.methods import METHODS
+
+    with pytest.raises(ConfigError, match="teacher_signal=shuffled needs a scalar h"):
+        make_mpl(*make_models(1), "soft", teacher_signal="shuffled")
+    with pytest.raises(ConfigError, match="teacher_signal=shuffled needs a scalar h"):
+        build_config("digits", ["method.feedback.mode=soft", "method.feedback.teacher_signal=shuffled"])
+    cfg = build_config("digits", ["method.feedback.teacher_signal=shuffled", "method.teacher_losses.uda=false"])
+    assert METHODS.get("mpl").label(cfg.method.settings) == "hard/dot, shuffled h, no teacher UDA"

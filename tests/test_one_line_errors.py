@@ -384,6 +384,7 @@ def test_model_num_classes_equal_to_the_datas_is_accepted():
         (["trian", "--preset", "digits"], "invalid choice: 'trian' (did you mean 'train'?)"),
         (["train"], "the following arguments are required: --preset"),
         (["train", "--preset", "digits", "--steps", "5"], "--steps 5 (a config value: use --set train.steps=...)"),
+        (["train", "--preset", "digits", "--feedback", "soft"], "(a config value: use --set method.feedback.mode=...)"),
         (["train", "--preset", "digits", "--bogus"], "unrecognized arguments: --bogus; see 'metapl train --help'"),
         (["eval", "RUN", "--weigths", "best"], "--weigths best (did you mean --weights?)"),
         (["export", "RUN", "--format", "pt"], "argument --format: invalid choice: 'pt'"),

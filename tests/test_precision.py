@@ -12,7 +12,7 @@ import torch
 
 from metapl.config import build_config
 from metapl.experiment import run_experiment
-from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
+from metapl.methods import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, TeacherLosses
 from metapl.models import create_model
 from metapl.optim import OptimSettings
 
@@ -44,7 +44,7 @@ def test_bf16_step_is_within_tolerance_of_fp32(h):
         torch.rand(24, 1, 28, 28, generator=g),
     )
     optim = OptimSettings(lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="constant")
-    settings = MPLSettings(h=h, sampling="argmax", uda_ramp_steps=0, uda_threshold=0.0)
+    settings = MPLSettings(FeedbackSettings(h=h, sampling="argmax"), TeacherLosses(uda_ramp_steps=0, uda_threshold=0.0))
     runs = {}
     for bf16 in (False, True):
         mpl = MetaPseudoLabels(

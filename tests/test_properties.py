@@ -62,7 +62,11 @@ def test_overrides_apply_and_round_trip(steps, lr, mu, threshold, hidden, baseli
         ],
     )
     assert (cfg.train.steps, cfg.teacher.lr, cfg.data.mu) == (steps, lr, mu)
-    assert (cfg.method.settings.uda_threshold, cfg.model.settings.hidden, cfg.method.settings.baseline) == (
+    assert (
+        cfg.method.settings.teacher_losses.uda_threshold,
+        cfg.model.settings.hidden,
+        cfg.method.settings.feedback.baseline,
+    ) == (
         threshold,
         hidden,
         baseline,

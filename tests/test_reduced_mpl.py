@@ -26,8 +26,9 @@ from torch import nn
 from metapl.config import build_config
 from metapl.errors import ConfigError
 from metapl.losses import smoothed_cross_entropy
-from metapl.methods import METHODS, Batch
+from metapl.methods import METHODS, StoredBatch
 from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher, teacher_confusion
+from metapl.methods.settings import FeedbackSettings, from_flat
 
 HIDDEN = 5
 
@@ -44,13 +45,13 @@ def make_models(seed: int, student: dict | None = None) -> tuple[ReducedTeacher,
     return teacher, mlp(**(student or {}))
 
 
-def stored_batch(seed: int) -> Batch:
+def stored_batch(seed: int) -> StoredBatch:
     """test_mpl_math's batch plus stored distributions of its labeled and unlabeled images."""
     batch = make_batch(seed)
     g = torch.Generator().manual_seed(seed + 1000)
-    batch.p_l = F.softmax(2 * torch.randn(B, K, generator=g), -1)
-    batch.p_u = F.softmax(2 * torch.randn(BU, K, generator=g), -1)
-    return batch
+    p_l = F.softmax(2 * torch.randn(B, K, generator=g), -1)
+    p_u = F.softmax(2 * torch.randn(BU, K, generator=g), -1)
+    return StoredBatch(batch.x_l, batch.y_l, batch.x_u_weak, batch.x_u_strong, p_l=p_l, p_u=p_u)
 
 
 def make_method(teacher, student, lr_t=1.0, lr_s=0.5, teacher_optim=None, **settings) -> ReducedMetaPseudoLabels:
@@ -58,7 +59,7 @@ def make_method(teacher, student, lr_t=1.0, lr_s=0.5, teacher_optim=None, **sett
         teacher,
         student,
         K,
-        ReducedMPLSettings(**settings),
+        from_flat(ReducedMPLSettings, **settings),
         teacher_optim=teacher_optim or plain(lr_t),
         student_optim=plain(lr_s),
     )
@@ -257,12 +258,13 @@ def test_settings_are_checked():
             "digits", ["data.label_dir=x", "method.feedback=soft", "method.teacher_signal=shuffled"], "reduced_mpl"
         )
     with pytest.raises(ConfigError, match="teacher_signal=shuffled needs a scalar h"):
-        ReducedMetaPseudoLabels(*make_models(1), K, ReducedMPLSettings(feedback="soft", teacher_signal="shuffled"))
+        settings = ReducedMPLSettings(FeedbackSettings(mode="soft", teacher_signal="shuffled"))
+        ReducedMetaPseudoLabels(*make_models(1), K, settings)
     with pytest.raises(ConfigError, match="method.teacher_signal='x' is not allowed"):
         build_config("digits", ["data.label_dir=x", "method.teacher_signal=x"], "reduced_mpl")
     cfg = build_config("digits", ["data.label_dir=x", "method.supervised_weight=0.5"], "reduced_mpl")
     assert METHODS.get("reduced_mpl").label(cfg.method.settings) == "hard/dot, +CE×0.5"
-    none = ReducedMPLSettings(teacher_signal="none")
+    none = ReducedMPLSettings(FeedbackSettings(teacher_signal="none"))
     assert METHODS.get("reduced_mpl").label(none) == "no feedback, frozen"
 
 

@@ -43,10 +43,16 @@ def _tensors(state) -> list[torch.Tensor]:
     return []
 
 
-@pytest.mark.parametrize("name", METHODS.names())
-def test_every_method_steps_and_its_state_round_trip_continues_exactly(name, digits_store):
+# Besides every registered method: full MPL with the shuffled-h control, whose buffer of earlier h is state too.
+VARIANTS: list[tuple[str, list[str]]] = [(name, []) for name in METHODS.names()] + [
+    ("mpl", ["method.feedback.teacher_signal=shuffled"])
+]
+
+
+@pytest.mark.parametrize("name, variant", VARIANTS, ids=[" ".join([n, *v]) for n, v in VARIANTS])
+def test_every_method_steps_and_its_state_round_trip_continues_exactly(name, variant, digits_store):
     extra = [f"data.label_dir={digits_store}"] if name == "reduced_mpl" else []
-    settings = ["model.hidden=[16]", "data.batch_size=8", "data.mu=2", "train.steps=10", *extra]
+    settings = ["model.hidden=[16]", "data.batch_size=8", "data.mu=2", "train.steps=10", *extra, *variant]
     cfg = build_config("digits", settings, name)
     data = build_data(cfg.data, 0)
     torch.manual_seed(0)

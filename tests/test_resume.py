@@ -146,3 +146,62 @@ def test_keep_last_k_checkpoints(tmp_path):
         "checkpoint.pt",
     ]
     assert torch.load(tmp_path / "checkpoint-00000040.pt", weights_only=True)["step"] == 40
+
+
+# ---------------------------------------------------------------------------------------------- MPL's shuffled-h control
+SHUFFLED = [*ARGS, "--set", "method.feedback.teacher_signal=shuffled", "--set", "method.feedback.shuffle_buffer=16"]
+
+
+def _shuffled_command(out: Path) -> list[str]:
+    return [sys.executable, "-m", "metapl", *SHUFFLED, "--out", str(out)]
+
+
+def test_mpl_shuffled_h_sigkill_then_resume_is_bit_identical(tmp_path):
+    """Full MPL with the shuffled-h control: the h buffer, its count and the draws' RNG resume bit for bit."""
+    done = tmp_path / "uninterrupted"
+    result = subprocess.run(_shuffled_command(done), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    killed = tmp_path / "killed"
+    reached = lambda: (s := saved_state(killed)) is not None and s["phase"] == "train" and s["step"] >= 60 and s  # noqa: E731
+    state = kill_when(_shuffled_command(killed), reached, ENV, 240)
+    assert state is not None and 60 <= state["step"] < 240, "the run ended before it could be killed mid-run"
+    result = subprocess.run(_shuffled_command(killed), env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((killed / "summary.json").read_text())["resumed_from_step"] == state["step"]
+    final = saved_state(done)
+    assert final is not None and final["method"]["h_seen"] == 240 and final["method"]["h_buffer"].abs().sum() > 0
+    _assert_same_run(done, killed)
+
+
+# ---------------------------------------------------------------------------------------------- runs of metapl 0.2
+def test_format_2_run_resumes_and_evaluates(tmp_path):
+    """A run directory of metapl 0.2 (config.yaml format 2 with the flat method section, an MPL checkpoint without the
+    shuffled control's h buffer) is trained longer exactly as the same run written by this metapl, and evaluates."""
+    import shutil
+
+    import yaml
+    from test_config import _flat_method
+
+    from metapl.cli import main
+    from metapl.engine.checkpoint import atomic_save
+
+    short = ["--set", "train.steps=40", "--set", "finetune.steps=0"]
+    longer = ["--set", "train.steps=60", "--set", "finetune.steps=0"]
+    new, old = tmp_path / "new", tmp_path / "old"
+    assert subprocess.run([*_command(new), *short], env=ENV, capture_output=True, timeout=600).returncode == 0
+    shutil.copytree(new, old)
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    assert raw["config_format"] == 3 and isinstance(raw["method"]["feedback"], dict)
+    raw.update(config_format=2, method=_flat_method(raw["method"]))
+    (old / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    del state["method"]["h_buffer"], state["method"]["h_seen"]
+    atomic_save(state, old / "checkpoint.pt")
+
+    for run in (new, old):
+        result = subprocess.run([*_command(run), *longer], env=ENV, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        assert json.loads((run / "summary.json").read_text())["resumed_from_step"] == 40
+    _assert_same_run(new, old)
+    assert yaml.safe_load((old / "config.yaml").read_text())["config_format"] == 3  # written anew by this metapl
+    assert main(["eval", str(old)]) == 0

@@ -135,6 +135,17 @@ class Distributions:
         return self.take(torch.arange(len(self)))
 
 
+@dataclass
+class StoredDistributions:
+    """A stored teacher's distributions of a DataBundle's images (data.label_dir), aligned with its x_labeled,
+    x_unlabeled and x_val. `unlabeled` is None when the unlabeled images are shards: the shard stream joins each
+    sample with its row by key as it reads it (data/shards.py)."""
+
+    labeled: Distributions
+    unlabeled: Distributions | None
+    val: Distributions
+
+
 def read_manifest(label_dir: Path) -> dict:
     """manifest.json of a finished label directory; one-line DataErrors name what is missing and the fix."""
     label_dir = Path(label_dir)
@@ -319,13 +330,12 @@ def attach(bundle, dataset, label_dir: str) -> None:
 
     store = read_store(Path(label_dir), dataset)
     split = bundle.split
-    bundle.p_labeled = store.subset(split.labeled)
-    bundle.p_val = store.subset(split.validation)
+    unlabeled = None
     if isinstance(bundle.x_unlabeled, ShardSet):
         bundle.x_unlabeled.store = key_store(Path(label_dir), bundle.x_unlabeled.files)
-        bundle.p_unlabeled = None
     else:
-        bundle.p_unlabeled = store.subset(split.unlabeled)
+        unlabeled = store.subset(split.unlabeled)
+    bundle.stored = StoredDistributions(store.subset(split.labeled), unlabeled, store.subset(split.validation))
 
 
 # ---------------------------------------------------------------------------------------------- the shard part

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from metapl.batch import Batch
+from metapl.batch import Batch, with_stored
 from metapl.data.augment import Augment, identity
 from metapl.data.folders import ImageFiles
 from metapl.data.splits import Split
 from metapl.errors import DataError
 
 if TYPE_CHECKING:
-    from metapl.data.label_store import Distributions
+    from metapl.data.label_store import StoredDistributions
     from metapl.data.streaming import FileBatches
 
 
@@ -40,10 +40,8 @@ class DataBundle:
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     # (weak, strong) made together, when the strong view must start from the weak one (docs/method.md#cifar-pipeline)
     unlabeled_views: Any = None
-    # a stored teacher's distributions of x_labeled, x_unlabeled and x_val (data.label_dir)
-    p_labeled: Distributions | None = None
-    p_unlabeled: Distributions | None = None
-    p_val: Distributions | None = None
+    # a stored teacher's distributions of x_labeled, x_unlabeled and x_val (data.label_dir): Reduced MPL's inputs
+    stored: StoredDistributions | None = None
     class_names: list[str] | None = None  # the classes' names in label order (folder data sets), else None
 
     @property
@@ -137,9 +135,10 @@ class BatchStream:
         data, gen = self.data, self.generator
         idx_l = self.labeled.take(self.batch_size, gen)
         x_l = data.labeled_augment(self._on_device(data.x_labeled[idx_l]), gen)
-        p_l = data.p_labeled.take(idx_l) if data.p_labeled is not None else None  # stored distributions
+        stored = data.stored
+        p_l = stored.labeled.take(idx_l) if stored is not None else None  # stored distributions
         if self.labeled_only:
-            return self._slice(Batch(x_l, data.y_labeled[idx_l], p_l=p_l))
+            return self._slice(with_stored(Batch(x_l, data.y_labeled[idx_l]), p_l, None))
         idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
         x_u = self._on_device(data.x_unlabeled[idx_u])
         y_u = data.y_unlabeled[idx_u] if data.y_unlabeled is not None else None
@@ -147,8 +146,8 @@ class BatchStream:
             weak, strong = data.unlabeled_views(x_u, gen)
         else:
             weak, strong = data.weak_augment(x_u, gen), data.strong_augment(x_u, gen)
-        p_u = data.p_unlabeled.take(idx_u) if data.p_unlabeled is not None else None
-        batch = Batch(x_l, data.y_labeled[idx_l], weak, strong, y_u, p_l, p_u)
+        p_u = stored.unlabeled.take(idx_u) if stored is not None and stored.unlabeled is not None else None
+        batch = with_stored(Batch(x_l, data.y_labeled[idx_l], weak, strong, y_u), p_l, p_u)
         return self._slice(batch)
 
     def _on_device(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +164,7 @@ class BatchStream:
                 share = len(value) // self.world_size
                 value = value[self.rank * share : (self.rank + 1) * share]
             parts[f.name] = value
-        return Batch(**parts)
+        return type(batch)(**parts)
 
     def _share(self, tensor: torch.Tensor) -> torch.Tensor:
         share = len(tensor) // self.world_size
@@ -178,8 +177,8 @@ class BatchStream:
         seeds_l = torch.randint(2**62, (len(idx_l),), generator=gen)
         idx_l, seeds_l = self._share(idx_l), self._share(seeds_l)
         plan = {"paths_l": data.x_labeled.paths[idx_l.numpy()], "seeds_l": seeds_l, "y_l": data.y_labeled[idx_l]}
-        if data.p_labeled is not None:
-            plan["p_l"] = data.p_labeled.take(idx_l)
+        if data.stored is not None:
+            plan["p_l"] = data.stored.labeled.take(idx_l)
         if not self.labeled_only and self._shards is None:
             idx_u = self.unlabeled.take(self.batch_size * self.mu, gen)
             seeds_u = torch.randint(2**62, (len(idx_u),), generator=gen)
@@ -187,8 +186,8 @@ class BatchStream:
             plan.update(paths_u=data.x_unlabeled.paths[idx_u.numpy()], seeds_u=seeds_u)
             if data.y_unlabeled is not None:
                 plan["y_u"] = data.y_unlabeled[idx_u]
-            if data.p_unlabeled is not None:
-                plan["p_u"] = data.p_unlabeled.take(idx_u)
+            if data.stored is not None and data.stored.unlabeled is not None:
+                plan["p_u"] = data.stored.unlabeled.take(idx_u)
         return plan
 
     def _snapshot(self) -> dict:

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from metapl.batch import Batch
+from metapl.batch import Batch, StoredBatch, with_stored
 from metapl.errors import CheckpointError, ConfigError, DataError, MetaplError, first_line
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -597,8 +597,10 @@ class ShardStream:
                     stored.append(out["p"])
                 self.positions[lane] = Position(*out["position"])
         self.step += 1
+        p_l = batch.p_l if isinstance(batch, StoredBatch) else None
         p_u = torch.cat(stored) if stored else None
-        return replace(batch, x_u_weak=torch.cat(weak), x_u_strong=torch.cat(strong), y_u=None, p_u=p_u)
+        unlabeled = replace(batch, x_u_weak=torch.cat(weak), x_u_strong=torch.cat(strong), y_u=None)
+        return with_stored(unlabeled, p_l, p_u)
 
     def _position(self, lane: int) -> Position:
         """Lane `lane`'s position after `self.step` steps: read by this rank, or tracked through the headers."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from metapl.batch import Batch
+from metapl.batch import Batch, with_stored
 from metapl.data import randaugment
 from metapl.data.folders import ImageFiles, decode
 from metapl.errors import ConfigError, DataError, MetaplError
@@ -198,15 +198,14 @@ class FileBatches:
             strong.append(out["strong"])
         self.pending.popleft()
         self.received = state
-        return Batch(
+        batch = Batch(
             torch.cat(x_l),
             plan["y_l"],
             torch.cat(weak) if weak else None,
             torch.cat(strong) if strong else None,
             plan.get("y_u"),
-            plan.get("p_l"),
-            plan.get("p_u"),
         )
+        return with_stored(batch, plan.get("p_l"), plan.get("p_u"))
 
     def close(self) -> None:
         self.outputs.close()  # ends the DataLoader iterator, which shuts its workers down

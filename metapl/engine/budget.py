@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from metapl.config import Config, get_value, section_size_keys
+from metapl.config import Config, canonical_key, get_value, section_size_keys
 from metapl.errors import ConfigError, first_line
 from metapl.methods import METHODS
 
@@ -66,7 +66,6 @@ def _every_size_key() -> list[str]:
     """The size keys of every section and every part registered for it, in _STEP_SECTIONS' order."""
     from metapl.config import DataConfig, FinetuneConfig, ModelConfig, TrainConfig
     from metapl.data.registry import DATASETS
-    from metapl.methods import settings_class
     from metapl.models.registry import MODELS
     from metapl.settings import size_keys
 
@@ -75,7 +74,7 @@ def _every_size_key() -> list[str]:
         "model": [ModelConfig, *MODELS.all_settings().values()],
         "train": [TrainConfig],
         "finetune": [FinetuneConfig],
-        "method": [settings_class(name) for name in METHODS.names()],
+        "method": [METHODS.settings_class(name) for name in METHODS.names()],
     }
     return [f"{section}.{key}" for section in _STEP_SECTIONS for own in owned[section] for key in size_keys(own)]
 
@@ -355,13 +354,14 @@ def allocation_failure(
     text = first_line(err)
     text = text if len(text) <= 160 else text[:157] + "..."
     candidates = train_size_keys(cfg) if command == "train" else list(SIZE_SETTINGS.get(command, ()))
-    given = [item.partition("=")[0].strip() for item in overrides]
-    set_by_user = [k for k in candidates if k in given]
+    method = cfg.method.name if cfg is not None else None
+    given = {canonical_key(key, method): key for key in (item.partition("=")[0].strip() for item in overrides)}
+    set_by_user = [k for k in candidates if k in given]  # named as the user wrote them (a flat method key too)
     named = set_by_user or candidates
     if command == "predict":
         fix = "pass fewer inputs at a time (a smaller folder or CSV)"
     elif named:
-        shown = [f"{k}={_override_value(overrides, k)}" if k in set_by_user else k for k in named[:5]]
+        shown = [f"{given[k]}={_override_value(overrides, given[k])}" if k in given else k for k in named[:5]]
         fix = f"lower {', '.join(shown)}"
     else:
         fix = "free memory (close other programs) or use a machine with more"

@@ -8,7 +8,7 @@ config.yaml must reproduce it); the run says so in one line, with the values sca
 
 from __future__ import annotations
 
-from metapl.config import Config
+from metapl.config import Config, method_value
 from metapl.errors import ConfigError
 from metapl.presets import load_preset
 
@@ -29,9 +29,12 @@ def short_run_warning(cfg: Config) -> str | None:
     if METHODS.get(cfg.method.name).memory.networks > 1:  # a teacher network, with the teacher section's schedule
         keys["teacher.warmup_steps"] = cfg.teacher.warmup_steps
         long = long or cfg.teacher.warmup_steps > SHARE * steps
-    ramp = getattr(cfg.method.settings, "uda_ramp_steps", None)
-    if ramp is not None:  # scaled with the others; a long ramp alone delays the UDA loss, not the student
-        keys["method.uda_ramp_steps"] = ramp
+    # scaled with the others (a long ramp alone delays the UDA loss, not the student); uda's key, and the flat
+    # key of mpl's method.teacher_losses.uda_ramp_steps: one fix for both
+    try:
+        keys["method.uda_ramp_steps"] = method_value(cfg, "method.uda_ramp_steps")
+    except KeyError:  # a method without a UDA ramp
+        pass
     if not long:
         return None
     reference = _preset_steps(cfg)

@@ -8,7 +8,7 @@ from torch import nn
 from metapl.batch import Batch
 from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
 from metapl.methods.base import BuildContext, MemoryShape, MethodEntry, Metrics, SingleModelMethod, top1
-from metapl.methods.settings import UDASettings
+from metapl.methods.settings import UDALosses, UDASettings
 from metapl.optim import OptimSettings
 from metapl.settings import check_settings
 
@@ -19,7 +19,7 @@ def auxiliary_losses(
     logits_weak: torch.Tensor,
     logits_strong: torch.Tensor,
     step: int,
-    settings: UDASettings,
+    settings: UDALosses,
     total_steps: int,
     *,
     supervised: bool = True,

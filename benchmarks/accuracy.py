@@ -37,9 +37,9 @@ from pathlib import Path
 
 import torch
 
-from metapl.config import build_config
-from metapl.data.datasets import FASHION_MNIST_ROOT
-from metapl.experiment import run_experiment
+from metapl.parts.data.datasets import FASHION_MNIST_ROOT
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 # name -> (method, overrides on top of the preset). Only the "+ finetune" row finetunes: the MPL (hard, dot)
 # student, then trained on the labeled images alone (docs/method.md#finetuning), with the preset's finetune settings where it has
@@ -59,7 +59,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 FINETUNE_FRACTION = 0.1
 FINETUNE_LR = 0.005  # the paper's 1e-5 is for batch 512 on CIFAR after 300k steps; a tenth of the training LR here
 QUICK = {"preset": "digits", "seeds": 2, "steps": 1000}
-# Diagnostics read from metrics.jsonl: (panel title, phase, key) — the names metapl.methods log.
+# Diagnostics read from metrics.jsonl: (panel title, phase, key) — the names metapl.parts.methods log.
 # The accuracy panels draw the student solid and, where it has one, its teacher dashed, in the method's colour.
 CURVES = (
     ("test accuracy: student (EMA) solid, teacher dashed", "train_eval", "test_top1"),
@@ -222,10 +222,10 @@ def _read(run: Path) -> list[dict]:
 
 def plot_bars(results: dict[str, list[dict]], path: Path, title: str) -> None:
     """Mean ± std (error bars) of the selected checkpoints' test accuracy, hatched beside it the teacher's
-    (selected on its own validation accuracy), the final-step mean as a diamond (metapl.plot.bars_figure)."""
+    (selected on its own validation accuracy), the final-step mean as a diamond (metapl.commands.plot.bars_figure)."""
     import matplotlib.pyplot as plt
 
-    from metapl.plot import bars_figure
+    from metapl.commands.plot import bars_figure
 
     selected = {name: [r["selected"] for r in records] for name, records in results.items()}
     finals = {name: [r["final"] for r in records] for name, records in results.items()}
@@ -270,7 +270,7 @@ def plot_curves(out: Path, names: list[str], seed: int, path: Path, title: str) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metapl.plot import plateau_limits, run_colours
+    from metapl.commands.plot import plateau_limits, run_colours
 
     fig, axes = plt.subplots(2, 3, figsize=(16, 8))
     colours = run_colours(names)
@@ -315,7 +315,7 @@ def plot_budget_curves(out: Path, results: dict[str, list[dict]], path: Path, ti
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from metapl.plot import plateau_limits, run_colours
+    from metapl.commands.plot import plateau_limits, run_colours
 
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = run_colours(list(results))
@@ -655,7 +655,7 @@ def plot_budgets(sweep: dict, path: Path, title: str) -> None:
 
     budgets = sorted(int(b) for b in sweep["budgets"])
     names = list(dict.fromkeys(n for b in budgets for n in sweep["budgets"][str(b)] if sweep["budgets"][str(b)][n]))
-    from metapl.plot import plateau_limits, run_colours
+    from metapl.commands.plot import plateau_limits, run_colours
 
     colours = run_colours(names)
     fig, ax = plt.subplots(figsize=(8, 5))

@@ -39,11 +39,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from metapl.build import build_method, resolve_device
-from metapl.config import Config, build_config
-from metapl.engine.speed import apply_switches
-from metapl.experiment import run_experiment
-from metapl.methods import Batch
+from metapl.parts.methods import Batch
+from metapl.run.build import build_method, resolve_device
+from metapl.run.config import Config, build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.speed import apply_switches
 
 SPEED = ["train.precision=bf16", "train.channels_last=true"]
 SHAPES = {

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import torchvision
 from PIL import Image
 
-from metapl.data import randaugment as ra
+from metapl.parts.data import randaugment as ra
 
 PRESETS = {
     # name: (labeled per step, unlabeled per step, rate key for labeled, rate key for unlabeled)

@@ -31,9 +31,17 @@ def measure(precision: str, modes: list[str], threads: int, warmup: int = 2, ste
     """In this process: metapl's step times (median of `steps` after `warmup`) and the peak RSS."""
     import torch
 
-    from metapl.methods import UDA, Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, TeacherLosses, UDASettings
-    from metapl.models import create_model
-    from metapl.optim import OptimSettings
+    from metapl.core.optim import OptimSettings
+    from metapl.parts.methods import (
+        UDA,
+        Batch,
+        FeedbackSettings,
+        MetaPseudoLabels,
+        MPLSettings,
+        TeacherLosses,
+        UDASettings,
+    )
+    from metapl.parts.models import create_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

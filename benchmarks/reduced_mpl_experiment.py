@@ -20,7 +20,7 @@ seed, labeled images and validation images (the main teacher's split). A store i
 
     clean                 the teacher's distributions as it made them
     biased                with --bias injected (default 3:8,4:9: half of a's probability moved to b)
-    NAME=SPEC             with the bias SPEC injected (metapl/labeling.py parse_bias): 3:8, half:3>8,4>9, or
+    NAME=SPEC             with the bias SPEC injected (metapl/commands/label.py parse_bias): 3:8, half:3>8,4>9, or
                           shift:3>8,4>9:delta=2:fraction=0.5 (b's logit δ nats above a's: a bias of known margin)
     NAME=few:N            natural errors: a teacher trained on only the first N labeled images per class of the split
     NAME=model:M[,K=V]    natural errors: a teacher of another model (model.name=M, overrides K=V), the same split
@@ -59,15 +59,15 @@ from pathlib import Path
 
 import torch
 
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.label_store import read_store
-from metapl.data.registry import DATASETS
-from metapl.data.splits import Split
-from metapl.errors import MetaplError, TrainingError
-from metapl.experiment import run_experiment
-from metapl.labeling import Bias, LabelOptions, label_pool, parse_bias
-from metapl.methods.reduced_mpl import ReducedTeacher, teacher_confusion
+from metapl.commands.label import Bias, LabelOptions, label_pool, parse_bias
+from metapl.core.errors import MetaplError, TrainingError
+from metapl.parts.data import build_data
+from metapl.parts.data.label_store import read_store
+from metapl.parts.data.registry import DATASETS
+from metapl.parts.data.splits import Split
+from metapl.parts.methods.reduced_mpl import ReducedTeacher, teacher_confusion
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 ARMS: dict[str, list[str]] = {
     "frozen": ["method.feedback.teacher_signal=none", "method.teacher_losses.supervised_weight=0"],

@@ -64,7 +64,7 @@ COMMON = [
 # waited-for child's (the loader workers) to a JSON file.
 CHILD = r"""
 import json, resource, sys
-from metapl.cli import main
+from metapl.commands.cli import main
 try:
     code = main(sys.argv[2:])
 except SystemExit as stop:
@@ -167,7 +167,7 @@ def decode_round(paths: list[Path]) -> dict:
 
 FORWARD = r"""
 import json, sys, time, torch
-from metapl.inference import load_run
+from metapl.commands.finished_run import load_run
 run, batch, images, threads, side = sys.argv[1], *map(int, sys.argv[2:6])
 torch.set_num_threads(threads)
 model = load_run(run).model.eval()
@@ -209,7 +209,7 @@ def store_rate(store: Path, workers: int) -> float | None:
 
 def shards_rate(folder: Path) -> float | None:
     """Images/s of metapl shard from its shards' modification times, first to last (start-up excluded)."""
-    from metapl.sharding import MANIFEST, SHARD_NAME
+    from metapl.commands.shard import MANIFEST, SHARD_NAME
 
     records = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()[1:]]
     times = sorted(
@@ -307,7 +307,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         row["store_bytes"], row["store_images"] = store_bytes(out), store_images(out)
         return row
 
-    from metapl.config import load_config_file
+    from metapl.run.config import load_config_file
 
     batch = load_config_file(teachers["small_cnn"][0] / "config.yaml").train.eval_batch_size
     rate: dict = {str(t): {"forward": [], "label": [], "baseline": []} for t in args.label_threads}

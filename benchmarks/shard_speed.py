@@ -58,15 +58,15 @@ def _write_images(folder: Path, count: int, side: int) -> float:
 
 
 def _pipeline(side: int):
-    from metapl.data.streaming import ImagePipeline
+    from metapl.parts.data.streaming import ImagePipeline
 
     return ImagePipeline(size=side, style="small", magnitude=16)
 
 
 def folder_rate(folder: Path, side: int, workers: int) -> dict:
     """One pass over the folder's images by the folder reader: path chunks → decode + views in the workers."""
-    from metapl.data.folders import ImageFiles, unlabeled_source
-    from metapl.data.streaming import _chunks, run_tasks
+    from metapl.parts.data.folders import ImageFiles, unlabeled_source
+    from metapl.parts.data.streaming import _chunks, run_tasks
 
     paths = np.array(unlabeled_source(folder), dtype=object)
     files = ImageFiles(paths, side, 3, workers, _pipeline(side))
@@ -82,8 +82,8 @@ def folder_rate(folder: Path, side: int, workers: int) -> dict:
 
 def shard_rate(shards: Path, side: int, workers: int, images: int) -> dict:
     """One pass's worth of images from the shards: ShardStream, one lane per worker."""
-    from metapl.batch import Batch
-    from metapl.data.shards import ShardSet, ShardStream, shard_files
+    from metapl.core.batch import Batch
+    from metapl.parts.data.shards import ShardSet, ShardStream, shard_files
 
     shard_set = ShardSet(str(shards), shard_files(str(shards)), side, 3, workers, _pipeline(side))
     stream = ShardStream(shard_set, BATCH, seed=0)
@@ -134,9 +134,9 @@ def _with_cpu(result: dict) -> dict:
 # ------------------------------------------------------------------------------------------------ memory
 MEMORY_CHILD = r"""
 import json, sys, torch
-from metapl.data.shards import ShardSet, ShardStream, shard_files
-from metapl.data.streaming import ImagePipeline
-from metapl.batch import Batch
+from metapl.parts.data.shards import ShardSet, ShardStream, shard_files
+from metapl.parts.data.streaming import ImagePipeline
+from metapl.core.batch import Batch
 
 def status():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
@@ -155,7 +155,7 @@ if kind == "shards":
     stream.close()
     held = len(shards.files)
 else:
-    from metapl.data.folders import unlabeled_source
+    from metapl.parts.data.folders import unlabeled_source
     import numpy as np
     paths = np.array(unlabeled_source(__import__("pathlib").Path(source)), dtype=object)
     held = len(paths)
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, help="a folder for the images and shards (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shard_speed.json"))
     args = parser.parse_args(argv)
-    from metapl.sharding import write_shards
+    from metapl.commands.shard import write_shards
 
     torch.set_num_threads(1)
     work = args.work or Path(tempfile.mkdtemp(prefix="shard_speed_"))

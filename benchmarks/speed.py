@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from metapl.methods import (
+from metapl.core.optim import OptimSettings
+from metapl.parts.methods import (
     UDA,
     Batch,
     FeedbackSettings,
@@ -59,9 +60,8 @@ from metapl.methods import (
     TeacherLosses,
     UDASettings,
 )
-from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher
-from metapl.models import compile_network, create_model
-from metapl.optim import OptimSettings
+from metapl.parts.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher
+from metapl.parts.models import compile_network, create_model
 
 B, MU, NUM_CLASSES = 16, 7, 10
 MODELS = {  # name -> (input shape, create_model options)

@@ -10,7 +10,7 @@ preset's B. Each round times about --seconds of steps (at least one) at 1 thread
 alternating, after a warm-up step at each (WRN: 3 rounds); reported: the median seconds per step over the rounds and all-cores / 1-thread (a ratio
 above 1: one thread is faster). "busy": the same while one process burns a core (a Python busy loop), as another
 job or agent would. The "auto" column is what train.threads=0 would have picked for that model at that
-moment (metapl/engine/threads.py: the load average measured after the preset's timings). "quiet" means no burner of ours: on a shared machine other work may still run, so the
+moment (metapl/run/threads.py: the load average measured after the preset's timings). "quiet" means no burner of ours: on a shared machine other work may still run, so the
 1-minute load average before each part is recorded.
 Prints a Markdown table; writes JSON (--out, default benchmarks/results/threads.json).
 """
@@ -30,10 +30,10 @@ from types import SimpleNamespace
 
 import torch
 
-from metapl.build import build_method
-from metapl.config import build_config
-from metapl.engine.threads import automatic_threads, forward_flops, machine_busy
-from metapl.methods import Batch
+from metapl.parts.methods import Batch
+from metapl.run.build import build_method
+from metapl.run.config import build_config
+from metapl.run.threads import automatic_threads, forward_flops, machine_busy
 
 PRESETS = ("twomoon", "digits", "fashion_mnist_400", "folder_small", "cifar10_4k")
 INPUTS = {"twomoon": (2,), "digits": (64,), "fashion_mnist": (1, 28, 28), "cifar10": (3, 32, 32)}

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from metapl.config import build_config
-from metapl.experiment import run_experiment
-from metapl.plot import plot_runs
+from metapl.commands.plot import plot_runs
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 # name -> (method, overrides on top of the twomoon preset)
 VARIANTS: dict[str, tuple[str, list[str]]] = {

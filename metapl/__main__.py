@@ -1,5 +1,5 @@
 import sys
 
-from metapl.cli import main
+from metapl.commands.cli import main
 
 sys.exit(main())

@@ -2,7 +2,7 @@
 line and exit code 130, not in torchrun's own traceback.
 
 Ctrl-C sends SIGINT to torchrun and to every rank. The ranks stop after the same step and each prints one line
-(engine/loop.py); torchrun's agent, interrupted as well, stops its workers and then raises SignalException, which
+(run/loop.py); torchrun's agent, interrupted as well, stops its workers and then raises SignalException, which
 plain torchrun prints as a traceback of its own code and exit code 1. This launcher runs the same torchrun and turns
 that exception into one line and the signal's exit code (128 + the signal's number).
 """

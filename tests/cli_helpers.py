@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metapl.cli import main
+from metapl.commands.cli import main
 
 # The run of conftest.py's `digits_run`: MPL on digits, 4 steps, evaluated and checkpointed every 2, so that it holds
 # checkpoint.pt, model.pt and best_model.pt. Its command line resumes (or, when finished, re-opens) that run.
@@ -140,7 +140,7 @@ def killed_then_rerun(
         [*command, str(out)], lambda: out.is_dir() and len(list(out.glob(pattern))) >= at_least, env, timeout, poll
     )
     assert stopped, "the run ended before it could be killed"
-    from metapl.data.label_store import MANIFEST
+    from metapl.parts.data.label_store import MANIFEST
 
     assert not (out / MANIFEST).exists()
     before = {p.name: p.stat().st_mtime_ns for p in out.glob(pattern)}

@@ -21,8 +21,8 @@ import torch
 from cli_helpers import DIGITS_TRAIN, folder_train, snapshot
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
-from metapl.cli import main
-from metapl.sharding import write_shards
+from metapl.commands.cli import main
+from metapl.commands.shard import write_shards
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The injected biases of `metapl label --bias` (metapl/labeling.py): a shift's margin and fraction, the half bias
+"""The injected biases of `metapl label --bias` (metapl/commands/label.py): a shift's margin and fraction, the half bias
 as it always was, and one line for every bad spec. Fast: distributions made here, no training."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 from cli_helpers import one_line_error
 
-from metapl.errors import ConfigError
-from metapl.labeling import Bias, inject_bias, parse_bias
+from metapl.commands.label import Bias, inject_bias, parse_bias
+from metapl.core.errors import ConfigError
 
 
 def _probs(rows: int, classes: int = 10, seed: int = 0) -> torch.Tensor:
@@ -109,13 +109,13 @@ def test_label_stores_a_shift_on_the_images_it_names(capsys, tmp_path):
 
     from cli_helpers import succeeds
 
-    from metapl.build import build_model
-    from metapl.config import build_config
-    from metapl.data import bundle_from_split
-    from metapl.data.label_store import MANIFEST, read_store
-    from metapl.data.registry import DATASETS
-    from metapl.data.splits import Split
-    from metapl.labeling import shifted_rows
+    from metapl.commands.label import shifted_rows
+    from metapl.parts.data import bundle_from_split
+    from metapl.parts.data.label_store import MANIFEST, read_store
+    from metapl.parts.data.registry import DATASETS
+    from metapl.parts.data.splits import Split
+    from metapl.run.build import build_model
+    from metapl.run.config import build_config
 
     torch.manual_seed(0)
     cfg = build_config("digits")

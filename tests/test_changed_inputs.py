@@ -1,4 +1,4 @@
-"""Changed inputs are noticed (metapl/engine/run_inputs.py): a run records fingerprints of its shards, label store,
+"""Changed inputs are noticed (metapl/run/run_inputs.py): a run records fingerprints of its shards, label store,
 pretrained weights and test set in inputs.json; a resumed run whose shard, store or weights changed under the same
 name (and an evaluation whose test set changed) is refused in one line naming the setting and the file, with
 nothing in the run directory touched. A finished run's eval, predict and export need neither its unlabeled shards
@@ -20,11 +20,11 @@ import pytest
 import torch
 from cli_helpers import kill_when, saved_state, sets, shard_settings
 
-from metapl.cli import main
-from metapl.config import load_config_file
-from metapl.engine.run_inputs import INPUTS, check, file_inputs, record
-from metapl.errors import DataError
-from metapl.fingerprint import BLOCK, WHOLE_LIMIT, file_fingerprint, sampled_offsets
+from metapl.commands.cli import main
+from metapl.core.errors import DataError
+from metapl.core.fingerprint import BLOCK, WHOLE_LIMIT, file_fingerprint, sampled_offsets
+from metapl.run.config import load_config_file
+from metapl.run.run_inputs import INPUTS, check, file_inputs, record
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -136,8 +136,8 @@ def test_changed_weights_under_the_same_path_are_named(tmp_path):
 def test_another_label_store_at_the_same_label_dir_is_named(tmp_path):
     from test_damaged_label_stores import write_store
 
-    from metapl.config import build_config
-    from metapl.data.registry import DATASETS
+    from metapl.parts.data.registry import DATASETS
+    from metapl.run.config import build_config
 
     cfg = build_config("digits", [f"data.label_dir={tmp_path / 'labels'}"], "reduced_mpl")
     dataset = DATASETS.get("digits").load(cfg.data, 0).dataset
@@ -273,8 +273,8 @@ def test_a_finished_run_needs_neither_its_shards_nor_its_label_store(files, tmp_
 
     from test_damaged_label_stores import write_store
 
-    from metapl.config import build_config
-    from metapl.data.registry import DATASETS
+    from metapl.parts.data.registry import DATASETS
+    from metapl.run.config import build_config
 
     labels = tmp_path / "labels"
     cfg = build_config("digits", [f"data.label_dir={labels}"], "reduced_mpl")

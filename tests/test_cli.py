@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from metapl.presets import ABOUT, load_preset, preset_names, preset_table
+from metapl.run.presets import ABOUT, load_preset, preset_names, preset_table
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from metapl.config import all_keys, build_config, from_dict, load_config_file, save_config, validate
-from metapl.errors import ConfigError
-from metapl.presets import preset_names
+from metapl.core.errors import ConfigError
+from metapl.run.config import all_keys, build_config, from_dict, load_config_file, save_config, validate
+from metapl.run.presets import preset_names
 
 
 def test_presets_load_and_validate():
@@ -34,9 +34,9 @@ def test_overrides_are_typed_and_applied():
 def test_method_section_is_the_chosen_methods_settings():
     """The `method` section holds the chosen method's keys only; the preset's keys of other methods are dropped,
     shared ones kept; a key of another method given by the user names the method it belongs to."""
-    from metapl.methods.mpl import MPLSettings
-    from metapl.methods.supervised import SupervisedSettings
-    from metapl.methods.uda import UDASettings
+    from metapl.parts.methods.mpl import MPLSettings
+    from metapl.parts.methods.supervised import SupervisedSettings
+    from metapl.parts.methods.uda import UDASettings
 
     mpl = build_config("digits")
     assert type(mpl.method.settings) is MPLSettings and mpl.method.settings.teacher_losses.label_smoothing == 0.15
@@ -83,8 +83,8 @@ def test_config_file_round_trip_and_old_format(tmp_path):
 
 def _flat_method(method: dict) -> dict:
     """A nested method section as config formats 1 and 2 wrote it: one flat mapping of flat keys."""
-    from metapl.methods import METHODS
-    from metapl.methods.settings import flat_keys
+    from metapl.parts.methods import METHODS
+    from metapl.parts.methods.settings import flat_keys
 
     table = flat_keys(METHODS.settings_class(method["name"]))
     flat = {"name": method["name"]}
@@ -122,8 +122,8 @@ def test_format_2_flat_method_section_loads_nested(tmp_path, name):
 def test_flat_keys_are_read_and_nested_keys_are_shown():
     """Every flat key of metapl 0.2 still sets its nested setting (--set, presets, old files); the config shows the
     nested keys; the flat keys of each method name distinct settings."""
-    from metapl.methods import METHODS
-    from metapl.methods.settings import flat_keys, leaf_paths
+    from metapl.parts.methods import METHODS
+    from metapl.parts.methods.settings import flat_keys, leaf_paths
 
     cfg = build_config(
         "digits",
@@ -144,7 +144,7 @@ def test_flat_keys_are_read_and_nested_keys_are_shown():
 
 
 def test_from_flat_builds_the_nested_settings_of_the_flat_keys():
-    from metapl.methods.settings import FeedbackSettings, MPLSettings, TeacherLosses, from_flat
+    from metapl.parts.methods.settings import FeedbackSettings, MPLSettings, TeacherLosses, from_flat
 
     built = from_flat(MPLSettings, feedback="soft", h="cosine", uda_weight=2.0, teacher_graph="recompute")
     expected = MPLSettings(FeedbackSettings(mode="soft", h="cosine"), TeacherLosses(uda_weight=2.0), "recompute")
@@ -238,8 +238,8 @@ def test_unknown_preset_suggests_the_closest():
 
 _NO_TORCH = """
 import contextlib, io, sys
-from metapl.cli import main
-from metapl.presets import load_preset, preset_names
+from metapl.commands.cli import main
+from metapl.run.presets import load_preset, preset_names
 for name in preset_names():
     if "timm/" in str(load_preset(name).get("model")):  # a timm/<architecture> name is checked by timm itself
         continue
@@ -252,7 +252,7 @@ print("torch" in sys.modules)
 
 @pytest.mark.slow
 def test_config_command_does_not_import_torch():
-    """`metapl config` and `import metapl.config` build every preset's config (timm models aside) without PyTorch,
+    """`metapl config` and `import metapl.run.config` build every preset's config (timm models aside) without PyTorch,
     which takes seconds to import on a busy machine."""
     import subprocess
     import sys
@@ -265,9 +265,9 @@ def test_config_command_does_not_import_torch():
 def test_torch_free_settings_are_the_methods_and_models_own():
     """The torch-free tables the config reads (method settings, activation names) are the ones the methods and
     networks use."""
-    from metapl.methods import METHODS
-    from metapl.models.mlp import ACTIVATIONS
-    from metapl.models.registry import ACTIVATION_NAMES
+    from metapl.parts.methods import METHODS
+    from metapl.parts.models.mlp import ACTIVATIONS
+    from metapl.parts.models.registry import ACTIVATION_NAMES
 
     for name in METHODS.names():
         assert METHODS.settings_class(name) is METHODS.get(name).settings
@@ -276,7 +276,7 @@ def test_torch_free_settings_are_the_methods_and_models_own():
 
 def test_the_inputs_a_methods_settings_declare_agree_with_its_step():
     """READS_UNLABELED (what the config checks without importing the method) matches the step's memory shape."""
-    from metapl.methods import METHODS
+    from metapl.parts.methods import METHODS
 
     for name in METHODS.names():
         entry = METHODS.get(name)

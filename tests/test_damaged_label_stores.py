@@ -1,4 +1,4 @@
-"""Damaged label stores are refused when read, before training writes anything (metapl/data/label_store.py): rows
+"""Damaged label stores are refused when read, before training writes anything (metapl/parts/data/label_store.py): rows
 that are no probability distributions (NaN or infinity, a value below 0 or above 1, all zero, a sum off 1 beyond
 float16 rounding; top-k rows above 1, below what their k largest can hold, or naming a class twice), and a
 manifest that names files outside the store (an absolute path, '..', a symbolic link leading out). One line
@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data.label_store import (
+from metapl.commands.cli import main
+from metapl.core.errors import DataError
+from metapl.parts.data.label_store import (
     FORMAT,
     MANIFEST,
     pool_hash,
@@ -24,8 +24,8 @@ from metapl.data.label_store import (
     shard_name,
     sum_tolerance,
 )
-from metapl.data.registry import DATASETS
-from metapl.errors import DataError
+from metapl.parts.data.registry import DATASETS
+from metapl.run.config import build_config
 
 SHARD = 500  # images per shard: the digits pool (1437 images) makes three
 

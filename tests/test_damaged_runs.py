@@ -36,7 +36,7 @@ def _damage(path: Path, how: str, marker: Path) -> None:
     elif how == "pickled code":
         torch.save({"weight": RunsCode(marker)}, path)
     elif how == "architecture":  # a small CNN's weights where the config builds an MLP
-        from metapl.models import create_model
+        from metapl.parts.models import create_model
 
         torch.save(create_model("small_cnn", 10, (1, 8, 8)).state_dict(), path)
     elif how == "classes":  # the network of a 3-class dataset
@@ -103,7 +103,7 @@ def _damage_checkpoint(path: Path, how: str, marker: Path) -> None:
     if how == "not metapl's":
         state = state["method"]["student"]
     elif how == "architecture":
-        from metapl.models import create_model
+        from metapl.parts.models import create_model
 
         for net in ("teacher", "student"):
             state["method"][net] = create_model("small_cnn", 10, (1, 8, 8)).state_dict()

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from metapl.config import build_config
-from metapl.data import augment, build_data, make_split
-from metapl.data.loaders import BatchStream
-from metapl.errors import DataError
+from metapl.core.errors import DataError
+from metapl.parts.data import augment, build_data, make_split
+from metapl.parts.data.loaders import BatchStream
+from metapl.run.config import build_config
 
 
 def test_split_is_class_balanced_disjoint_and_seeded():

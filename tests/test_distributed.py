@@ -16,7 +16,8 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, OptimSettings, TeacherLosses, distributed
+from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, OptimSettings, TeacherLosses
+from metapl.core import distributed
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 

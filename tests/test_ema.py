@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from metapl import Batch, MetaPseudoLabels, MPLSettings, TeacherLosses
-from metapl.ema import ModelEMA
-from metapl.optim import OptimSettings
+from metapl.core.ema import ModelEMA
+from metapl.core.optim import OptimSettings
 
 
 def test_ema_warm_start_and_buffers():

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, read_idx
-from metapl.errors import DataError
-from metapl.experiment import run_experiment
+from metapl.core.errors import DataError
+from metapl.parts.data import build_data
+from metapl.parts.data.datasets import FASHION_MNIST_ROOT, load_fashion_mnist, read_idx
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 
 def _idx(array: np.ndarray) -> bytes:

@@ -15,13 +15,13 @@ import pytest
 import torch
 from cli_helpers import DIGITS_TRAIN, one_line_error
 
-from metapl.config import build_config
-from metapl.engine import atomic as atomic_module
-from metapl.engine import checkpoint as checkpoint_module
-from metapl.engine.checkpoint import atomic_save
-from metapl.engine.run_dir import RunLock
-from metapl.errors import CheckpointError, ConfigError, TrainingError
-from metapl.experiment import run_experiment
+from metapl.core import atomic as atomic_module
+from metapl.core import checkpoint as checkpoint_module
+from metapl.core.checkpoint import atomic_save
+from metapl.core.errors import CheckpointError, ConfigError, TrainingError
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.run_dir import RunLock
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 

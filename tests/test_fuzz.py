@@ -17,9 +17,9 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from metapl.cli import main
-from metapl.config import build_config, flatten
-from metapl.methods import METHODS
+from metapl.commands.cli import main
+from metapl.parts.methods import METHODS
+from metapl.run.config import build_config, flatten
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -47,7 +47,7 @@ def test_model_only_runs_the_method_step(bench):
 
 
 def test_a_scaled_down_step_is_extrapolated_by_images(bench):
-    from metapl.config import build_config
+    from metapl.run.config import build_config
 
     preset = build_config("imagenet_10pct", [])  # B = 1,024, μ = 15
     small = build_config("imagenet_10pct", ["data.batch_size=8"])

@@ -18,13 +18,17 @@ import torch
 from cli_helpers import one_line_error
 from PIL import Image
 
-from metapl.build import build_model
-from metapl.config import build_config, load_config_file
-from metapl.data import build_data
-from metapl.engine.evaluate import make_evaluator, predict_proba
-from metapl.errors import CheckpointError
-from metapl.experiment import run_experiment
-from metapl.inference import evaluate_run, export_run, load_image, load_run, predict_run
+from metapl.commands.evaluate import evaluate_run
+from metapl.commands.export import export_run
+from metapl.commands.finished_run import load_run
+from metapl.commands.predict import predict_run
+from metapl.commands.predict_inputs import load_image
+from metapl.core.errors import CheckpointError
+from metapl.parts.data import build_data
+from metapl.run.build import build_model
+from metapl.run.config import build_config, load_config_file
+from metapl.run.experiment import run_experiment
+from metapl.run.scoring import make_evaluator, predict_proba
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -344,7 +348,7 @@ def test_predict_names_columns_by_class_and_reads_class_folders(run, tmp_path):
 
 
 def test_probability_columns_are_safe_and_unique():
-    from metapl.inference.predict import probability_columns
+    from metapl.commands.predict import probability_columns
 
     assert probability_columns(["0", "1", "2"]) == ["prob_0", "prob_1", "prob_2"]
     columns = probability_columns(["cat", "hot dog", "hot-dog", "", "1", "Ünï", "a,b"])

@@ -29,11 +29,11 @@ from cli_helpers import (
 )
 from fake_datasets import write_unlabeled_folder
 
-from metapl.batch import StoredBatch
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.label_store import (
+from metapl.commands.cli import main
+from metapl.commands.shard import write_shards
+from metapl.core.batch import StoredBatch
+from metapl.parts.data import build_data
+from metapl.parts.data.label_store import (
     FORMAT,
     MANIFEST,
     KeyStore,
@@ -42,9 +42,9 @@ from metapl.data.label_store import (
     read_manifest,
     save_keyed_shard,
 )
-from metapl.data.loaders import BatchStream
-from metapl.data.shards import ShardReader, decode_bytes, shard_files
-from metapl.sharding import write_shards
+from metapl.parts.data.loaders import BatchStream
+from metapl.parts.data.shards import ShardReader, decode_bytes, shard_files
+from metapl.run.config import build_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PRESET = "cifar10_4k"
@@ -56,7 +56,7 @@ def files(shard_folder, tmp_path_factory) -> Path:
     copied, with a small_cnn teacher's weights (random: what matters is that the store holds its outputs) and its
     store over pool and shards."""
     root = Path(shutil.copytree(shard_folder, tmp_path_factory.mktemp("label_shards") / "files"))
-    from metapl.build import build_model
+    from metapl.run.build import build_model
 
     torch.manual_seed(0)
     cfg = build_config(PRESET, overrides(root))
@@ -76,7 +76,7 @@ def label_args(root: Path, out: Path, *extra: str) -> list[str]:
 
 def _teacher_outputs(root: Path) -> dict[tuple[str, str], torch.Tensor]:
     """The teacher's softmax on the evaluation view of every shard sample, computed here: (shard file, key) →."""
-    from metapl.build import build_model
+    from metapl.run.build import build_model
 
     cfg = build_config(PRESET, overrides(root))
     data = build_data(cfg.data, seed=0)
@@ -161,8 +161,8 @@ def test_the_teacher_sees_whole_batches_from_each_shard_start_whatever_pieces_th
     """Loader workers hand over pieces of streaming.CHUNK images; the teacher's forward pass gets --batch-size
     images at a time (it is much faster per image on whole batches: docs/scale.md#measured-scale), cut from each
     input shard's first sample and from the pool's first image, so the store does not depend on the piece size."""
-    import metapl.data.streaming as streaming
-    import metapl.labeling as labeling
+    import metapl.commands.label as labeling
+    import metapl.parts.data.streaming as streaming
 
     build = labeling._build_teacher
     seen: list[int] = []
@@ -258,7 +258,7 @@ def test_the_shard_stream_joins_every_image_with_its_stored_distribution(files, 
     expected = _teacher_outputs(files)
     assert stream._shards is not None  # the unlabeled images come from shards
     lanes = stream._shards.lanes
-    from metapl.data.shards import Position, _Lane
+    from metapl.parts.data.shards import Position, _Lane
 
     readers = [_Lane(stream.data.x_unlabeled, lanes, lane, 0, Position()) for lane in range(lanes)]
     per_lane = 6 // lanes

@@ -1,4 +1,4 @@
-"""`metapl label` and the label store (metapl/labeling.py, metapl/data/label_store.py): a teacher's distributions on
+"""`metapl label` and the label store (metapl/commands/label.py, metapl/parts/data/label_store.py): a teacher's distributions on
 every pool image, stored in shards that a killed run does not redo, read back aligned with the split; label →
 reduced_mpl end to end; the Reduced MPL ImageNet preset on fake folders; bad input gets one line and exit 2."""
 
@@ -16,13 +16,13 @@ import torch
 from cli_helpers import killed_then_rerun
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
-from metapl.batch import StoredBatch
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.label_store import MANIFEST, load_shard, read_store, shard_name
-from metapl.data.registry import DATASETS
-from metapl.labeling import inject_bias
+from metapl.commands.cli import main
+from metapl.commands.label import inject_bias
+from metapl.core.batch import StoredBatch
+from metapl.parts.data import build_data
+from metapl.parts.data.label_store import MANIFEST, load_shard, read_store, shard_name
+from metapl.parts.data.registry import DATASETS
+from metapl.run.config import build_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 TEACHER_RUN = ["--preset", "digits", "--method", "supervised", "--no-progress", "--no-tensorboard"]
@@ -46,7 +46,7 @@ def teacher(tmp_path_factory) -> Path:
 
 def _teacher_probs(run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The run's model's softmax on every pool image (digits: in memory), computed here; and the pool's labels."""
-    from metapl.inference import load_run
+    from metapl.commands.finished_run import load_run
 
     loaded = load_run(run)
     dataset = DATASETS.get("digits").load(loaded.config.data, 0).dataset
@@ -86,7 +86,7 @@ def test_label_stores_every_pool_image_aligned_with_the_split(teacher, tmp_path,
     assert torch.allclose(data.stored.unlabeled.dense().sum(-1), torch.ones(len(split.unlabeled)))
 
     # the batches carry the distributions of their own images: the unaugmented labeled batch matches
-    from metapl.data.loaders import BatchStream
+    from metapl.parts.data.loaders import BatchStream
 
     data.labeled_augment = lambda x, g: x
     batch = next(BatchStream(data, 20, 2, seed=3))
@@ -225,7 +225,7 @@ def test_label_then_reduced_mpl_end_to_end(teacher, tmp_path, capsys):
 def test_reduced_mpl_imagenet_preset_runs_on_fake_folders(tmp_path, capsys):
     """The paper-scale preset, on fake ImageNet folders with a small CNN standing in: a registered model with a weights
     file labels the images (loader workers, the evaluation view), then two steps and one finetuning step run."""
-    from metapl.build import build_model
+    from metapl.run.build import build_model
 
     classes = ["n01440764", "n01443537", "n01484850"]
     write_class_folders(tmp_path / "imnet" / "train", classes, per_class=4, side=40)
@@ -303,7 +303,7 @@ def test_bad_input_gets_one_line_and_exit_2(teacher, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
     # a damaged store: non-finite values in a shard, then a manifest edited by hand
-    from metapl.data.label_store import save_shard
+    from metapl.parts.data.label_store import save_shard
 
     train = ["train", "--preset", "digits", "--method", "reduced_mpl", "--set", f"data.label_dir={out}"]
     shard = load_shard(Path(out) / shard_name(0))

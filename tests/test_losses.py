@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from metapl import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, OptimSettings, TeacherLosses
-from metapl.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
-from metapl.methods.uda import UDASettings, auxiliary_losses
+from metapl.core.losses import linear_ramp, smoothed_cross_entropy, tsa_mask, tsa_threshold, uda_consistency
+from metapl.parts.methods.uda import UDASettings, auxiliary_losses
 
 
 def test_uda_masks_on_the_sharpened_target_and_divides_by_all():

@@ -20,17 +20,17 @@ from cli_helpers import QUICK_DIGITS, one_line_error
 from fake_datasets import write_class_folders
 from PIL import Image
 
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data import build_data, folders
-from metapl.data.folders import decode
-from metapl.data.shards import MAX_SHARDS, count_braces, decode_bytes, expand_braces
-from metapl.data.splits import Split
-from metapl.engine import budget
-from metapl.engine.budget import allocation_failure
-from metapl.errors import ConfigError, DataError
-from metapl.inference.inputs import load_image
-from metapl.sharding import check_image
+from metapl.commands.cli import main
+from metapl.commands.predict_inputs import load_image
+from metapl.commands.shard import check_image
+from metapl.core.errors import ConfigError, DataError
+from metapl.parts.data import build_data, folders
+from metapl.parts.data.folders import decode
+from metapl.parts.data.shards import MAX_SHARDS, count_braces, decode_bytes, expand_braces
+from metapl.parts.data.splits import Split
+from metapl.run import budget
+from metapl.run.budget import allocation_failure
+from metapl.run.config import build_config
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -121,7 +121,7 @@ def test_predict_refuses_a_bomb_naming_the_file(digits_run, tmp_path, capsys):
 
 
 def test_bomb_in_a_shard_names_the_member(tmp_path):
-    from metapl.data.shards import ShardReader
+    from metapl.parts.data.shards import ShardReader
 
     shard = tmp_path / "s.tar"
     with tarfile.open(shard, "w") as tar:
@@ -249,7 +249,7 @@ def test_an_evaluation_batch_that_cannot_fit_names_train_eval_batch_size(monkeyp
 
 
 def _fake_bundle(shape, dtype, classes=10, examples=1000, normalization=None):
-    from metapl.data.loaders import DataBundle
+    from metapl.parts.data.loaders import DataBundle
 
     x = torch.zeros((4, *shape), dtype=dtype)
     y = torch.zeros(examples, dtype=torch.long)
@@ -289,13 +289,13 @@ def test_no_preset_is_refused_on_the_machine_it_is_meant_for(monkeypatch, preset
     ],
 )
 def test_an_allocation_failure_anywhere_is_one_line_naming_the_setting(capsys, monkeypatch, tmp_path, error):
-    from metapl.engine import loop
+    from metapl.run import loop
 
     def fails(*args, **kwargs):
         raise error
 
     monkeypatch.setattr(loop, "fit", fails)
-    monkeypatch.setattr("metapl.experiment.fit", fails)
+    monkeypatch.setattr("metapl.run.experiment.fit", fails)
     line = one_line_error(capsys, *QUICK_DIGITS, "--set", "data.mu=9", "--out", tmp_path / "run")
     assert line.startswith("metapl: error: out of memory") and "lower data.mu=9" in line
 
@@ -304,7 +304,7 @@ def test_an_allocation_failure_in_eval_names_the_batch_size(capsys, monkeypatch,
     def fails(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000000 bytes")
 
-    monkeypatch.setattr("metapl.inference.evaluation.evaluate", fails)
+    monkeypatch.setattr("metapl.commands.evaluate.evaluate", fails)
     line = one_line_error(capsys, "eval", digits_run, "--batch-size", "100000")
     assert "out of memory" in line and "--batch-size" in line
 
@@ -313,6 +313,6 @@ def test_other_runtime_errors_are_not_hidden(monkeypatch, tmp_path):
     def fails(*args, **kwargs):
         raise RuntimeError("a bug, not a memory problem")
 
-    monkeypatch.setattr("metapl.experiment.fit", fails)
+    monkeypatch.setattr("metapl.run.experiment.fit", fails)
     with pytest.raises(RuntimeError, match="a bug"):
         main([*QUICK_DIGITS, "--out", str(tmp_path / "run")])

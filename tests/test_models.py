@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from metapl.models import create_model
-from metapl.models.wrn import WideResNet
-from metapl.optim import split_decay_parameters
+from metapl.core.optim import split_decay_parameters
+from metapl.parts.models import create_model
+from metapl.parts.models.wrn import WideResNet
 
 
 def test_wrn28_2_matches_the_official_variant():

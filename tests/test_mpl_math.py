@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metapl.losses import smoothed_cross_entropy, soft_cross_entropy
-from metapl.methods import Batch, MetaPseudoLabels, MPLSettings
-from metapl.methods.settings import flat_keys, from_flat
-from metapl.models.mlp import MLP
-from metapl.optim import OptimSettings
+from metapl.core.losses import smoothed_cross_entropy, soft_cross_entropy
+from metapl.core.optim import OptimSettings
+from metapl.parts.methods import Batch, MetaPseudoLabels, MPLSettings
+from metapl.parts.methods.settings import flat_keys, from_flat
+from metapl.parts.models.mlp import MLP
 
 IN, K, B, BU = 4, 3, 6, 5  # input width, classes, labeled batch, unlabeled batch (B ≠ BU on purpose)
 NO_AUX = {"supervised_loss": False, "uda": False}  # isolate the MPL term
@@ -513,9 +513,9 @@ def test_no_signal_trains_the_teacher_on_its_own_losses_only():
 
 
 def test_shuffled_control_is_checked_and_labelled():
-    from metapl.config import build_config
-    from metapl.errors import ConfigError
-    from metapl.methods import METHODS
+    from metapl.core.errors import ConfigError
+    from metapl.parts.methods import METHODS
+    from metapl.run.config import build_config
 
     with pytest.raises(ConfigError, match="teacher_signal=shuffled needs a scalar h"):
         make_mpl(*make_models(1), "soft", teacher_signal="shuffled")

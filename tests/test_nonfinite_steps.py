@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from metapl import Batch
-from metapl.config import build_config
-from metapl.engine.loop import fit
-from metapl.errors import TrainingError
-from metapl.experiment import run_experiment
-from metapl.methods import Supervised
-from metapl.optim import OptimSettings
+from metapl.core.errors import TrainingError
+from metapl.core.optim import OptimSettings
+from metapl.parts.methods import Supervised
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.loop import fit
 
 
 def _batches(xs: list[torch.Tensor]):

@@ -18,14 +18,14 @@ import yaml
 from cli_helpers import QUICK_DIGITS, TINY, one_line_error, snapshot, succeeds
 from fake_datasets import write_class_folders
 
-from metapl import network
-from metapl.cli import build_parser, main
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.shards import decode_bytes
-from metapl.errors import ConfigError, DataError, disk_full, shorten
-from metapl.experiment import run_experiment
-from metapl.settings import NAME_MAX, PATH_MAX
+from metapl.commands.cli import build_parser, main
+from metapl.core import network
+from metapl.core.errors import ConfigError, DataError, disk_full, shorten
+from metapl.core.settings import NAME_MAX, PATH_MAX
+from metapl.parts.data import build_data
+from metapl.parts.data.shards import decode_bytes
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 EXTREMES = (-1, 0, 10**30)
 
@@ -137,8 +137,8 @@ def test_dataset_download_offline_is_one_line_at_once(offline, tmp_path, capsys)
 
 def test_weights_download_offline_is_one_line_at_once(offline, monkeypatch):
     pytest.importorskip("timm")
-    from metapl.errors import ConfigError
-    from metapl.models import timm_models
+    from metapl.core.errors import ConfigError
+    from metapl.parts.models import timm_models
 
     monkeypatch.setattr(timm_models, "cached_weights", lambda rest: None)  # as on a machine without them
     started = time.monotonic()
@@ -284,7 +284,7 @@ def test_integer_weights_are_refused_naming_file_and_key(files, tmp_path, capsys
 
 
 def test_integer_weights_are_refused_by_the_model_check():
-    from metapl.engine.checkpoint import state_mismatch
+    from metapl.core.checkpoint import state_mismatch
 
     model = torch.nn.BatchNorm1d(3)  # running_mean is a buffer, not named weight/bias: the model knows its type
     state = {**model.state_dict(), "running_mean": torch.zeros(3, dtype=torch.int32)}
@@ -372,7 +372,7 @@ def test_unknown_preset_suggests_one(capsys, tmp_path):
 
 def test_model_num_classes_equal_to_the_datas_is_accepted():
     cfg = build_config("twomoon", ["model.num_classes=2", "train.steps=1"], "supervised")
-    from metapl.build import build_model
+    from metapl.run.build import build_model
 
     assert build_model(cfg, build_data(cfg.data, 0))(torch.zeros(1, 2)).shape == (1, 2)
 
@@ -474,7 +474,7 @@ def test_a_message_holding_a_line_break_stays_one_line(capsys, digits_run, tmp_p
 
 
 def test_an_image_that_cannot_be_decoded_names_both_ways_on(tmp_path):
-    from metapl.data.folders import decode
+    from metapl.parts.data.folders import decode
 
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.raises(DataError) as refused:

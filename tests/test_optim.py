@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from metapl.build import build_method
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.methods.base import TwoModelMethod
-from metapl.optim import OptimSettings, Updater, lr_at
+from metapl.core.optim import OptimSettings, Updater, lr_at
+from metapl.parts.data import build_data
+from metapl.parts.methods.base import TwoModelMethod
+from metapl.run.build import build_method
+from metapl.run.config import build_config
 
 
 def test_cosine_schedule_with_wait_and_warmup():

@@ -1,6 +1,6 @@
 """Every input is protected from every output: the --out of train, label, shard, predict, export and plot may not
 be, lie inside or hold a file or folder the command reads (data, splits, label stores, shards, pretrained weights),
-and an existing output file is replaced only when metapl wrote it (engine/outputs.py, engine/ownership.py)."""
+and an existing output file is replaced only when metapl wrote it (run/outputs.py, run/ownership.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from cli_helpers import one_line_error, snapshot, succeeds
 from PIL import Image
 
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.engine.outputs import check_output_file, check_output_folder, config_inputs
-from metapl.engine.ownership import written_by_metapl
-from metapl.errors import ConfigError
+from metapl.commands.cli import main
+from metapl.core.errors import ConfigError
+from metapl.run.config import build_config
+from metapl.run.outputs import check_output_file, check_output_folder, config_inputs
+from metapl.run.ownership import written_by_metapl
 
 TRAIN = ["train", "--preset", "twomoon", "--no-progress", "--set", "train.steps=2", "--set", "train.eval_every=2"]
 

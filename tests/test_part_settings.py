@@ -18,14 +18,14 @@ import yaml
 from cli_helpers import cli, succeeds
 from torch import nn
 
-from metapl.config import DataConfig, ModelConfig, build_config, load_config_file, save_config
-from metapl.data.registry import DATASETS, DatasetEntry, LoadedDataset
-from metapl.errors import ConfigError
-from metapl.methods import METHODS
-from metapl.methods.base import MemoryShape, MethodEntry
-from metapl.methods.settings import SupervisedSettings
-from metapl.models.registry import MODELS, ModelEntry
-from metapl.settings import NoSettings, at_least
+from metapl.core.errors import ConfigError
+from metapl.core.settings import NoSettings, at_least
+from metapl.parts.data.registry import DATASETS, DatasetEntry, LoadedDataset
+from metapl.parts.methods import METHODS
+from metapl.parts.methods.base import MemoryShape, MethodEntry
+from metapl.parts.methods.settings import SupervisedSettings
+from metapl.parts.models.registry import MODELS, ModelEntry
+from metapl.run.config import DataConfig, ModelConfig, build_config, load_config_file, save_config
 
 
 # ---------------------------------------------------------------------------------------------- the dummy parts
@@ -38,8 +38,8 @@ class DummyPointsSettings:
 
 
 def _load_points(cfg, seed: int) -> LoadedDataset:
-    from metapl.data import augment
-    from metapl.data.datasets import ArrayDataset
+    from metapl.parts.data import augment
+    from metapl.parts.data.datasets import ArrayDataset
 
     own = cfg.settings
     generator = torch.Generator().manual_seed(seed)
@@ -74,7 +74,7 @@ class DummyMethodSettings(SupervisedSettings):
 
 
 def _build_method(settings, run):
-    from metapl.methods.supervised import METHOD as SUPERVISED
+    from metapl.parts.methods.supervised import METHOD as SUPERVISED
 
     return SUPERVISED.build(SupervisedSettings(settings.label_smoothing), run)
 
@@ -122,9 +122,9 @@ def test_a_registered_parts_keys_are_config_keys(dummies, capsys):
 
 def test_a_registered_part_trains(dummies):
     """One module and one line each are a part metapl runs: the dummy data set through the dummy model."""
-    from metapl.build import build_method
-    from metapl.data import build_data
-    from metapl.data.loaders import BatchStream
+    from metapl.parts.data import build_data
+    from metapl.parts.data.loaders import BatchStream
+    from metapl.run.build import build_method
 
     cfg = build_config("digits", [*DUMMY, "model.units=5", "data.dims=4", "data.val_per_class=0"], "dummy_method")
     data = build_data(cfg.data, 0)
@@ -212,8 +212,8 @@ def test_a_part_added_with_a_settings_location_is_not_imported_for_its_keys():
 
 # ---------------------------------------------------------------------------------------------- memory
 def test_the_memory_check_names_the_registered_parts_size_keys(dummies, monkeypatch):
-    from metapl.data import build_data
-    from metapl.engine import budget
+    from metapl.parts.data import build_data
+    from metapl.run import budget
 
     cfg = build_config("digits", [*DUMMY, "data.dims=64", "model.units=100000", "data.val_per_class=0"], "supervised")
     data = build_data(cfg.data, 0)
@@ -231,7 +231,7 @@ def test_the_memory_check_names_the_registered_parts_size_keys(dummies, monkeypa
 
 
 def test_an_allocation_failure_names_the_chosen_parts_size_keys(dummies):
-    from metapl.engine.budget import allocation_failure, train_size_keys
+    from metapl.run.budget import allocation_failure, train_size_keys
 
     cfg = build_config("digits", DUMMY, "dummy_method")
     keys = train_size_keys(cfg)

@@ -15,10 +15,10 @@ import torch
 from cli_helpers import TINY, one_line_error, succeeds
 from PIL import Image
 
-from metapl.config import build_config
-from metapl.errors import CheckpointError
-from metapl.experiment import run_experiment
-from metapl.plot import bars_figure, curves_figure, plateau_limits, plot_bars, plot_curves, plot_runs
+from metapl.commands.plot import bars_figure, curves_figure, plateau_limits, plot_bars, plot_curves, plot_runs
+from metapl.core.errors import CheckpointError
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 STEPS = [100.0, 200.0, 300.0, 400.0, 500.0, 600.0]
 
@@ -219,7 +219,7 @@ def test_bad_plot_inputs_are_one_line(capsys, tmp_path, damage, fragment):
     elif what == "config":
         (digits_run_copy / "config.yaml").write_bytes(b"\x00\x01: [")
     elif how == "architecture":
-        from metapl.models import create_model
+        from metapl.parts.models import create_model
 
         torch.save(create_model("mlp", 3, (2,), hidden=(7,)).state_dict(), digits_run_copy / "model.pt")
     elif how == "missing":

@@ -10,11 +10,11 @@ import json
 import pytest
 import torch
 
-from metapl.config import build_config
-from metapl.experiment import run_experiment
-from metapl.methods import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, TeacherLosses
-from metapl.models import create_model
-from metapl.optim import OptimSettings
+from metapl.core.optim import OptimSettings
+from metapl.parts.methods import Batch, FeedbackSettings, MetaPseudoLabels, MPLSettings, TeacherLosses
+from metapl.parts.models import create_model
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 # bf16's stated tolerance (docs/performance.md): the relative error ‖Δθ_bf16 − Δθ_fp32‖ / ‖Δθ_fp32‖ of one step's
 # update, for either network, and the relative error of the feedback h.

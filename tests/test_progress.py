@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from metapl.config import build_config
-from metapl.engine.progress import format_duration
-from metapl.experiment import run_experiment
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.progress import format_duration
 
 # "train 10/30 | student val 40.0% test 38.2% | teacher val 50.0% test 47.4% | 1,234 images/s | ETA 3s"
 _LINE = re.compile(

@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metapl.config import build_config, from_dict
-from metapl.data import make_split
+from metapl.parts.data import make_split
+from metapl.run.config import build_config, from_dict
 
 
 @st.composite

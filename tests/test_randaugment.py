@@ -7,8 +7,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from metapl.data import randaugment as ra
-from metapl.errors import ConfigError, DataError
+from metapl.core.errors import ConfigError, DataError
+from metapl.parts.data import randaugment as ra
 
 
 def _images(n: int, channels: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Reduced MPL (methods/reduced_mpl.py): the reduced teacher's update is the exact meta-gradient (soft) or
+"""Reduced MPL (parts/methods/reduced_mpl.py): the reduced teacher's update is the exact meta-gradient (soft) or
 (h − b)·∇CE(ŷ, R(p)) (hard), computed here independently in float64 as tests/test_mpl_math.py does for MPL; the
 controls (shuffled h, no feedback) do what they say; a run killed with SIGKILL resumes bit for bit.
 
@@ -23,12 +23,17 @@ from cli_helpers import kill_when, mid_train, saved_state
 from test_mpl_math import BU, B, K, flat, fwd, grad, hand_h, make_batch, mlp, params, plain, rel_err, unflatten
 from torch import nn
 
-from metapl.config import build_config
-from metapl.errors import ConfigError
-from metapl.losses import smoothed_cross_entropy
-from metapl.methods import METHODS, StoredBatch
-from metapl.methods.reduced_mpl import ReducedMetaPseudoLabels, ReducedMPLSettings, ReducedTeacher, teacher_confusion
-from metapl.methods.settings import FeedbackSettings, from_flat
+from metapl.core.errors import ConfigError
+from metapl.core.losses import smoothed_cross_entropy
+from metapl.parts.methods import METHODS, StoredBatch
+from metapl.parts.methods.reduced_mpl import (
+    ReducedMetaPseudoLabels,
+    ReducedMPLSettings,
+    ReducedTeacher,
+    teacher_confusion,
+)
+from metapl.parts.methods.settings import FeedbackSettings, from_flat
+from metapl.run.config import build_config
 
 HIDDEN = 5
 

@@ -11,13 +11,13 @@ import copy
 import pytest
 import torch
 
-from metapl.build import build_method
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.loaders import BatchStream
-from metapl.methods import METHODS
-from metapl.models import MODELS, create_model
-from metapl.models.registry import image_channels
+from metapl.parts.data import build_data
+from metapl.parts.data.loaders import BatchStream
+from metapl.parts.methods import METHODS
+from metapl.parts.models import MODELS, create_model
+from metapl.parts.models.registry import image_channels
+from metapl.run.build import build_method
+from metapl.run.config import build_config
 
 # One architecture of each family of names (MODELS's families), small enough for a test.
 FAMILY_EXAMPLES = {"timm/": "timm/resnet10t"}
@@ -26,7 +26,7 @@ FAMILY_EXAMPLES = {"timm/": "timm/resnet10t"}
 @pytest.fixture(scope="module")
 def digits_store(digits_run, tmp_path_factory):
     """A label store of the shared digits run: Reduced MPL's input."""
-    from metapl.cli import main
+    from metapl.commands.cli import main
 
     labels = tmp_path_factory.mktemp("registries") / "labels"
     assert main(["label", str(digits_run), "--out", str(labels), "--no-progress"]) == 0

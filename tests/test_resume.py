@@ -133,8 +133,8 @@ def test_resume_with_another_config_is_refused(uninterrupted):
 
 
 def test_keep_last_k_checkpoints(tmp_path):
-    from metapl.config import build_config
-    from metapl.experiment import run_experiment
+    from metapl.run.config import build_config
+    from metapl.run.experiment import run_experiment
 
     cfg = build_config(
         "twomoon", ["train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=2"], "supervised"
@@ -182,8 +182,8 @@ def test_format_2_run_resumes_and_evaluates(tmp_path):
     import yaml
     from test_config import _flat_method
 
-    from metapl.cli import main
-    from metapl.engine.checkpoint import atomic_save
+    from metapl.commands.cli import main
+    from metapl.core.checkpoint import atomic_save
 
     short = ["--set", "train.steps=40", "--set", "finetune.steps=0"]
     longer = ["--set", "train.steps=60", "--set", "finetune.steps=0"]

@@ -16,10 +16,10 @@ from cli_helpers import DIGITS_TRAIN, QUICK_DIGITS, TINY, cli, one_line_error, s
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metapl.cli import main
-from metapl.config import build_config, save_config
-from metapl.engine import ownership
-from metapl.engine.run_dir import COMMAND_OUTPUTS, RUN_OUTPUTS, is_run_file
+from metapl.commands.cli import main
+from metapl.run import ownership
+from metapl.run.config import build_config, save_config
+from metapl.run.run_dir import COMMAND_OUTPUTS, RUN_OUTPUTS, is_run_file
 
 TRAIN = ["train", "--preset", "twomoon", "--no-progress", "--set", "train.steps=2", "--set", "train.eval_every=2"]
 A_CONFIG = build_config("twomoon", ["train.steps=2", "train.eval_every=2"])
@@ -242,7 +242,7 @@ def test_every_user_file_survives_any_train_or_restart(
 
 
 def test_keeping_k_checkpoints_removes_only_metapls_numbered_copies(tmp_path):
-    from metapl.engine.checkpoint import CheckpointKeeper
+    from metapl.core.checkpoint import CheckpointKeeper
 
     (tmp_path / "checkpoint-mine.pt").write_bytes(b"mine")
     (tmp_path / "checkpoint-1.pt").write_bytes(b"mine too")

@@ -19,9 +19,9 @@ import pytest
 from cli_helpers import cli, one_line_error, snapshot, succeeds
 from fake_datasets import write_unlabeled_folder
 
-from metapl.data import folders
-from metapl.data.folders import iter_unlabeled_source, unlabeled_source
-from metapl.sharding import MANIFEST, Settings, plan_blocks, shard_items
+from metapl.commands.shard import MANIFEST, Settings, plan_blocks, shard_items
+from metapl.parts.data import folders
+from metapl.parts.data.folders import iter_unlabeled_source, unlabeled_source
 
 
 def _tars(folder: Path) -> dict[str, bytes]:
@@ -219,9 +219,9 @@ def test_a_torn_last_manifest_line_and_a_missing_shard_are_written_again(source,
 
 # ------------------------------------------------------------------------------------------------ kill, resume, Ctrl-C
 _SLOW_READS = (
-    "import sys, time; import metapl.sharding as s; read = s._read_image; "
+    "import sys, time; import metapl.commands.shard as s; read = s._read_image; "
     "s._read_image = lambda path: (time.sleep(0.02), read(path))[1]; "
-    "from metapl.cli import main; sys.exit(main(sys.argv[1:]))"
+    "from metapl.commands.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 

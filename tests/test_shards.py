@@ -19,11 +19,11 @@ from benchmark_scripts import load
 from cli_helpers import kill_when, mid_train, saved_state, sets, shard_settings
 from fake_datasets import write_unlabeled_folder
 
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.loaders import BatchStream
-from metapl.data.shards import (
+from metapl.commands.cli import main
+from metapl.core.errors import CheckpointError, ConfigError, DataError
+from metapl.parts.data import build_data
+from metapl.parts.data.loaders import BatchStream
+from metapl.parts.data.shards import (
     Position,
     ShardSet,
     _Lane,
@@ -32,7 +32,7 @@ from metapl.data.shards import (
     lane_order,
     shard_files,
 )
-from metapl.errors import CheckpointError, ConfigError, DataError
+from metapl.run.config import build_config
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -19,9 +19,9 @@ from test_mpl_math import IN, K, make_batch
 from test_mpl_math import make_mpl as basic_mpl
 from torch import nn
 
-from metapl.methods import MetaPseudoLabels
-from metapl.models.mlp import MLP
-from metapl.optim import OptimSettings, Updater
+from metapl.core.optim import OptimSettings, Updater
+from metapl.parts.methods import MetaPseudoLabels
+from metapl.parts.models.mlp import MLP
 
 pytestmark = pytest.mark.usefixtures("float64")
 

@@ -11,8 +11,8 @@ import pytest
 from cli_helpers import DIGITS_TRAIN, QUICK_DIGITS, TINY, folder_train, one_line_error, snapshot, succeeds
 from fake_datasets import write_class_folders
 
-from metapl.data.splits import Split, check_source, pool_fingerprint
-from metapl.errors import DataError
+from metapl.core.errors import DataError
+from metapl.parts.data.splits import Split, check_source, pool_fingerprint
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,11 @@ import torch
 from cli_helpers import one_line_error
 from torch import nn
 
-from metapl.config import build_config
-from metapl.engine import threads
-from metapl.engine.threads import AUTO_FLOPS, apply_threads, automatic_threads, forward_flops
-from metapl.experiment import run_experiment
-from metapl.models import create_model
+from metapl.parts.models import create_model
+from metapl.run import threads
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.threads import AUTO_FLOPS, apply_threads, automatic_threads, forward_flops
 
 CPU, GPU = torch.device("cpu"), torch.device("cuda")
 

@@ -13,14 +13,14 @@ import pytest
 import torch
 from fake_datasets import write_class_folders, write_unlabeled_folder
 
-from metapl import network
-from metapl.build import build_method, build_model
-from metapl.cli import main
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.loaders import BatchStream
-from metapl.errors import CheckpointError, ConfigError
-from metapl.models.normalize import Standardized
+from metapl.commands.cli import main
+from metapl.core import network
+from metapl.core.errors import CheckpointError, ConfigError
+from metapl.parts.data import build_data
+from metapl.parts.data.loaders import BatchStream
+from metapl.parts.models.normalize import Standardized
+from metapl.run.build import build_method, build_model
+from metapl.run.config import build_config
 
 timm = pytest.importorskip("timm")
 
@@ -91,8 +91,8 @@ def test_one_mpl_step_with_a_different_timm_teacher_and_student(folders, teacher
 
 def test_a_whole_run_then_eval_on_timm_models(folders, tmp_path):
     """The run directory of a timm teacher/student run is read back by eval like any other."""
-    from metapl.experiment import run_experiment
-    from metapl.inference import evaluate_run
+    from metapl.commands.evaluate import evaluate_run
+    from metapl.run.experiment import run_experiment
 
     cfg = _config(
         folders,
@@ -112,8 +112,8 @@ def test_a_whole_run_then_eval_on_timm_models(folders, tmp_path):
 def test_label_with_a_timm_model_and_its_weights_file(folders, tmp_path, suffix):
     """`metapl label timm/<architecture> --weights FILE --preset P`: the store holds that network's distributions of
     every pool image, in pool order; FILE is a training checkpoint or a safetensors file."""
-    from metapl.data.label_store import MANIFEST, read_store
-    from metapl.data.registry import DATASETS
+    from metapl.parts.data.label_store import MANIFEST, read_store
+    from metapl.parts.data.registry import DATASETS
 
     cfg = _config(folders, "model.name=timm/test_resnet")
     loaded = DATASETS.get("folder").load(cfg.data, 0)
@@ -134,7 +134,7 @@ def test_label_with_a_timm_model_and_its_weights_file(folders, tmp_path, suffix)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["source"]["model"] == "timm/test_resnet" and manifest["num_classes"] == 3
     store = read_store(out, loaded.dataset).dense()
-    from metapl.data.streaming import eval_batches
+    from metapl.parts.data.streaming import eval_batches
 
     images = torch.cat(list(eval_batches(loaded.dataset.x_train, 64)))  # the evaluation views, as eval reads them
     with torch.no_grad():
@@ -163,7 +163,7 @@ def test_unknown_architecture_is_one_line_with_did_you_mean(capsys):
 @pytest.mark.slow
 def test_names_outside_timm_never_import_timm():
     code = (
-        "import sys; from metapl.config import build_config; build_config('digits', ['model.name=small_cnn']); "
+        "import sys; from metapl.run.config import build_config; build_config('digits', ['model.name=small_cnn']); "
         "print('timm' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -322,7 +322,7 @@ def test_sgd_updates_every_weight_whatever_the_layout_of_its_gradient():
     """ConvNeXt's 2×2 stride-2 downsampling convs get channels-last weight gradients from autograd; torch's fused
     SGD pairs gradient and weight elements by memory order, so the update must hand it gradients in the weights'
     layout. One Updater step equals Nesterov SGD with weight decay written out by hand."""
-    from metapl.optim import OptimSettings, Updater
+    from metapl.core.optim import OptimSettings, Updater
 
     torch.manual_seed(0)
     model = timm.create_model("test_convnext", num_classes=4)

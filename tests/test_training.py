@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metapl.build import build_method, seed_everything
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.loaders import BatchStream
-from metapl.engine.evaluate import make_evaluator
-from metapl.engine.logger import read_metrics
-from metapl.experiment import run_experiment
+from metapl.parts.data import build_data
+from metapl.parts.data.loaders import BatchStream
+from metapl.run.build import build_method, seed_everything
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.logger import read_metrics
+from metapl.run.scoring import make_evaluator
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -109,7 +109,7 @@ def test_finetuning_starts_from_the_evaluated_student_and_moves_it():
     for step in range(20):
         method.step(next(stream), step)
     from metapl import finetuner
-    from metapl.optim import OptimSettings
+    from metapl.core.optim import OptimSettings
 
     tuner = finetuner(method.eval_model(), data.num_classes, OptimSettings(lr=0.05, schedule="constant", total_steps=5))
     start = {k: v.clone() for k, v in tuner.model.state_dict().items()}

@@ -12,10 +12,10 @@ import yaml
 from cli_helpers import cli, one_line_error
 from PIL import Image
 
-from metapl.config import build_config
-from metapl.engine.short_runs import short_run_warning
-from metapl.errors import ConfigError
-from metapl.experiment import run_experiment
+from metapl.core.errors import ConfigError
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
+from metapl.run.short_runs import short_run_warning
 
 SMALL = ["model.hidden=[16]", "train.eval_every=10", "train.checkpoint_every=0"]
 

@@ -20,12 +20,12 @@ from fake_datasets import (
     write_unlabeled_folder,
 )
 
-from metapl.config import build_config
-from metapl.data import build_data
-from metapl.data.cifar import load_cifar
-from metapl.data.svhn import load_svhn
-from metapl.errors import DataError
-from metapl.experiment import run_experiment
+from metapl.core.errors import DataError
+from metapl.parts.data import build_data
+from metapl.parts.data.cifar import load_cifar
+from metapl.parts.data.svhn import load_svhn
+from metapl.run.config import build_config
+from metapl.run.experiment import run_experiment
 
 pytestmark = pytest.mark.slow  # end-to-end runs or subprocesses: `make test-fast` skips them
 
@@ -146,8 +146,9 @@ def test_imagenet_folders_stream_through_workers(tmp_path):
     assert np.isfinite(summary["test_top1"])
 
     # predict crops a photo exactly as evaluation does (the centre crop), not by squashing the whole image
-    from metapl.data.folders import decode
-    from metapl.inference import load_image, load_run
+    from metapl.commands.finished_run import load_run
+    from metapl.commands.predict_inputs import load_image
+    from metapl.parts.data.folders import decode
 
     photo = tmp_path / "imnet" / "val" / classes[0] / "0.jpg"
     pipeline = load_run(tmp_path / "run").data.x_labeled.pipeline
@@ -200,7 +201,7 @@ def test_custom_folder_csv_and_unlabeled(tmp_path):
 
 def test_file_stream_resumes_where_it_was_saved(tmp_path):
     """With workers prefetching ahead, the saved state is that of the last batch the trainer received."""
-    from metapl.data.loaders import BatchStream
+    from metapl.parts.data.loaders import BatchStream
 
     write_class_folders(tmp_path / "l", ["a", "b"], per_class=5)
     cfg = build_config(
@@ -341,7 +342,9 @@ def test_cifar_run_evaluates_predicts_and_exports(tmp_path):
     """A run on uint8 images: the model standardises inside, so eval, predict and export take plain images."""
     from PIL import Image
 
-    from metapl.inference import evaluate_run, export_run, predict_run
+    from metapl.commands.evaluate import evaluate_run
+    from metapl.commands.export import export_run
+    from metapl.commands.predict import predict_run
 
     write_cifar10(tmp_path)
     overrides = [
@@ -365,7 +368,7 @@ def test_cifar_run_evaluates_predicts_and_exports(tmp_path):
 def test_download_goes_through_torchvision_and_only_when_missing(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    from metapl.data import download_dataset
+    from metapl.parts.data import download_dataset
 
     calls = []
 
@@ -387,7 +390,7 @@ def test_download_goes_through_torchvision_and_only_when_missing(tmp_path, monke
 
 def test_augment_on_device_gives_the_same_batches(tmp_path):
     """The batched pipeline run where the model is (here the CPU) draws the same numbers as the default path."""
-    from metapl.data.loaders import BatchStream
+    from metapl.parts.data.loaders import BatchStream
 
     write_cifar10(tmp_path)
     data = build_data(
@@ -444,7 +447,7 @@ def test_sigterm_to_the_process_group_checkpoints_a_run_with_loader_workers(tmp_
 
 def test_image_file_pipeline_switches():
     """data.augment=false makes every view the evaluation view; data.flip=false never mirrors (large images)."""
-    from metapl.data.streaming import ImagePipeline
+    from metapl.parts.data.streaming import ImagePipeline
 
     image = torch.zeros(3, 90, 120, dtype=torch.uint8)
     image[:, :, :60] = 255  # left half white: a mirrored crop has its white part on the right
@@ -458,7 +461,7 @@ def test_image_file_pipeline_switches():
 
 
 def test_reused_split_file_cannot_label_unlabeled_only_images(tmp_path):
-    from metapl.data.splits import Split
+    from metapl.parts.data.splits import Split
 
     write_svhn(tmp_path)
     Split(labeled=[0, 50], unlabeled=list(range(60)), validation=[]).save(tmp_path / "splits.json")

@@ -1,0 +1,33 @@
+"""The optimiser's settings as plain dataclasses (the config's `teacher` and `student` sections), torch-free so that
+the config can be built without PyTorch; metapl/core/optim.py applies them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from metapl.core.settings import above, at_least, choice, fraction
+
+
+@dataclass
+class OptimConfig:
+    """One network's optimiser as the config's `teacher` and `student` sections set it: Nesterov SGD, coupled L2
+    (norm layers skipped), global-norm clip, LR schedule (docs/method.md#optimisation)."""
+
+    lr: float = above(0, 0.05)
+    momentum: float = fraction(0.9)
+    nesterov: bool = True
+    weight_decay: float = at_least(0, 0.0)
+    grad_clip: float = at_least(0, 0.0, " (0 turns clipping off)")  # global-norm bound
+    schedule: str = choice("cosine", ("cosine", "constant"))  # cosine: to 0 at total_steps
+    warmup_steps: int = at_least(0, 0)
+    wait_steps: int = at_least(
+        0, 0
+    )  # LR 0 for this many steps (the student's wait period, docs/method.md#student-wait)
+
+
+@dataclass
+class OptimSettings(OptimConfig):
+    """OptimConfig plus what the run decides: the step budget and float16 loss scaling."""
+
+    total_steps: int = at_least(1, 1000)  # the run sets it to the network's share of train.steps
+    fp16_loss_scale: bool = False  # dynamic loss scaling for float16 autocast (the run sets it for precision=fp16)

@@ -105,6 +105,8 @@ def test_every_name_the_docs_promise_is_importable_from_metapl():
     import metapl
 
     promised = {"ReducedMetaPseudoLabels", "ReducedTeacher", "ReducedMPLSettings", "load_run", "create_model"}
+    promised |= {"METHODS", "DATASETS", "MODELS", "evaluate_run", "predict_run", "export_run", "from_flat"}
+    promised |= {"ConfigError", "DataError", "CheckpointError", "TrainingError", "StoredBatch", "TeacherLosses"}
     assert promised <= set(metapl.__all__)
     for name in metapl.__all__:
         assert getattr(metapl, name) is not None, name

@@ -131,3 +131,39 @@ def test_a_family_of_parts_does_not_import_another(tmp_path, monkeypatch):
     fake.write_text("from metapl.parts.methods.base import Method\nfrom metapl.parts.data.splits import Split\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "metapl")
     assert _violations(fake) == [f"{Path('metapl/parts/data/planted.py')}:1 imports metapl.parts.methods.base"]
+
+
+def _chunk(lines: list[str], head: str, indent: str) -> str:
+    """The lines from the one that starts with `head` to the next that starts at `indent`'s depth."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(head))
+    end = next(
+        (
+            i
+            for i in range(start + 1, len(lines))
+            if lines[i][len(indent) :][:1].strip() and lines[i].startswith(indent)
+        ),
+        len(lines),
+    )
+    return "\n".join(lines[start:end])
+
+
+def test_the_architecture_page_draws_every_module_in_its_layer():
+    """docs/architecture.md's diagram names every module of metapl under its layer (and its family within parts), so
+    a module added or moved without the page fails here."""
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    block = page.split("## The layers", 1)[1].split("```")[3]  # the second code block: the modules
+    lines = block.splitlines()
+    missing = []
+    for path in _modules():
+        relative = path.relative_to(PACKAGE)
+        if path.name == "__init__.py" and len(relative.parts) > 1:
+            continue  # a layer's or family's __init__ is its folder
+        if len(relative.parts) == 1:
+            chunk = block if f"metapl/{path.name}" in block else ""
+        elif relative.parts[0] == "parts":
+            chunk = _chunk(lines, f"  {relative.parts[1]}/", "  ")
+        else:
+            chunk = _chunk(lines, f"{relative.parts[0]}/", "")
+        if path.name not in chunk:
+            missing.append(str(relative))
+    assert not missing, f"docs/architecture.md's layers do not show: {', '.join(missing)}"

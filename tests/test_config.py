@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from metapl.core.errors import ConfigError
-from metapl.run.config import all_keys, build_config, from_dict, load_config_file, save_config, validate
+from metapl.run.config import build_config, from_dict, load_config_file, save_config, validate
 from metapl.run.presets import preset_names
+from metapl.run.values import all_keys
 
 
 def test_presets_load_and_validate():

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from metapl.commands.cli import main
 from metapl.parts.methods import METHODS
-from metapl.run.config import build_config, flatten
+from metapl.run.config import build_config
+from metapl.run.values import flatten
 
 FUZZ = settings(deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -217,7 +217,8 @@ def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, ext
     message = f"unrecognized arguments: {' '.join(extra)}"
     option = next((a.split("=")[0] for a in extra if a.startswith("--")), None)
     if option is not None:
-        from metapl.run.config import Config, flatten
+        from metapl.run.config import Config
+        from metapl.run.values import flatten
 
         name = option[2:].replace("-", "_")
         # a key's own name, or a nested section's (--feedback: method.feedback.mode)

@@ -55,9 +55,10 @@ from metapl.parts.data.label_store import (
 from metapl.parts.data.registry import DATASETS
 from metapl.parts.data.splits import Split
 from metapl.parts.models.registry import MODELS
-from metapl.run.config import Config, build_config, load_config_file, parse_override, set_value, validate
+from metapl.run.config import Config, build_config, load_config_file, set_value, validate
 from metapl.run.outputs import check_output_folder, config_inputs
 from metapl.run.threads import apply_threads
+from metapl.run.values import parse_override
 
 AUTO_FULL_CLASSES = 100  # top_k=None stores all K classes up to this many, else the top AUTO_TOP_K
 AUTO_TOP_K = 16

@@ -22,7 +22,9 @@ from torch import nn
 
 from metapl.core.errors import ConfigError, first_line
 from metapl.parts.methods import METHODS
-from metapl.run.config import Config, canonical_key, get_value, section_size_keys
+from metapl.run.config import Config, get_value
+from metapl.run.method_keys import canonical_key
+from metapl.run.part_keys import section_size_keys
 
 # Settings that size what a command allocates, by command; the first ones a user changed are named first. Training's
 # are the config's (train_size_keys): each section and each chosen part declares its own (SIZE_KEYS).

@@ -1,16 +1,16 @@
-"""Typed run configuration: YAML presets, `--set key=value` overrides, validation with one-line errors.
+"""Typed run configuration: YAML presets, `--set key=value` overrides, config.yaml, validation with one-line errors.
 
 Each section is a dataclass whose fields declare their defaults and allowed values (metapl/core/settings.py). The
-`method` section is the chosen method's own settings dataclass, defined in that method's module. The `data` and
-`model` sections are their shared keys plus the chosen parts' own settings (the data set's; the student's and the
-teacher's models'), each part's dataclass registered beside it (DATASETS, MODELS: Registry.settings_class).
+`method` section is the chosen method's own settings dataclass, defined in that method's module; its keys, nested and
+the flat keys of config formats 1–2, are run/method_keys.py's. The `data` and `model` sections are their shared keys
+plus the chosen parts' own settings (the data set's; the student's and the teacher's models'), each part's dataclass
+registered beside it (DATASETS, MODELS: Registry.settings_class); run/part_keys.py keeps them. One value is parsed
+and coerced by run/values.py.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,6 @@ from metapl.core.registry import Registry
 from metapl.core.settings import (
     above,
     at_least,
-    check_field,
     check_settings,
     choice,
     fraction,
@@ -32,14 +31,24 @@ from metapl.core.settings import (
     path_field,
     ranged,
     seed_field,
-    size_keys,
     suggest,
 )
 from metapl.parts.data.registry import DATASETS
 from metapl.parts.methods import METHODS
-from metapl.parts.methods.settings import FieldPath, flat_keys, leaf_paths, sections
 from metapl.parts.models.registry import MODELS
+from metapl.run.method_keys import method_path, method_value, set_method_value, shared_key
+from metapl.run.part_keys import (
+    choose_part,
+    fill_parts,
+    other_parts_key,
+    parts_of,
+    pretrained_image_size,
+    section_dict,
+    set_part_value,
+    shared_keys,
+)
 from metapl.run.presets import load_preset
+from metapl.run.values import all_keys, coerce, flatten, has_field, parse_override
 
 # config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
 # 2: the chosen method's keys only; 3: mpl's and reduced_mpl's keys nested (method.feedback.*, method.teacher_losses.*).
@@ -209,173 +218,11 @@ class Config:
         return out
 
 
-# ---------------------------------------------------------------------------------------------- parts' settings
-# A section with PARTS (data, model) holds, besides its shared keys, the settings dataclass of each part its names
-# choose (PARTS: part field -> the field naming the part). These functions are the one place that knows how.
-def _part_name(section: Any, part: str) -> str | None:
-    """The name of the part whose settings the field `part` holds; None for a teacher that is model.name."""
-    name = getattr(section, section.PARTS[part])
-    if part != "settings" and (not name or name == section.name):
-        return None
-    return name
-
-
-def parts_of(section: Any) -> list[Any]:
-    """The settings of the parts a section's names choose (the data set's; the student's and teacher's models')."""
-    return [getattr(section, part) for part in getattr(section, "PARTS", {}) if getattr(section, part) is not None]
-
-
-def fill_parts(section: Any) -> None:
-    """Give each part field the settings of the part its name chooses (a new section, or one whose names changed),
-    keeping the values of the keys that the settings it held share with the new ones (a key both models have)."""
-    held = parts_of(section)
-    for part in section.PARTS:
-        name = _part_name(section, part)
-        wanted = section.REGISTRY.settings_class(name) if name is not None else None
-        current = getattr(section, part)
-        if wanted is None or type(current) is wanted:
-            setattr(section, part, current if wanted is not None else None)
-            continue
-        new = wanted()
-        sources = sorted(held, key=lambda own: type(own) is not wanted)  # settings of the same part first
-        for f in dataclasses.fields(new):
-            source = next((own for own in sources if _has_field(own, f.name)), None)
-            if source is not None:
-                setattr(new, f.name, copy.deepcopy(getattr(source, f.name)))
-        setattr(section, part, new)
-
-
-def section_dict(section: Any) -> dict:
-    """A section's keys in order, each part's own keys where its field stands (a key of both models once)."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if not f.metadata.get("part"):
-            out[f.name] = copy.deepcopy(value)
-        elif value is not None:
-            for key, own in dataclasses.asdict(value).items():
-                out.setdefault(key, own)
-    return out
-
-
-def _shared_keys(section: Any) -> set[str]:
-    return {f.name for f in dataclasses.fields(section) if not f.metadata.get("part")}
-
-
-def _choose_part(section: Any, key: str, name: str) -> None:
-    """Check the part a naming key (data.name, model.teacher_name) chooses; model.teacher_name may be empty."""
-    if name or key.endswith(".name"):
-        section.REGISTRY.check(name, key)
-
-
-def _set_part_value(cfg: Config, section_name: str, section: Any, name: str, value: Any) -> None:
-    """Set a key of a chosen part's own (data.num_points) on every chosen part that has it (the student's and the
-    teacher's models may both); a key of a part not chosen is refused naming it."""
-    key = f"{section_name}.{name}"
-    holders = [own for own in parts_of(section) if _has_field(own, name)]
-    if not holders:
-        _refuse_part_key(cfg, section_name, section, name)
-    for own in holders:
-        setattr(own, name, _coerce(key, value, typing.get_type_hints(type(own))[name]))
-
-
-def _refuse_part_key(cfg: Config, section_name: str, section: Any, name: str) -> typing.NoReturn:
-    """A ConfigError for a key no chosen part of the section has: one of another part names that part (as a key of
-    another method does), any other gets the closest key."""
-    key = f"{section_name}.{name}"
-    owners = section.REGISTRY.owners(name)
-    if owners:
-        others = [part for part in section.PARTS if part != "settings" and getattr(section, part) is not None]
-        chosen = [section.name] + [
-            f"{section_name}.{section.PARTS[p]}={getattr(section, section.PARTS[p])}" for p in others
-        ]
-        naming = " or ".join(f"{section_name}.{field}={owners[0]}" for field in section.PARTS.values())
-        current = f"{section_name}.name={section.name}"
-        raise ConfigError(
-            f"{key} is a setting of {section.REGISTRY.key}={' or '.join(owners)}, not of {' nor of '.join(chosen)}; "
-            f"choose {naming}, or drop it (list {section.name}'s keys with: metapl config --preset "
-            f"{cfg.preset or 'NAME'} --set {current})"
-        )
-    every = all_keys(cfg) + [
-        f"{section_name}.{f.name}" for own in section.REGISTRY.all_settings().values() for f in dataclasses.fields(own)
-    ]
-    raise ConfigError(
-        f"unknown config key {key!r}{suggest(key, every)}; list the keys with: metapl config --preset NAME"
-    )
-
-
-def _other_parts_key(cfg: Config, key: str) -> bool:
-    """Whether `key` belongs to a part of its section that the config does not choose (a preset's keys for another
-    data set, an old config.yaml's keys of every model): such keys are dropped, not refused, where they come from a
-    file; a key no part has is not one."""
-    section_name, _, name = key.partition(".")
-    section: Any = getattr(cfg, section_name, None)
-    if not hasattr(section, "PARTS") or name in _shared_keys(section):
-        return False
-    if any(_has_field(own, name) for own in parts_of(section)):
-        return False
-    return bool(section.REGISTRY.owners(name))
-
-
-def _names_first(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """The keys that choose parts (data.name, model.name, model.teacher_name) first: the other keys are the chosen
-    parts'."""
-    naming = {f"{s}.{n}" for s, section in _PART_SECTIONS.items() for n in section.PARTS.values()}
-    return [item for item in items if item[0] in naming] + [item for item in items if item[0] not in naming]
-
-
-def _with_part_names(raw: dict, parsed: list[tuple[str, Any]]) -> dict:
-    """The preset with the parts that overrides choose (the last value of each naming key): the preset's keys of
-    those parts are kept, those of others dropped."""
-    raw = dict(raw)
-    for key, value in parsed:
-        section_name, _, name = key.partition(".")
-        section = _PART_SECTIONS.get(section_name)
-        if section is not None and name in section.PARTS.values():
-            old = raw.get(section_name, {})
-            if isinstance(old, dict):
-                raw[section_name] = {**old, name: value}
-    return raw
-
-
-def _check_parts_with(cfg: Config) -> None:
-    """The chosen parts' checks across sections (`check_with`, as a method's)."""
-    for section_name in _PART_SECTIONS:
-        for own in parts_of(getattr(cfg, section_name)):
-            check_with = getattr(own, "check_with", None)
-            if check_with is not None:
-                check_with(cfg)
-
-
-def get_value(cfg: Config, key: str) -> Any:
-    """The value of a dotted key ('data.num_points'; 'method.feedback.h' or its flat key 'method.h'), wherever its
-    section keeps it."""
-    if key.startswith("method."):
-        return method_value(cfg, key)
-    return dict(flatten(cfg.to_dict()))[key]
-
-
-def section_size_keys(cfg: Config, section_name: str) -> list[str]:
-    """The keys of a section that size a training step's memory: the section's own (SIZE_KEYS) and, for a section
-    with parts, those its chosen parts' settings declare."""
-    section = getattr(cfg, section_name)
-    owned = [section.settings] if section_name == "method" else [section, *parts_of(section)]
-    keys = [f"{section_name}.{name}" for own in owned for name in size_keys(own)]
-    return list(dict.fromkeys(keys))
-
-
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
 
 
 _PART_SECTIONS: dict[str, Any] = {"data": DataConfig, "model": ModelConfig}  # the sections with parts
-
-
-def _names_part(key: str) -> bool:
-    section_name, _, name = key.partition(".")
-    section = _PART_SECTIONS.get(section_name)
-    return section is not None and name in section.PARTS.values()
-
 
 # Keys a user cannot set, and why (they are derived from others).
 _DERIVED = {
@@ -410,28 +257,38 @@ def build_config(preset: str, overrides: typing.Sequence[str] = (), method: str 
     given = {key for key, _ in parsed}
     _drop_unread_inputs(cfg, keep=given)  # a preset's inputs for other methods; the user's own are checked
     validate(cfg)
-    _pretrained_image_size(cfg)
+    pretrained_image_size(cfg)
     return cfg
 
 
-def _pretrained_image_size(cfg: Config) -> None:
-    """data.image_size=0 (a data set of image files) with pretrained weights (timm): the side they were trained at,
-    saved with the run."""
-    own = cfg.data.settings
-    if getattr(own, "image_size", None) == 0 and cfg.model.pretrained:
-        inputs = MODELS.get(cfg.model.name).preprocessing(cfg.model)
-        if inputs is not None:
-            own.image_size = inputs.size
+def _names_part(key: str) -> bool:
+    section_name, _, name = key.partition(".")
+    section = _PART_SECTIONS.get(section_name)
+    return section is not None and name in section.PARTS.values()
 
 
-def parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} is not key=value; write e.g. --set train.steps=500")
-    return key, _parse_scalar(text)
+def _names_first(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The keys that choose parts (data.name, model.name, model.teacher_name) first: the other keys are the chosen
+    parts'."""
+    naming = {f"{s}.{n}" for s, section in _PART_SECTIONS.items() for n in section.PARTS.values()}
+    return [item for item in items if item[0] in naming] + [item for item in items if item[0] not in naming]
 
 
+def _with_part_names(raw: dict, parsed: list[tuple[str, Any]]) -> dict:
+    """The preset with the parts that overrides choose (the last value of each naming key): the preset's keys of
+    those parts are kept, those of others dropped."""
+    raw = dict(raw)
+    for key, value in parsed:
+        section_name, _, name = key.partition(".")
+        section = _PART_SECTIONS.get(section_name)
+        if section is not None and name in section.PARTS.values():
+            old = raw.get(section_name, {})
+            if isinstance(old, dict):
+                raw[section_name] = {**old, name: value}
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------- config.yaml
 def load_config_file(path: Path) -> Config:
     """A config saved with a run (config.yaml), of this format or an earlier one (READABLE_FORMATS)."""
     try:
@@ -478,16 +335,16 @@ def from_dict(
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
     items = flatten(raw)
     name = method_name if method_name is not None else next((v for k, v in items if k == "method.name"), "mpl")
-    name = _coerce("method.name", name, str)
+    name = coerce("method.name", name, str)
     METHODS.check(name)
     cfg = Config(method=MethodSection.of(name))
     for key, value in _names_first(items):
         if key == "method.name":
             continue
-        if lenient_parts and _other_parts_key(cfg, key):
+        if lenient_parts and other_parts_key(cfg, key):
             continue
-        if lenient_method and key.startswith("method.") and _method_path(type(cfg.method.settings), key[7:]) is None:
-            shared = _shared_key(cfg.method.settings, key)  # raises for a key no method has
+        if lenient_method and key.startswith("method.") and method_path(type(cfg.method.settings), key[7:]) is None:
+            shared = shared_key(cfg.method.settings, key)  # raises for a key no method has
             if shared is None:
                 continue
             key = shared
@@ -495,34 +352,22 @@ def from_dict(
     return cfg
 
 
-def flatten(raw: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """[('section.key', value), ...] in the mapping's order."""
-    items = []
-    for key, value in raw.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            items.extend(flatten(value, name + "."))
-        else:
-            items.append((name, value))
-    return items
-
-
 def set_value(cfg: Config, key: str, value: Any) -> None:
     """Set a dotted key ('train.steps') with type checking; unknown keys get a did-you-mean suggestion."""
     if key == "preset":
-        cfg.preset = _coerce(key, value, str)
+        cfg.preset = coerce(key, value, str)
         return
     if key in _DERIVED:
         raise ConfigError(f"{key} cannot be set: {_DERIVED[key]}")
     section_name, _, name = key.partition(".")
     if section_name == "method":
-        _set_method_value(cfg, name, value)
+        set_method_value(cfg, name, value)
         return
     section = getattr(cfg, section_name, None)
-    if hasattr(section, "PARTS") and name and name not in _shared_keys(section):
-        _set_part_value(cfg, section_name, section, name, value)  # a key of the chosen data set's or models'
+    if hasattr(section, "PARTS") and name and name not in shared_keys(section):
+        set_part_value(cfg, section_name, section, name, value)  # a key of the chosen data set's or models'
         return
-    if not dataclasses.is_dataclass(section) or not _has_field(section, name):
+    if not dataclasses.is_dataclass(section) or not has_field(section, name):
         if dataclasses.is_dataclass(section) and not name:
             example = dataclasses.fields(section)[0].name
             raise ConfigError(f"{key!r} is a section; set one of its keys, e.g. {key}.{example}=...")
@@ -530,182 +375,20 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
             f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
     expected = typing.get_type_hints(type(section))[name]
-    new = _coerce(key, value, expected)
+    new = coerce(key, value, expected)
     if _names_part(key):
-        _choose_part(section, key, new)
+        choose_part(section, key, new)
     setattr(section, name, new)
     if _names_part(key):
         fill_parts(section)  # the settings of the part now chosen
 
 
-# ---------------------------------------------------------------------------------------------- the method section
-def _set_method_value(cfg: Config, name: str, value: Any) -> None:
-    """Set method key `name` (a nested key, feedback.h, or a flat key of config formats 1–2, h), checked and named in
-    errors as given."""
-    if name == "name":
-        new = _coerce("method.name", value, str)
-        METHODS.check(new)
-        if new != cfg.method.name:  # settings both methods have keep their values (a preset's UDA weight, ...)
-            old = cfg.method.settings
-            old_keys = flat_keys(type(old))
-            settings = METHODS.settings_class(new)()
-            for flat, target in flat_keys(type(settings)).items():
-                if flat in old_keys:
-                    _set_path(settings, target, _get_path(old, old_keys[flat]))
-            cfg.method = MethodSection(new, settings)
-        return
-    settings = cfg.method.settings
-    if not name:
-        raise ConfigError("'method' is a section; set one of its keys, e.g. method.name=mpl")
-    path = _method_path(type(settings), name)
-    if path is None:
-        nested = sections(type(settings))
-        if name in nested:
-            example = dataclasses.fields(nested[name])[0].name
-            raise ConfigError(f"'method.{name}' is a section; set one of its keys, e.g. method.{name}.{example}=...")
-        owner = _method_owning(f"method.{name}")
-        raise ConfigError(
-            f"method.{name} is a setting of method.name={owner}, not of {cfg.method.name}; "
-            f"choose --method {owner}, or drop it (list {cfg.method.name}'s keys with: metapl config --preset "
-            f"{cfg.preset or 'NAME'} --method {cfg.method.name})"
-        )
-    section = _get_path(settings, path[:-1])
-    field_ = next(f for f in dataclasses.fields(section) if f.name == path[-1])
-    coerced = _coerce(f"method.{name}", value, typing.get_type_hints(type(section))[path[-1]])
-    check_field(field_, coerced, f"method.{name}")  # now, so that the error names the key as the user wrote it
-    setattr(section, path[-1], coerced)
-
-
-def _method_path(cls: type, name: str) -> FieldPath | None:
-    """The field path that method key `name` names in the settings class `cls` (nested: 'feedback.h'; flat, as
-    config formats 1 and 2 wrote it: 'h'), or None."""
-    flat = flat_keys(cls)
-    if name in flat:
-        return flat[name]
-    path = tuple(name.split("."))
-    return path if path in leaf_paths(cls) else None
-
-
-def _get_path(settings: Any, path: FieldPath) -> Any:
-    for name in path:
-        settings = getattr(settings, name)
-    return settings
-
-
-def _set_path(settings: Any, path: FieldPath, value: Any) -> None:
-    setattr(_get_path(settings, path[:-1]), path[-1], value)
-
-
-def method_value(cfg: Config, key: str) -> Any:
-    """The value of the chosen method's key `key` ('method.feedback.shuffle_buffer', or its flat key)."""
-    path = _method_path(type(cfg.method.settings), key.partition(".")[2])
-    if path is None:
-        raise KeyError(key)
-    return _get_path(cfg.method.settings, path)
-
-
-def canonical_key(key: str, method: str | None = None) -> str:
-    """`key` as the config names it now: a flat method key of formats 1–2 ('method.shuffle_buffer') becomes its
-    nested key ('method.feedback.shuffle_buffer') in `method`'s settings, or in the first method that has it."""
-    if not key.startswith("method."):
-        return key
-    name = key.partition(".")[2]
-    for owner in [method] if method else METHODS.names():
-        path = _method_path(METHODS.settings_class(owner), name) if owner in METHODS else None
-        if path is not None:
-            return "method." + ".".join(path)
-    return key
-
-
-def _method_keys(cls: type) -> list[str]:
-    """Every key of the settings class `cls`: the nested keys and the flat keys of formats 1–2."""
-    return [*(".".join(path) for path in leaf_paths(cls)), *flat_keys(cls)]
-
-
-def _method_owning(key: str) -> str:
-    """The first registered method whose settings have `key` ('method.x'); a ConfigError when none has."""
-    name = key.partition(".")[2]
-    for method in METHODS.names():
-        if _method_path(METHODS.settings_class(method), name) is not None:
-            return method
-    keys = sorted({f"method.{k}" for m in METHODS.names() for k in _method_keys(METHODS.settings_class(m))})
-    raise ConfigError(
-        f"unknown config key {key!r}{suggest(key, keys)}; list the keys with: metapl config --preset NAME"
-    )
-
-
-def _shared_key(settings: Any, key: str) -> str | None:
-    """A preset's (or a format-1 file's) key `key` of another method, as the key of `settings`'s method that holds
-    the same setting (their flat keys agree: mpl's method.teacher_losses.uda_weight is uda's method.uda_weight), or
-    None when `settings`'s method has no such setting. A ConfigError when no method has the key."""
-    owner = METHODS.settings_class(_method_owning(key))
-    path = _method_path(owner, key.partition(".")[2])
-    flat = next(flat for flat, p in flat_keys(owner).items() if p == path)
-    return f"method.{flat}" if flat in flat_keys(type(settings)) else None
-
-
-def _has_field(obj: Any, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(obj)}
-
-
-def all_keys(cfg: Config) -> list[str]:
-    return [key for key, _ in flatten(cfg.to_dict())]
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
-        return text
-
-
-def _coerce(key: str, value: Any, expected: Any) -> Any:
-    origin = typing.get_origin(expected)
-    if origin is list:
-        (item_type,) = typing.get_args(expected)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}={value!r} must be a list, e.g. {key}=[64,64]")
-        return [_coerce(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
-    if origin in (typing.Union, types.UnionType):
-        options = [t for t in typing.get_args(expected) if t is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, value, options[0])
-    if expected is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    if expected in (int, float) and isinstance(value, str):
-        value = _number(value)  # YAML 1.1 reads 1e-5 (no dot) as a string
-    if expected is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{key}={value!r} must be an integer, e.g. {key}=100")
-        return value
-    if expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} must be a number, e.g. {key}=0.1")
-        try:
-            return float(value) + 0.0  # + 0.0: -0.0 is 0 (NumPy refuses a negative zero scale)
-        except OverflowError:  # an integer beyond any float
-            raise ConfigError(f"{key}={value} is impossible; it must be a finite number") from None
-    if expected is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
-        return value
-    raise ConfigError(f"{key} has an unsupported type {expected}")
+def get_value(cfg: Config, key: str) -> Any:
+    """The value of a dotted key ('data.num_points'; 'method.feedback.h' or its flat key 'method.h'), wherever its
+    section keeps it."""
+    if key.startswith("method."):
+        return method_value(cfg, key)
+    return dict(flatten(cfg.to_dict()))[key]
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -765,3 +448,12 @@ def validate(cfg: Config) -> None:
     if check_with is not None:
         check_with(cfg)
     _check_parts_with(cfg)
+
+
+def _check_parts_with(cfg: Config) -> None:
+    """The chosen parts' checks across sections (`check_with`, as a method's)."""
+    for section_name in _PART_SECTIONS:
+        for own in parts_of(getattr(cfg, section_name)):
+            check_with = getattr(own, "check_with", None)
+            if check_with is not None:
+                check_with(cfg)

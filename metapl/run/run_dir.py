@@ -21,7 +21,8 @@ from metapl.core.atomic import TEMPORARY, atomic_write_json
 from metapl.core.checkpoint import read_training_state
 from metapl.core.errors import CheckpointError, ConfigError, MetaplError
 from metapl.run import ownership
-from metapl.run.config import Config, flatten, load_config_file, save_config
+from metapl.run.config import Config, load_config_file, save_config
+from metapl.run.values import flatten
 
 CHECKPOINT = "checkpoint.pt"
 TEACHER_MODEL = "teacher_model.pt"  # the teacher's final weights (methods whose teacher is an image network)

@@ -9,7 +9,8 @@ config.yaml must reproduce it); the run says so in one line, with the values sca
 from __future__ import annotations
 
 from metapl.core.errors import ConfigError
-from metapl.run.config import Config, method_value
+from metapl.run.config import Config
+from metapl.run.method_keys import method_value
 from metapl.run.presets import load_preset
 
 SHARE = 0.25  # the student's wait + warm-up (or the teacher's warm-up) may take at most this share of train.steps

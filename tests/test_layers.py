@@ -133,15 +133,15 @@ def test_a_family_of_parts_does_not_import_another(tmp_path, monkeypatch):
     assert _violations(fake) == [f"{Path('metapl/parts/data/planted.py')}:1 imports metapl.parts.methods.base"]
 
 
+def _depth(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
 def _chunk(lines: list[str], head: str, indent: str) -> str:
-    """The lines from the one that starts with `head` to the next that starts at `indent`'s depth."""
+    """The lines from the one that starts with `head` to the next that is not indented deeper than `indent`."""
     start = next(i for i, line in enumerate(lines) if line.startswith(head))
     end = next(
-        (
-            i
-            for i in range(start + 1, len(lines))
-            if lines[i][len(indent) :][:1].strip() and lines[i].startswith(indent)
-        ),
+        (i for i in range(start + 1, len(lines)) if lines[i].strip() and _depth(lines[i]) <= len(indent)),
         len(lines),
     )
     return "\n".join(lines[start:end])

@@ -52,7 +52,7 @@ from metapl.parts.methods.base import (
     rng_state,
     top1,
 )
-from metapl.parts.methods.settings import FeedbackSettings, MPLSettings
+from metapl.parts.methods.settings import FeedbackSettings, MPLSettings, ReducedMPLSettings
 from metapl.parts.methods.teachers import ImageTeacher, MplTerm, Teacher
 
 
@@ -259,8 +259,7 @@ class MetaPseudoLabels(TwoModelMethod):
         student_loss = soft_cross_entropy(student_logits, target)
         loss_before = F.cross_entropy(logits_l_old.detach(), y_l)
         student_grad_norm = self._update_student(self.student_updater.gradients(student_loss), step)
-        with torch.no_grad(), frozen_bn_stats(self.student):
-            loss_after = F.cross_entropy(self.student(x_l), y_l)
+        loss_after = self._labeled_loss_no_grad(batch)
         d = self.feedback.h_sign * distributed.mean(loss_after - loss_before)  # the code's sign: new − old
         coefficient = self._baseline_coefficient(d)
 
@@ -373,8 +372,11 @@ def _label(settings: MPLSettings) -> str:
     return ", ".join(parts)
 
 
-def feedback_memory(settings: MPLSettings, num_classes: int, examples: int) -> list[tuple[str, int]]:
-    """What the feedback allocates besides the networks: the shuffled control's buffer of earlier steps' h."""
+def feedback_memory(
+    settings: MPLSettings | ReducedMPLSettings, num_classes: int, examples: int
+) -> list[tuple[str, int]]:
+    """What the feedback allocates besides the networks (mpl's and reduced_mpl's alike): the shuffled control's buffer
+    of earlier steps' h."""
     return [("method.feedback.shuffle_buffer", 4 * settings.feedback.shuffle_buffer)]
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from metapl.core.optim import OptimSettings
 from metapl.core.settings import check_settings
 from metapl.parts.methods.base import BuildContext, MemoryShape, MethodEntry, module_device
-from metapl.parts.methods.mpl import MetaPseudoLabels
+from metapl.parts.methods.mpl import MetaPseudoLabels, feedback_memory
 from metapl.parts.methods.settings import ReducedMPLSettings
 from metapl.parts.methods.teachers import StoredTeacher
 
@@ -117,10 +117,7 @@ def _own_memory(settings: ReducedMPLSettings, num_classes: int, examples: int) -
     """What the reduced teacher allocates at least (float32): its weights, gradients and momentum and its hidden
     layer's output on a step's examples; and the shuffled control's buffer of earlier steps' h."""
     parameters = 2 * num_classes * settings.hidden + settings.hidden + num_classes
-    return [
-        ("method.hidden", 4 * (3 * parameters + examples * settings.hidden)),
-        ("method.feedback.shuffle_buffer", 4 * settings.feedback.shuffle_buffer),
-    ]
+    return [("method.hidden", 4 * (3 * parameters + examples * settings.hidden)), *feedback_memory(settings, 0, 0)]
 
 
 # one network of the run's model (the student); its teacher is a small network on stored distributions

@@ -194,15 +194,19 @@ def flat_keys(settings_class: type) -> dict[str, FieldPath]:
     nested = sections(settings_class)
     table: dict[str, FieldPath] = {}
     for f in dataclasses.fields(settings_class):
-        if f.name not in nested:
-            table[f.name] = (f.name,)
-            continue
-        renamed = getattr(nested[f.name], "FLAT_NAMES", {})
-        for inner in dataclasses.fields(nested[f.name]):
-            flat = renamed.get(inner.name, inner.name)
+        names: list[tuple[str, FieldPath]]
+        if f.name in nested:
+            renamed = getattr(nested[f.name], "FLAT_NAMES", {})
+            names = [
+                (renamed.get(inner.name, inner.name), (f.name, inner.name))
+                for inner in dataclasses.fields(nested[f.name])
+            ]
+        else:
+            names = [(f.name, (f.name,))]
+        for flat, path in names:  # a top-level field and a nested one may not share a flat key either
             if flat in table:
                 raise TypeError(f"{settings_class.__name__}: flat key {flat!r} names two fields")
-            table[flat] = (f.name, inner.name)
+            table[flat] = path
     return table
 
 

@@ -233,6 +233,28 @@ def test_the_step_estimate_names_the_largest_mu_that_fits(monkeypatch):
         budget.check_step_memory(cfg, data, torch.device("cpu"))
 
 
+@pytest.mark.parametrize("network", ["teacher", "student"])
+def test_an_adam_network_is_counted_with_its_second_moment(monkeypatch, network):
+    """Adam keeps two moments per weight where SGD keeps one momentum: the estimate grows by one copy of the
+    network that uses it."""
+    weights: dict[str, tuple[int, int]] = {}
+
+    def refuse(cfg, profile, teacher, need, available, device):
+        net = teacher if network == "teacher" else profile
+        weights[getattr(cfg, network).optimizer] = (need, net.parameters)
+        raise ConfigError("refused")
+
+    monkeypatch.setattr(budget, "host_available", lambda: 100 * 1024)  # room for the h buffer, not the networks
+    monkeypatch.setattr(budget, "_refuse_network", refuse)
+    signal = [] if network == "teacher" else ["method.feedback.teacher_signal=none"]
+    for optimizer in ("sgd", "adam"):
+        cfg = build_config("digits", [*signal, f"{network}.optimizer={optimizer}"], "mpl")
+        with pytest.raises(ConfigError, match="refused"):
+            budget.check_step_memory(cfg, build_data(cfg.data, 0), torch.device("cpu"))
+    (sgd, parameters), (adam, _) = weights["sgd"], weights["adam"]
+    assert adam - sgd == 4 * parameters > 0  # float32
+
+
 def test_an_evaluation_batch_that_cannot_fit_names_train_eval_batch_size(monkeypatch):
 
     cfg = build_config("digits", ["model.hidden=[100000]", "data.mu=1", "train.eval_batch_size=5000"])

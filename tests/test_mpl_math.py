@@ -523,3 +523,19 @@ def test_shuffled_control_is_checked_and_labelled():
         build_config("digits", ["method.feedback.mode=soft", "method.feedback.teacher_signal=shuffled"])
     cfg = build_config("digits", ["method.feedback.teacher_signal=shuffled", "method.teacher_losses.uda=false"])
     assert METHODS.get("mpl").label(cfg.method.settings) == "hard/dot, shuffled h, no teacher UDA"
+
+
+@pytest.mark.parametrize("method", ["mpl", "reduced_mpl"])
+def test_the_feedback_refuses_a_student_that_does_not_step_by_sgd(method):
+    """h differentiates the student's SGD step: an Adam student is refused while the feedback is on (config and
+    API alike), and allowed without feedback; an Adam teacher is always allowed."""
+    from metapl.core.errors import ConfigError
+    from metapl.run.config import build_config
+
+    label_dir = ["data.label_dir=labels"] if method == "reduced_mpl" else []
+    with pytest.raises(ConfigError, match=r"^student.optimizer=adam is not the step MPL's feedback differentiates"):
+        build_config("digits", [*label_dir, "student.optimizer=adam"], method)
+    build_config("digits", [*label_dir, "student.optimizer=adam", "method.feedback.teacher_signal=none"], method)
+    build_config("digits", [*label_dir, "teacher.optimizer=adam"], method)
+    with pytest.raises(ConfigError, match="student.optimizer=adam"):
+        MetaPseudoLabels(*make_models(2), K, student_optim=OptimSettings(optimizer="adam"))

@@ -62,3 +62,45 @@ def test_fp16_loss_scale_skips_an_overflowing_step_and_halves():
     loss = model(torch.ones(1, 2)).sum()
     grads = updater.gradients(loss)  # unscaled again: the plain gradient
     assert torch.allclose(grads[0], torch.ones(1, 2))
+
+
+def test_adam_update_equals_textbook_adam_after_decay_and_clipping():
+    """optimizer=adam: g + wd·θ (not on norm layers) and the global-norm clip as for SGD, then Adam's bias-corrected
+    step with β1 = momentum; the step's size does not follow the gradient's scale (why R's search tries it)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    settings = OptimSettings(
+        optimizer="adam", lr=0.01, momentum=0.8, beta2=0.99, eps=1e-6, weight_decay=0.05, grad_clip=0.5
+    )
+    updater = Updater(model, settings)
+    assert isinstance(updater.optimizer, torch.optim.Adam)
+    updater.set_step(0)
+    lr = updater.lr
+    params = [p.detach().clone() for p in updater.params]
+    m = [torch.zeros_like(p) for p in params]
+    v = [torch.zeros_like(p) for p in params]
+    for t in range(1, 4):
+        grads = [torch.randn_like(p) for p in params]
+        updater.apply(grads)
+        decayed = [g + 0.05 * p if i < updater._num_decay else g for i, (g, p) in enumerate(zip(grads, params))]
+        norm = torch.sqrt(sum(((d**2).sum() for d in decayed), torch.zeros(())))
+        clipped = [d * min(1.0, 0.5 / (float(norm) + 1e-6)) for d in decayed]
+        for i, d in enumerate(clipped):
+            m[i] = 0.8 * m[i] + 0.2 * d
+            v[i] = 0.99 * v[i] + 0.01 * d * d
+            step = lr * (m[i] / (1 - 0.8**t)) / ((v[i] / (1 - 0.99**t)).sqrt() + 1e-6)
+            params[i] = params[i] - step
+        for p, expected in zip(updater.params, params):
+            assert torch.allclose(p.detach(), expected, rtol=1e-5, atol=1e-7)
+
+    # Scale-free: gradients 1e-6 times as large move the weights as far (up to eps) at the first step.
+    moved = []
+    for scale in (1.0, 1e-6):
+        torch.manual_seed(5)
+        net = nn.Linear(3, 2)
+        adam = Updater(net, OptimSettings(optimizer="adam", lr=0.01, eps=1e-12, schedule="constant"))
+        adam.set_step(0)
+        before = [p.detach().clone() for p in adam.params]
+        adam.apply([torch.full_like(p, scale) for p in adam.params])
+        moved.append(sum(float((p.detach() - b).abs().sum()) for p, b in zip(adam.params, before)))
+    assert moved[1] == pytest.approx(moved[0], rel=1e-3) and moved[0] > 0

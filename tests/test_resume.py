@@ -149,15 +149,18 @@ def test_keep_last_k_checkpoints(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- MPL's shuffled-h control
+# with an Adam teacher: its moments resume as the h buffer does
 SHUFFLED = [*ARGS, "--set", "method.feedback.teacher_signal=shuffled", "--set", "method.feedback.shuffle_buffer=16"]
+SHUFFLED += ["--set", "teacher.optimizer=adam", "--set", "teacher.lr=0.001"]
 
 
 def _shuffled_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "metapl", *SHUFFLED, "--out", str(out)]
 
 
-def test_mpl_shuffled_h_sigkill_then_resume_is_bit_identical(tmp_path):
-    """Full MPL with the shuffled-h control: the h buffer, its count and the draws' RNG resume bit for bit."""
+def test_mpl_shuffled_h_adam_teacher_sigkill_then_resume_is_bit_identical(tmp_path):
+    """Full MPL with the shuffled-h control and an Adam teacher: the h buffer, its count, the draws' RNG and Adam's
+    moments resume bit for bit."""
     done = tmp_path / "uninterrupted"
     result = subprocess.run(_shuffled_command(done), env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -170,6 +173,7 @@ def test_mpl_shuffled_h_sigkill_then_resume_is_bit_identical(tmp_path):
     assert json.loads((killed / "summary.json").read_text())["resumed_from_step"] == state["step"]
     final = saved_state(done)
     assert final is not None and final["method"]["h_seen"] == 240 and final["method"]["h_buffer"].abs().sum() > 0
+    assert "exp_avg_sq" in final["method"]["teacher_optimizer"]["optimizer"]["state"][0]
     _assert_same_run(done, killed)
 
 

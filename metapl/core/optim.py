@@ -1,4 +1,4 @@
-"""Optimiser settings, the step-based LR schedule, and one SGD update with coupled weight decay and clipping (docs/method.md#optimisation)."""
+"""Optimiser settings, the step-based LR schedule, and one SGD (or Adam) update with coupled weight decay and clipping (docs/method.md#optimisation)."""
 
 from __future__ import annotations
 
@@ -40,27 +40,36 @@ def split_decay_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[n
     return [p for p in params if id(p) not in no_decay_ids], [p for p in params if id(p) in no_decay_ids]
 
 
-def _sgd(params: list[torch.Tensor], settings: OptimSettings) -> torch.optim.SGD:
-    """torch's SGD with its fused kernel where this torch and device have one (one kernel for all tensors), else
-    its foreach path; the per-tensor loop costs ~8× more on a CPU."""
+def _optimizer(params: list[torch.Tensor], settings: OptimSettings) -> torch.optim.Optimizer:
+    """torch's SGD or Adam with its fused kernel where this torch and device have one (one kernel for all tensors),
+    else its foreach path; the per-tensor loop costs ~8× more on a CPU. Weight decay and clipping are applied to
+    the gradients before (Updater.apply), so the optimiser itself never decays."""
     momentum = settings.momentum
-    options: dict[str, Any] = dict(lr=settings.lr, momentum=momentum, nesterov=settings.nesterov and momentum > 0)
+    kind: type[torch.optim.Optimizer]
+    options: dict[str, Any]
+    if settings.optimizer == "adam":
+        kind, options = torch.optim.Adam, dict(lr=settings.lr, betas=(momentum, settings.beta2), eps=settings.eps)
+    else:
+        kind, options = (
+            torch.optim.SGD,
+            dict(lr=settings.lr, momentum=momentum, nesterov=settings.nesterov and momentum > 0),
+        )
     try:
-        return torch.optim.SGD(params, **options, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused SGD for this torch version, device or dtype
-        return torch.optim.SGD(params, **options, foreach=True)
+        return kind(params, **options, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this torch version, device or dtype
+        return kind(params, **options, foreach=True)
 
 
 class Updater:
     """Applies one optimiser step to a model from a list of gradients, in the official order:
-    g + wd·θ (non-norm parameters), then global-norm clipping, then Nesterov SGD at the scheduled LR."""
+    g + wd·θ (non-norm parameters), then global-norm clipping, then Nesterov SGD (or Adam) at the scheduled LR."""
 
     def __init__(self, model: nn.Module, settings: OptimSettings):
         self.settings = settings
         decay, no_decay = split_decay_parameters(model)
         self.params: list[torch.Tensor] = [*decay, *no_decay]
         self._num_decay = len(decay)
-        self.optimizer = _sgd(self.params, settings)
+        self.optimizer = _optimizer(self.params, settings)
         self.lr = 0.0
         self.loss_scale: float | None = 2.0**16 if settings.fp16_loss_scale else None
         self._good_steps = 0

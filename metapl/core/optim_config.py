@@ -7,15 +7,23 @@ from dataclasses import dataclass
 
 from metapl.core.settings import above, at_least, choice, fraction
 
+OPTIMIZERS = ("sgd", "adam")
+STATE_SLOTS = {"sgd": 1, "adam": 2}  # tensors the optimiser keeps per weight: momentum; Adam's two moments
+
 
 @dataclass
 class OptimConfig:
-    """One network's optimiser as the config's `teacher` and `student` sections set it: Nesterov SGD, coupled L2
-    (norm layers skipped), global-norm clip, LR schedule (docs/method.md#optimisation)."""
+    """One network's optimiser as the config's `teacher` and `student` sections set it: Nesterov SGD (the paper's)
+    or Adam, coupled L2 (norm layers skipped), global-norm clip, LR schedule (docs/method.md#optimisation)."""
 
+    # sgd: the paper's; adam: a scale-free rule (the step's size does not follow the gradient's), for a teacher
+    # whose gradient is too small for SGD to move it (docs/method.md#adam)
+    optimizer: str = choice("sgd", OPTIMIZERS)
     lr: float = above(0, 0.05)
-    momentum: float = fraction(0.9)
-    nesterov: bool = True
+    momentum: float = fraction(0.9)  # SGD's momentum; Adam's β1 (the decay of its first moment)
+    nesterov: bool = True  # SGD only
+    beta2: float = fraction(0.999)  # Adam only: the decay of its second moment
+    eps: float = above(0, 1e-8)  # Adam only: added to the second moment's root
     weight_decay: float = at_least(0, 0.0)
     grad_clip: float = at_least(0, 0.0, " (0 turns clipping off)")  # global-norm bound
     schedule: str = choice("cosine", ("cosine", "constant"))  # cosine: to 0 at total_steps

@@ -3,7 +3,7 @@ config and the data's shape against what this machine has, and allocation failur
 line that names the settings that size them.
 
 The estimate is a lower bound on purpose: it counts only what a step cannot do without (the batch's inputs and
-indices, one network's weights, gradients and momentum, and the outputs of the network's layers that hold
+indices, one network's weights, gradients and optimiser state, and the outputs of the network's layers that hold
 parameters, for the examples that are trained on), so a refused run could not have fitted, and every run that
 fits is let through. Anything the estimate misses and the allocator then refuses still ends in one line
 (`allocation_failure`).
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from metapl.core.errors import ConfigError, first_line
+from metapl.core.optim_config import STATE_SLOTS
 from metapl.parts.methods import METHODS
 from metapl.run.config import Config, get_value
 from metapl.run.method_keys import canonical_key
@@ -233,8 +234,10 @@ def check_step_memory(cfg, data, device: torch.device, world_size: int = 1) -> N
     measured = [p.saved_per_example for p in (profile, teacher) if p.saved_per_example]  # 0: forward not run
     saved = min(measured, default=0) * activation
 
-    # weights, gradients and momentum of each trained network (the teacher's own size), and the EMA's copy
-    parameters = profile.parameters * (3 + (cfg.train.ema_decay > 0)) + teacher.parameters * 3 * (shape.networks - 1)
+    # weights, gradients and the optimiser's state of each trained network (the teacher's own size), the EMA's copy
+    copies = {network: 2 + STATE_SLOTS[getattr(cfg, network).optimizer] for network in ("student", "teacher")}
+    parameters = profile.parameters * (copies["student"] + (cfg.train.ema_decay > 0))
+    parameters += teacher.parameters * copies["teacher"] * (shape.networks - 1)
     weights = parameters * 4
     # on the device, per unit of μ and the rest: the batch's inputs (labeled, weak and strong views) and what
     # autograd keeps of the layers' outputs for the examples that go through a network with a graph
@@ -308,7 +311,7 @@ def _refuse_network(cfg, profile, teacher, weights: int, available: int, device:
         networks = f"a student of {profile.parameters:,} and a teacher of {teacher.parameters:,} parameters"
         fix += " or choose a smaller model.teacher_name"
     raise ConfigError(
-        f"{named} makes {networks}, whose copies in training (weights, gradients, momentum, EMA) need at least "
+        f"{named} makes {networks}, whose copies in training (weights, gradients, optimiser state, EMA) need at least "
         f"{human(weights)}, but {_where(device)} {human(available)} available; {fix}"
     )
 

@@ -92,6 +92,7 @@ class MetaPseudoLabels(TwoModelMethod):
     ) -> None:
         """MPL with the teacher part `teacher` and the feedback settings `feedback` (whose fields the caller checked)."""
         feedback.check()
+        feedback.check_student_optimizer((student_optim or OptimSettings()).optimizer)
         self.feedback, self.teacher_part = feedback, teacher
         self._init_models(teacher.network, student, teacher_optim, student_optim, ema_decay)
         self.num_classes = num_classes

@@ -101,9 +101,20 @@ class FeedbackSettings:
                 "has not; set method.feedback.mode=hard"
             )
 
+    def check_student_optimizer(self, optimizer: str) -> None:
+        """The feedback credits the teacher with the student's SGD step (θ'_S = θ_S − η_S·g, docs/method.md#adam),
+        so the student steps by SGD whenever the feedback is on."""
+        if optimizer != "sgd" and self.teacher_signal != "none":
+            raise ConfigError(
+                f"student.optimizer={optimizer} is not the step MPL's feedback differentiates (the student's SGD "
+                "step); set student.optimizer=sgd (teacher.optimizer may be adam), or "
+                "method.feedback.teacher_signal=none for no feedback"
+            )
+
     def check_with(self, cfg: Config) -> None:
         """Settings that conflict with the run's other sections (config.validate calls it)."""
         self.check()
+        self.check_student_optimizer(cfg.student.optimizer)
         if cfg.train.compile and self.mode == "soft":
             raise ConfigError(
                 "train.compile=true does not support method.feedback.mode=soft (its JVP); set train.compile=false"

@@ -215,6 +215,11 @@ def test_round_trip_through_dict():
         ("method.name=mlp", "did you mean 'mpl'"),
         ("model.name=wrn", "model.name='wrn' is not allowed"),
         ("data.name=digit", "did you mean 'digits'"),
+        # a value of the wrong type for a key of a few allowed values is shown those values, not an example
+        ("method.feedback.h_sign=inf", "method.feedback.h_sign=inf must be an integer, one of: 1, -1"),
+        ("method.h_sign=0.5", "method.h_sign=0.5 must be an integer, one of: 1, -1"),
+        ("teacher.optimizer=1", "teacher.optimizer=1 must be a string, one of: sgd, adam"),
+        ("train.precision=[1]", "train.precision=[1] must be a string, one of: fp32, bf16, fp16"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, fragment):

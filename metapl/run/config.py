@@ -48,7 +48,7 @@ from metapl.run.part_keys import (
     shared_keys,
 )
 from metapl.run.presets import load_preset
-from metapl.run.values import all_keys, coerce, flatten, has_field, parse_override
+from metapl.run.values import all_keys, coerce, coerce_field, flatten, has_field, parse_override
 
 # config.yaml's layout. 1: every method's keys in one `method` section and derived optimiser keys (metapl 0.1);
 # 2: the chosen method's keys only; 3: mpl's and reduced_mpl's keys nested (method.feedback.*, method.teacher_losses.*).
@@ -374,8 +374,7 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         raise ConfigError(
             f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
-    expected = typing.get_type_hints(type(section))[name]
-    new = coerce(key, value, expected)
+    new = coerce_field(key, value, section, name)
     if _names_part(key):
         choose_part(section, key, new)
     setattr(section, name, new)

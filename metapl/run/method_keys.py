@@ -6,14 +6,13 @@ naming the method that has it. Torch-free: only the settings classes are read.""
 from __future__ import annotations
 
 import dataclasses
-import typing
 from typing import TYPE_CHECKING, Any
 
 from metapl.core.errors import ConfigError
 from metapl.core.settings import check_field, suggest
 from metapl.parts.methods import METHODS
 from metapl.parts.methods.settings import FieldPath, flat_keys, leaf_paths, sections
-from metapl.run.values import coerce
+from metapl.run.values import coerce, coerce_field
 
 if TYPE_CHECKING:
     from metapl.run.config import Config
@@ -51,7 +50,7 @@ def set_method_value(cfg: Config, name: str, value: Any) -> None:
         )
     section = _get_path(settings, path[:-1])
     field_ = next(f for f in dataclasses.fields(section) if f.name == path[-1])
-    coerced = coerce(f"method.{name}", value, typing.get_type_hints(type(section))[path[-1]])
+    coerced = coerce_field(f"method.{name}", value, section, path[-1])
     check_field(field_, coerced, f"method.{name}")  # now, so that the error names the key as the user wrote it
     setattr(section, path[-1], coerced)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from metapl.core.errors import ConfigError
 from metapl.core.settings import size_keys, suggest
 from metapl.parts.models.registry import MODELS
-from metapl.run.values import all_keys, coerce, has_field
+from metapl.run.values import all_keys, coerce_field, has_field
 
 if TYPE_CHECKING:
     from metapl.run.config import Config
@@ -83,7 +83,7 @@ def set_part_value(cfg: Config, section_name: str, section: Any, name: str, valu
     if not holders:
         _refuse_part_key(cfg, section_name, section, name)
     for own in holders:
-        setattr(own, name, coerce(key, value, typing.get_type_hints(type(own))[name]))
+        setattr(own, name, coerce_field(key, value, own, name))
 
 
 def _refuse_part_key(cfg: Config, section_name: str, section: Any, name: str) -> typing.NoReturn:

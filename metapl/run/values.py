@@ -60,7 +60,20 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def coerce(key: str, value: Any, expected: Any) -> Any:
+def coerce_field(key: str, value: Any, owner: Any, name: str) -> Any:
+    """`value` as the type of dataclass `owner`'s field `name`, set as `key`; a value of the wrong type for a field
+    with a few allowed values is shown those values, not a generic example."""
+    field_ = next(f for f in dataclasses.fields(owner) if f.name == name)
+    return coerce(key, value, typing.get_type_hints(type(owner))[name], field_.metadata.get("choices", ()))
+
+
+def coerce(key: str, value: Any, expected: Any, choices: tuple = ()) -> Any:
+    """`value` as type `expected` (YAML's scalars and lists), or a ConfigError naming `key` and an example of the
+    type (one of `choices` when the key allows only those)."""
+
+    def example(default: str) -> str:
+        return f"one of: {', '.join(str(c) for c in choices)}" if choices else f"e.g. {key}={default}"
+
     origin = typing.get_origin(expected)
     if origin is list:
         (item_type,) = typing.get_args(expected)
@@ -84,17 +97,17 @@ def coerce(key: str, value: Any, expected: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"{key}={value!r} must be an integer, e.g. {key}=100")
+            raise ConfigError(f"{key}={value!r} must be an integer, {example('100')}")
         return value
     if expected is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} must be a number, e.g. {key}=0.1")
+            raise ConfigError(f"{key}={value!r} must be a number, {example('0.1')}")
         try:
             return float(value) + 0.0  # + 0.0: -0.0 is 0 (NumPy refuses a negative zero scale)
         except OverflowError:  # an integer beyond any float
             raise ConfigError(f"{key}={value} is impossible; it must be a finite number") from None
     if expected is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} must be a string")
+            raise ConfigError(f"{key}={value!r} must be a string" + (f", {example('')}" if choices else ""))
         return value
     raise ConfigError(f"{key} has an unsupported type {expected}")

@@ -220,6 +220,8 @@ def test_round_trip_through_dict():
         ("method.h_sign=0.5", "method.h_sign=0.5 must be an integer, one of: 1, -1"),
         ("teacher.optimizer=1", "teacher.optimizer=1 must be a string, one of: sgd, adam"),
         ("train.precision=[1]", "train.precision=[1] must be a string, one of: fp32, bf16, fp16"),
+        # float32 rounds a smaller ε to 0, and Adam would step a weight with a zero gradient by 0/0
+        ("teacher.eps=1e-300", "teacher.eps=1e-300 is impossible; it must be 1e-30 or more"),
     ],
 )
 def test_bad_values_name_the_key_and_the_fix(override, fragment):

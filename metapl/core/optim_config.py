@@ -23,7 +23,9 @@ class OptimConfig:
     momentum: float = fraction(0.9)  # SGD's momentum; Adam's β1 (the decay of its first moment)
     nesterov: bool = True  # SGD only
     beta2: float = fraction(0.999)  # Adam only: the decay of its second moment
-    eps: float = above(0, 1e-8)  # Adam only: added to the second moment's root
+    # Adam only: added to the second moment's root; at least 1e-30, as float32 (the weights' type) rounds a smaller
+    # ε to 0 and a weight whose gradient is 0 would then step by 0/0
+    eps: float = at_least(1e-30, 1e-8)
     weight_decay: float = at_least(0, 0.0)
     grad_clip: float = at_least(0, 0.0, " (0 turns clipping off)")  # global-norm bound
     schedule: str = choice("cosine", ("cosine", "constant"))  # cosine: to 0 at total_steps

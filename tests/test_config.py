@@ -217,6 +217,7 @@ def test_round_trip_through_dict():
         ("data.name=digit", "did you mean 'digits'"),
         ("data.name=5", "data.name='5' is not allowed; use one of: twomoon, digits"),
         ("model.teacher_name=7", "model.teacher_name='7' is not allowed; use one of: "),
+        ("data.split_file=a\x00b", "data.split_file='a\\x00b' holds a NUL character"),
         # a value of the wrong type for a key of a few allowed values is shown those values, not an example
         ("method.feedback.h_sign=inf", "method.feedback.h_sign=inf must be an integer, one of: 1, -1"),
         ("method.h_sign=0.5", "method.h_sign=0.5 must be an integer, one of: 1, -1"),

@@ -218,15 +218,19 @@ def test_a_torn_last_manifest_line_and_a_missing_shard_are_written_again(source,
 
 
 # ------------------------------------------------------------------------------------------------ kill, resume, Ctrl-C
+# Reads of 50 ms: the whole run takes about 3 s, so that on a loaded machine the signal still lands before the end
+# (at 20 ms a CI run once saw the SIGINT-ed run finish with exit 0). SIGINT's default handler is set explicitly: a
+# process whose parent ignores SIGINT (a job started with `&` by a script) gets no KeyboardInterrupt from Python.
 _SLOW_READS = (
-    "import sys, time; import metapl.commands.shard as s; read = s._read_image; "
-    "s._read_image = lambda path: (time.sleep(0.02), read(path))[1]; "
+    "import signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import metapl.commands.shard as s; read = s._read_image; "
+    "s._read_image = lambda path: (time.sleep(0.05), read(path))[1]; "
     "from metapl.commands.cli import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
 def _started(args: list[object], out: Path, shards: int) -> subprocess.Popen:
-    """`metapl ARGS` in a process whose image reads take 20 ms, once it has recorded `shards` finished shards."""
+    """`metapl ARGS` in a process whose image reads take 50 ms, once it has recorded `shards` finished shards."""
     process = subprocess.Popen(
         [sys.executable, "-c", _SLOW_READS, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

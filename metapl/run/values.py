@@ -109,5 +109,7 @@ def coerce(key: str, value: Any, expected: Any, choices: tuple = ()) -> Any:
     if expected is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string" + (f", {example('')}" if choices else ""))
+        if "\x00" in value:  # the OS refuses it in a path, with a traceback from deep inside
+            raise ConfigError(f"{key}={value!r} holds a NUL character, which no name or path can hold")
         return value
     raise ConfigError(f"{key} has an unsupported type {expected}")

@@ -374,8 +374,8 @@ def set_value(cfg: Config, key: str, value: Any) -> None:
         raise ConfigError(
             f"unknown config key {key!r}{suggest(key, all_keys(cfg))}; list the keys with: metapl config --preset NAME"
         )
-    if _names_part(key) and not isinstance(value, str):  # data.name=5: show the registered names, not the type
-        choose_part(section, key, str(value))
+    if _names_part(key) and not isinstance(value, str):
+        value = str(value)  # data.name=5: refused below with the registered names, not as a wrong type
     new = coerce_field(key, value, section, name)
     if _names_part(key):
         choose_part(section, key, new)
